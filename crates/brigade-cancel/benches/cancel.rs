@@ -13,7 +13,9 @@ fn is_cancelled(c: &mut Criterion) {
     let scope = CancelScope::new();
     group.bench_function("brigade", |b| b.iter(|| black_box(&scope).is_cancelled()));
     let token = CancellationToken::new();
-    group.bench_function("tokio_util", |b| b.iter(|| black_box(&token).is_cancelled()));
+    group.bench_function("tokio_util", |b| {
+        b.iter(|| black_box(&token).is_cancelled())
+    });
     group.finish();
 }
 

@@ -4,6 +4,8 @@
 //! invariants and lock order.
 
 mod future;
+#[cfg(all(test, loom))]
+mod loom_tests;
 mod node;
 
 pub use self::future::{
