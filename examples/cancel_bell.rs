@@ -54,7 +54,10 @@ async fn main() {
             n + 1,
         ))
     });
-    let mut body = DisconnectBody::new(StreamBody::new(frames), request.clone());
+    let mut body = Box::pin(DisconnectBody::new(
+        StreamBody::new(frames),
+        request.clone(),
+    ));
     for _ in 0..3 {
         let frame = body.frame().await.expect("endless").expect("infallible");
         println!("  client got {:?}", frame.into_data().expect("data frame"));
