@@ -4,31 +4,26 @@ use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
 use pin_project_lite::pin_project;
-use tokio::sync::futures::Notified;
 use tokio_util::sync::WaitForCancellationFutureOwned;
 
 use super::node::Node;
 use crate::{CancelReason, CancelScope, Cancelled};
 
-pin_project! {
-    /// Waits until a [`CancelScope`] is cancelled; yields the reason.
-    ///
-    /// Returned by [`CancelScope::cancelled`].
-    #[must_use = "futures do nothing unless polled"]
-    pub struct WaitCancelled<'a> {
-        node: &'a Node,
-        // Made before the first check of the flag, so no cancel can slip between the two.
-        #[pin]
-        notified: Notified<'a>,
-    }
+/// Waits until a [`CancelScope`] is cancelled; yields the reason.
+///
+/// Returned by [`CancelScope::cancelled`].
+#[must_use = "futures do nothing unless polled"]
+pub struct WaitCancelled<'a> {
+    node: &'a Node,
+    /// Where this waiter's waker sits in the node, once registered.
+    key: Option<usize>,
 }
 
 impl<'a> WaitCancelled<'a> {
     pub(crate) fn new(scope: &'a CancelScope) -> Self {
-        let node = scope.node();
         Self {
-            node,
-            notified: node.notify.notified(),
+            node: scope.node(),
+            key: None,
         }
     }
 }
@@ -36,14 +31,23 @@ impl<'a> WaitCancelled<'a> {
 impl Future for WaitCancelled<'_> {
     type Output = CancelReason;
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<CancelReason> {
-        let mut this = self.project();
-        loop {
-            if let Some(reason) = this.node.reason() {
-                return Poll::Ready(reason);
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<CancelReason> {
+        let this = &mut *self;
+        match this.node.poll_reason(&mut this.key, cx.waker()) {
+            Some(reason) => {
+                // The cancel took every waker with it.
+                this.key = None;
+                Poll::Ready(reason)
             }
-            ready!(this.notified.as_mut().poll(cx));
-            this.notified.set(this.node.notify.notified());
+            None => Poll::Pending,
+        }
+    }
+}
+
+impl Drop for WaitCancelled<'_> {
+    fn drop(&mut self) {
+        if let Some(key) = self.key {
+            self.node.remove_waker(key);
         }
     }
 }

@@ -119,3 +119,18 @@ fn loom_a_token_made_while_cancelling_is_cancelled() {
         assert!(token.is_cancelled());
     });
 }
+
+#[test]
+fn loom_a_waiter_never_misses_the_cancel() {
+    loom::model(|| {
+        let scope = CancelScope::new();
+        let child = scope.child();
+        let canceller = {
+            let scope = scope.clone();
+            thread::spawn(move || scope.cancel(CancelReason::Shutdown))
+        };
+        let reason = loom::future::block_on(child.cancelled());
+        assert_eq!(reason, CancelReason::Shutdown);
+        canceller.join().unwrap();
+    });
+}

@@ -13,6 +13,11 @@
 //!   own entries (its keys are fixed at registration); a key is never reused while its entry
 //!   is live, and no entry exists after the parent's cancel took them.
 //! - Timer tasks hold their node weakly and are aborted when it is dropped.
+//! - Waiters register their waker in `state.wakers` under the state lock, after checking the
+//!   reason under that lock; a cancel takes the wakers in the critical section that sets the
+//!   reason, and wakes them after releasing it. So a waiter either sees the reason or is woken:
+//!   no wake-up is lost, and a cancel with nobody waiting wakes nothing. The same slab rules as
+//!   for children apply to waker keys.
 //!
 //! # Lock order
 //!
@@ -22,7 +27,8 @@
 use std::mem;
 use std::sync::{Arc, OnceLock, Weak};
 
-use tokio::sync::Notify;
+use std::task::Waker;
+
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -33,7 +39,6 @@ use crate::loom::{AtomicBool, Mutex, Ordering, lock};
 pub(crate) struct Node {
     cancelled: AtomicBool,
     state: Mutex<State>,
-    pub(super) notify: Notify,
     /// The first parent, and this node's key in its children.
     parent: Option<(Arc<Self>, usize)>,
     /// Earliest deadline of this node and its parents.
@@ -45,36 +50,49 @@ pub(crate) struct Node {
 #[derive(Default)]
 struct State {
     reason: Option<CancelReason>,
-    children: Children,
+    children: Slab<Weak<Node>>,
+    wakers: Slab<Waker>,
     /// Further parents of a linked node, with this node's key in each.
     links: Vec<(Arc<Node>, usize)>,
     /// Deadline timer; aborted on drop.
     timer: Option<AbortHandle>,
 }
 
-/// A slab of weak children: O(1) insert and remove by key, and no sibling is touched on
-/// removal.
-#[derive(Default)]
-struct Children {
-    slots: Vec<Option<Weak<Node>>>,
+/// A slab: O(1) insert and remove by key, and no other entry is touched on removal.
+struct Slab<T> {
+    slots: Vec<Option<T>>,
     free: Vec<usize>,
     len: usize,
 }
 
-impl Children {
+impl<T> Default for Slab<T> {
+    fn default() -> Self {
+        Self {
+            slots: Vec::new(),
+            free: Vec::new(),
+            len: 0,
+        }
+    }
+}
+
+impl<T> Slab<T> {
     fn next_key(&self) -> usize {
         self.free.last().copied().unwrap_or(self.slots.len())
     }
 
-    fn insert(&mut self, child: Weak<Node>) -> usize {
+    fn insert(&mut self, value: T) -> usize {
         self.len += 1;
         if let Some(key) = self.free.pop() {
-            self.slots[key] = Some(child);
+            self.slots[key] = Some(value);
             key
         } else {
-            self.slots.push(Some(child));
+            self.slots.push(Some(value));
             self.slots.len() - 1
         }
+    }
+
+    fn get_mut(&mut self, key: usize) -> Option<&mut T> {
+        self.slots.get_mut(key).and_then(Option::as_mut)
     }
 
     fn remove(&mut self, key: usize) {
@@ -91,7 +109,7 @@ impl Children {
         }
     }
 
-    fn take(&mut self) -> Vec<Option<Weak<Node>>> {
+    fn take(&mut self) -> Vec<Option<T>> {
         self.free = Vec::new();
         self.len = 0;
         mem::take(&mut self.slots)
@@ -114,7 +132,6 @@ impl Node {
                 reason,
                 ..State::default()
             }),
-            notify: Notify::new(),
             parent,
             deadline,
             token: OnceLock::new(),
@@ -169,6 +186,31 @@ impl Node {
         self.cancelled.load(Ordering::Acquire)
     }
 
+    /// The reason if cancelled; otherwise registers (or refreshes) the waker under `key`.
+    pub(super) fn poll_reason(
+        &self,
+        key: &mut Option<usize>,
+        waker: &Waker,
+    ) -> Option<CancelReason> {
+        if self.is_cancelled() {
+            return self.reason();
+        }
+        let mut state = lock(&self.state);
+        if let Some(reason) = &state.reason {
+            return Some(reason.clone());
+        }
+        match key.and_then(|key| state.wakers.get_mut(key)) {
+            Some(registered) => registered.clone_from(waker),
+            None => *key = Some(state.wakers.insert(waker.clone())),
+        }
+        None
+    }
+
+    /// Forgets a waiter's waker.
+    pub(super) fn remove_waker(&self, key: usize) {
+        lock(&self.state).wakers.remove(key);
+    }
+
     pub(super) fn reason(&self) -> Option<CancelReason> {
         if !self.is_cancelled() {
             return None;
@@ -196,16 +238,22 @@ impl Node {
     /// Sets the reason, wakes the waiters and detaches the children, which are returned for the
     /// caller to cancel. `None` when the node was already cancelled.
     fn mark_cancelled(&self, reason: &CancelReason) -> Option<Vec<Option<Weak<Self>>>> {
-        let (children, token) = {
+        let (children, token, wakers) = {
             let mut state = lock(&self.state);
             if state.reason.is_some() {
                 return None;
             }
             state.reason = Some(reason.clone());
             self.cancelled.store(true, Ordering::Release);
-            (state.children.take(), self.token.get().cloned())
+            (
+                state.children.take(),
+                self.token.get().cloned(),
+                state.wakers.take(),
+            )
         };
-        self.notify.notify_waiters();
+        for waker in wakers.into_iter().flatten() {
+            waker.wake();
+        }
         if let Some(token) = token {
             token.cancel();
         }
