@@ -1,0 +1,73 @@
+//! brigade-limit against raw governor: one decision, direct and over 10,000 keys.
+//!
+//! `cargo bench -p brigade-limit --bench limit -- --warm-up-time 1 --measurement-time 3`
+//!
+//! Both sides use quotas that never deny, so each iteration is one admitted decision,
+//! clock read included (governor: its default `std::time::Instant` clock without the
+//! `quanta` feature; brigade: tokio's clock). The bench also prints the bytes per key of a
+//! keyed limiter holding 10,000 keys.
+
+use std::hint::black_box;
+use std::num::NonZeroU32;
+
+use brigade_limit::{Limit, Quota, RateLimiter};
+use criterion::{Criterion, criterion_group, criterion_main};
+
+const KEYS: u64 = 10_000;
+
+fn never_denies() -> (Quota, governor::Quota) {
+    let n = NonZeroU32::new(1_000_000_000).unwrap();
+    (
+        Quota::per_second(n).allow_burst(n),
+        governor::Quota::per_second(n).allow_burst(n),
+    )
+}
+
+fn direct(c: &mut Criterion) {
+    let (ours, theirs) = never_denies();
+    let mut group = c.benchmark_group("limit_direct");
+    let brigade = RateLimiter::direct(ours).unwrap();
+    group.bench_function("brigade", |b| {
+        b.iter(|| black_box(brigade.try_acquire(&(), 1)).is_ok());
+    });
+    let governor = governor::RateLimiter::direct(theirs);
+    group.bench_function("governor", |b| {
+        b.iter(|| black_box(governor.check()).is_ok());
+    });
+    group.finish();
+}
+
+fn keyed(c: &mut Criterion) {
+    let (ours, theirs) = never_denies();
+    let mut group = c.benchmark_group("limit_keyed");
+    let brigade: RateLimiter<u64> = RateLimiter::builder()
+        .limit(Limit::new("default", ours))
+        .max_keys(2 * KEYS as usize)
+        .build()
+        .unwrap();
+    let mut key = 0u64;
+    group.bench_function("brigade", |b| {
+        b.iter(|| {
+            key = (key + 1) % KEYS;
+            black_box(brigade.try_acquire(&key, 1)).is_ok()
+        });
+    });
+    let bytes = brigade.memory_bytes();
+    let held = brigade.len();
+    let governor = governor::RateLimiter::keyed(theirs);
+    let mut key = 0u64;
+    group.bench_function("governor", |b| {
+        b.iter(|| {
+            key = (key + 1) % KEYS;
+            black_box(governor.check_key(&key)).is_ok()
+        });
+    });
+    group.finish();
+    println!(
+        "brigade keyed: {held} keys, {bytes} bytes of tables, {} bytes per key",
+        bytes / held.max(1)
+    );
+}
+
+criterion_group!(benches, direct, keyed);
+criterion_main!(benches);

@@ -1,0 +1,177 @@
+use std::error::Error;
+use std::fmt;
+use std::time::Duration;
+
+use crate::Rejected;
+
+/// A configuration that cannot work, rejected when it is built.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum InvalidConfig {
+    /// A replenish interval of zero: the limit would admit everything.
+    ZeroPeriod,
+    /// `burst × replenish_interval` does not fit in 584 years of nanoseconds.
+    QuotaTooLong,
+    /// A rate limiter needs at least one limit.
+    NoLimits,
+    /// More limits than a rate limiter holds ([`MAX_LIMITS`](crate::MAX_LIMITS)).
+    TooManyLimits,
+    /// Two limits share a name; header fields and rejections name limits, so names are unique.
+    DuplicateLimit(&'static str),
+    /// No limit has this name.
+    UnknownLimit(String),
+    /// A limit name with a character other than printable ASCII: it could not be written in
+    /// the `RateLimit` header fields.
+    InvalidLimitName(&'static str),
+    /// A keyed limiter must hold at least one key.
+    ZeroMaxKeys,
+    /// A concurrency limit must admit at least one call.
+    ZeroConcurrency,
+    /// An address prefix longer than the address (32 bits for IPv4, 128 for IPv6).
+    PrefixTooLong {
+        /// The prefix asked for.
+        prefix: u8,
+        /// The address length in bits.
+        max: u8,
+    },
+}
+
+impl fmt::Display for InvalidConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::ZeroPeriod => f.write_str("quota replenish interval is zero"),
+            Self::QuotaTooLong => f.write_str("quota burst times interval overflows"),
+            Self::NoLimits => f.write_str("rate limiter has no limit"),
+            Self::TooManyLimits => {
+                write!(f, "rate limiter has more than {} limits", crate::MAX_LIMITS)
+            }
+            Self::DuplicateLimit(name) => write!(f, "two limits are named {name:?}"),
+            Self::UnknownLimit(name) => write!(f, "no limit is named {name:?}"),
+            Self::InvalidLimitName(name) => {
+                write!(f, "limit name {name:?} is not printable ASCII")
+            }
+            Self::ZeroMaxKeys => f.write_str("keyed rate limiter holds zero keys"),
+            Self::ZeroConcurrency => f.write_str("concurrency limit admits zero calls"),
+            Self::PrefixTooLong { prefix, max } => {
+                write!(f, "address prefix /{prefix} is longer than /{max}")
+            }
+        }
+    }
+}
+
+impl Error for InvalidConfig {}
+
+/// A cost larger than a limit's burst: it can never be admitted, so it is rejected at once
+/// rather than waited for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Unsatisfiable {
+    pub(crate) limit: &'static str,
+    pub(crate) cost: u64,
+    pub(crate) burst: u32,
+}
+
+impl Unsatisfiable {
+    /// The limit whose burst is too small.
+    pub const fn limit(&self) -> &'static str {
+        self.limit
+    }
+
+    /// The cells asked for.
+    pub const fn cost(&self) -> u64 {
+        self.cost
+    }
+
+    /// The most cells that limit admits at once.
+    pub const fn burst(&self) -> u32 {
+        self.burst
+    }
+}
+
+impl fmt::Display for Unsatisfiable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "cost {} exceeds the burst {} of limit {:?}",
+            self.cost, self.burst, self.limit
+        )
+    }
+}
+
+impl Error for Unsatisfiable {}
+
+/// Why a rate limiter did not admit a call.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub enum AcquireError {
+    /// Over quota now; [`Rejected::retry_after`] says when it would be admitted.
+    Rejected(Rejected),
+    /// The cost exceeds a limit's burst and can never be admitted.
+    Unsatisfiable(Unsatisfiable),
+    /// The key's wait queue is full (async acquire only); the rejection estimates when the
+    /// queue ahead will have been served.
+    QueueFull(Rejected),
+    /// The key table is full and no key is idle yet; retry after the given time.
+    KeysExhausted {
+        /// When a key is expected to become idle, freeing room.
+        retry_after: Duration,
+    },
+    /// The wait was cancelled by its token (async acquire only). Nothing was charged.
+    Cancelled,
+    /// The call could not be admitted before its deadline (async acquire only). Nothing was
+    /// charged.
+    DeadlineExceeded,
+}
+
+impl AcquireError {
+    /// When retrying may succeed, for the errors a client could act on: `Retry-After`.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Self::Rejected(r) | Self::QueueFull(r) => Some(r.retry_after()),
+            Self::KeysExhausted { retry_after } => Some(*retry_after),
+            Self::Unsatisfiable(_) | Self::Cancelled | Self::DeadlineExceeded => None,
+        }
+    }
+
+    /// The quota rejection, if that is what this is.
+    pub fn as_rejected(&self) -> Option<&Rejected> {
+        match self {
+            Self::Rejected(r) | Self::QueueFull(r) => Some(r),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for AcquireError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Rejected(_) => f.write_str("rate limited"),
+            Self::Unsatisfiable(_) => f.write_str("cost can never be admitted"),
+            Self::QueueFull(_) => f.write_str("rate limit wait queue is full"),
+            Self::KeysExhausted { .. } => f.write_str("rate limiter key table is full"),
+            Self::Cancelled => f.write_str("rate limit wait cancelled"),
+            Self::DeadlineExceeded => f.write_str("rate limit wait passed its deadline"),
+        }
+    }
+}
+
+impl Error for AcquireError {
+    fn source(&self) -> Option<&(dyn Error + 'static)> {
+        match self {
+            Self::Rejected(r) | Self::QueueFull(r) => Some(r),
+            Self::Unsatisfiable(u) => Some(u),
+            _ => None,
+        }
+    }
+}
+
+impl From<Rejected> for AcquireError {
+    fn from(r: Rejected) -> Self {
+        Self::Rejected(r)
+    }
+}
+
+impl From<Unsatisfiable> for AcquireError {
+    fn from(u: Unsatisfiable) -> Self {
+        Self::Unsatisfiable(u)
+    }
+}

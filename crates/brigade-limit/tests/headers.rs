@@ -1,0 +1,109 @@
+//! Header values: Retry-After rounded up, the IETF fields, OpenAI's.
+
+use std::num::NonZeroU32;
+use std::time::Duration;
+
+use brigade_limit::headers::{RateLimitHeaders, openai_duration, retry_after, retry_after_secs};
+use brigade_limit::{AcquireError, Limit, Quota, RateLimiter};
+use http::HeaderMap;
+
+fn nz(n: u32) -> NonZeroU32 {
+    NonZeroU32::new(n).unwrap()
+}
+
+#[test]
+fn retry_after_rounds_up_and_is_never_zero_for_a_wait() {
+    let cases = [
+        (Duration::ZERO, 0),
+        (Duration::from_nanos(1), 1),
+        (Duration::from_millis(200), 1),
+        (Duration::from_secs(1), 1),
+        (Duration::from_millis(1001), 2),
+        (Duration::from_millis(59_999), 60),
+    ];
+    for (wait, secs) in cases {
+        assert_eq!(retry_after_secs(wait), secs, "{wait:?}");
+        assert_eq!(retry_after(wait), secs.to_string().as_str());
+    }
+}
+
+#[test]
+fn openai_durations_read_like_openai_s() {
+    assert_eq!(openai_duration(Duration::ZERO), "0ms");
+    assert_eq!(openai_duration(Duration::from_millis(20)), "20ms");
+    assert_eq!(openai_duration(Duration::from_secs(1)), "1s");
+    assert_eq!(openai_duration(Duration::from_millis(8_640)), "8.64s");
+    assert_eq!(openai_duration(Duration::from_secs(360)), "6m0s");
+    assert_eq!(openai_duration(Duration::from_secs(3723)), "1h2m3s");
+}
+
+fn limiter() -> RateLimiter<&'static str> {
+    RateLimiter::builder()
+        .limit(Limit::per_request("requests", Quota::per_minute(nz(60))))
+        .limit(Limit::new("tokens", Quota::per_minute(nz(10_000))))
+        .build()
+        .unwrap()
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_admitted_call_gets_both_ietf_fields_for_every_limit() {
+    let limiter = limiter();
+    let admitted = limiter.try_acquire(&"k", 500).unwrap();
+    let mut headers = HeaderMap::new();
+    RateLimitHeaders::new().admitted(&admitted, &mut headers);
+    assert_eq!(
+        headers["ratelimit-policy"],
+        r#""requests";q=60;w=60, "tokens";q=10000;w=60"#
+    );
+    // 500 tokens come back in 3 s; one request in 1 s.
+    assert_eq!(
+        headers["ratelimit"],
+        r#""requests";r=59;t=1, "tokens";r=9500;t=3"#
+    );
+    assert!(!headers.contains_key("retry-after"));
+    assert!(!headers.contains_key("x-ratelimit-limit-requests"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_rejected_call_gets_retry_after_rounded_up_and_openai_fields() {
+    let limiter: RateLimiter<&str> = RateLimiter::builder()
+        .limit(Limit::per_request("requests", Quota::per_second(nz(5))))
+        .limit(Limit::new("tokens", Quota::per_minute(nz(10_000))))
+        .build()
+        .unwrap();
+    for _ in 0..5 {
+        limiter.try_acquire(&"k", 1).unwrap();
+    }
+    let Err(AcquireError::Rejected(rejected)) = limiter.try_acquire(&"k", 1) else {
+        panic!("over quota")
+    };
+    assert_eq!(rejected.retry_after(), Duration::from_millis(200));
+    let mut headers = HeaderMap::new();
+    RateLimitHeaders::new()
+        .openai(true)
+        .rejected(&rejected, &mut headers);
+    assert_eq!(headers["retry-after"], "1");
+    assert_eq!(
+        headers["ratelimit"],
+        r#""requests";r=0;t=1, "tokens";r=9995;t=1"#
+    );
+    assert_eq!(headers["x-ratelimit-limit-requests"], "5");
+    assert_eq!(headers["x-ratelimit-remaining-requests"], "0");
+    assert_eq!(headers["x-ratelimit-reset-requests"], "1s");
+    assert_eq!(headers["x-ratelimit-limit-tokens"], "10000");
+    assert_eq!(headers["x-ratelimit-remaining-tokens"], "9995");
+    assert_eq!(headers["x-ratelimit-reset-tokens"], "30ms");
+}
+
+#[tokio::test(start_paused = true)]
+async fn ietf_fields_can_be_turned_off() {
+    let limiter = limiter();
+    let admitted = limiter.try_acquire(&"k", 1).unwrap();
+    let mut headers = HeaderMap::new();
+    RateLimitHeaders::new()
+        .ietf(false)
+        .openai(true)
+        .admitted(&admitted, &mut headers);
+    assert!(!headers.contains_key("ratelimit"));
+    assert_eq!(headers["x-ratelimit-remaining-tokens"], "9999");
+}
