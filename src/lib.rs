@@ -10,13 +10,29 @@
 //!
 //! | feature | module | crate |
 //! | --- | --- | --- |
+//! | `breaker` | [`breaker`] | `brigade-breaker`: a lock-free circuit breaker with rate windows, slow calls, probe permits and manual control |
 //! | `cancel` | [`cancel`] | `brigade-cancel`: cancel scopes with reasons and deadlines, cancel-on-disconnect, graceful shutdown |
+//! | `limit` | [`limit`] | `brigade-limit`: keyed, token-weighted rate limits with reserve-and-settle and all-or-nothing multi-limits; concurrency permits that live as long as the stream |
+//! | `retry` | [`retry`] | `brigade-retry`: retries with backoff and jitter, retry budgets, deadlines, `Retry-After` and a commit point for streams |
+//! | `sse` | [`sse`] | `brigade-sse`: a spec-exact SSE encoder and decoder, a hyper body with keep-alive, `Last-Event-ID` replay |
 //! | `full` | all of the above | |
 //!
 //! Each crate can also be used on its own.
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+#[cfg(feature = "breaker")]
+#[cfg_attr(docsrs, doc(cfg(feature = "breaker")))]
+pub use brigade_breaker as breaker;
 #[cfg(feature = "cancel")]
 #[cfg_attr(docsrs, doc(cfg(feature = "cancel")))]
 pub use brigade_cancel as cancel;
+#[cfg(feature = "limit")]
+#[cfg_attr(docsrs, doc(cfg(feature = "limit")))]
+pub use brigade_limit as limit;
+#[cfg(feature = "retry")]
+#[cfg_attr(docsrs, doc(cfg(feature = "retry")))]
+pub use brigade_retry as retry;
+#[cfg(feature = "sse")]
+#[cfg_attr(docsrs, doc(cfg(feature = "sse")))]
+pub use brigade_sse as sse;
