@@ -1,0 +1,705 @@
+//! `POST /v1/chat/completions`: the order ticket and the pass window.
+//!
+//! The flow of DESIGN.md, outer to inner: front desk (auth 401, content type 415, body limit
+//! 413, JSON and fields 400) → a cancel scope for the request (child of the shutdown scope,
+//! with the deadline) → rate limits (reserve the estimate, settle at the end) → bulkhead slot
+//! (held by the body) → breaker permit (held by the body; a client's cancel records nothing)
+//! → retries only before the first token (the commit point) → the line cook → an SSE body
+//! with keep-alive inside a `DisconnectBody`, so a dropped body cancels the scope with
+//! `ClientDisconnected` and the line cook stops at once.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use brigade_breaker::{Outcome, OwnedPermit};
+use brigade_cancel::{CancelReason, CancelScope, DisconnectBody, WaitCancelledOwned};
+use brigade_limit::PermitBody;
+use brigade_retry::{Action, Attempt, RetryError, StopReason};
+use brigade_sse::{Event, KeepAlive, SseBody};
+use futures::{Stream, StreamExt};
+use http::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE};
+use http::{HeaderMap, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Limited};
+use serde_json::{Value, json};
+
+use crate::error::{ApiError, error_json};
+use crate::limits::{Reserved, Slot};
+use crate::mock::{CookError, Order, TokenStream, count_tokens};
+use crate::routes::{App, Body, LogSlot, Streaming, Tokens};
+
+/// The first token (if any) and the rest of the stream: what a successful attempt yields.
+type Opened = (Option<String>, TokenStream);
+
+/// A validated chat request.
+#[derive(Debug)]
+struct ChatRequest {
+    order: Order,
+    stream: bool,
+    include_usage: bool,
+}
+
+pub(crate) async fn chat(
+    app: Arc<App>,
+    request: Request<hyper::body::Incoming>,
+    peer: SocketAddr,
+    id: u64,
+) -> Result<Response<Body>, ApiError> {
+    // Front desk.
+    let key = authorize(&app, request.headers(), peer)?;
+    let is_json = request
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"));
+    if !is_json {
+        return Err(ApiError::unsupported_media_type());
+    }
+    let limit = app.config.body_limit;
+    let declared = request
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > limit as u64) {
+        return Err(ApiError::too_large(limit));
+    }
+    let timeout = request_timeout(&app, request.headers());
+    let bytes = Limited::new(request.into_body(), limit)
+        .collect()
+        .await
+        .map_err(|e| {
+            if e.is::<http_body_util::LengthLimitError>() {
+                ApiError::too_large(limit)
+            } else {
+                ApiError::invalid(format!("could not read the body: {e}"))
+            }
+        })?
+        .to_bytes();
+    let chat = parse(&bytes, app.config.default_max_tokens)?;
+    if app.shutdown.is_draining() {
+        return Err(ApiError::unavailable(
+            "shutting_down",
+            "the server is shutting down",
+            app.config.grace(),
+        ));
+    }
+
+    // Order ticket: the request's scope. Until the body takes it over, dropping this handler
+    // (the client went away) cancels it.
+    let scope = match timeout {
+        Some(timeout) => app.shutdown.scope().child_with_timeout(timeout),
+        None => app.shutdown.scope().child(),
+    };
+    let guard = scope.clone().drop_guard(CancelReason::ClientDisconnected);
+
+    // Rate limits: reserve the estimate now, settle with the real count at the end.
+    let prompt_tokens = count_tokens(&chat.order.prompt);
+    let (reserved, limit_headers) = app
+        .limits
+        .reserve(&key, prompt_tokens.saturating_add(chat.order.max_tokens))?;
+
+    // Bulkhead: a slot for the whole stream, waited for within the deadline.
+    let slot = match scope.run_until_cancelled(app.limits.slot()).await {
+        Ok(slot) => slot?,
+        Err(cancelled) => return Err(cancelled_error(&app, cancelled.reason())),
+    };
+
+    // Breaker: one permit per request, carried by the stream to its end.
+    let permit = app.breaker.try_acquire_owned().map_err(|rejected| {
+        ApiError::unavailable(
+            "circuit_open",
+            format!("the upstream is unavailable ({})", rejected.state()),
+            rejected.retry_after(),
+        )
+    })?;
+
+    // A bug in the handler, on demand (`--panic-prompt`), with every permit taken: the catch
+    // in `App::handle` turns it into a 500, and unwinding hands every permit back.
+    if let Some(trigger) = &app.config.panic_prompt
+        && chat.order.prompt.ends_with(trigger.as_str())
+    {
+        panic!("the line cook dropped the pan (panic prompt)");
+    }
+
+    // Retries, before the first token only.
+    let order = Arc::new(chat.order);
+    let cook = Arc::clone(&app);
+    let attempt_order = Arc::clone(&order);
+    let opened = app
+        .retry
+        .classify(classify)
+        .cancel_on(scope.token())
+        .run(async move |attempt: &Attempt| {
+            let mut tokens = cook.open(&attempt_order).await?;
+            match tokens.next().await {
+                Some(Ok(token)) => {
+                    // The commit point: from here on this answer is never retried.
+                    attempt.commit();
+                    Ok((Some(token), tokens))
+                }
+                Some(Err(error)) => Err(error),
+                None => Ok((None, tokens)),
+            }
+        })
+        .await;
+    let (first, tokens) = match opened {
+        Ok(opened) => opened,
+        Err(error) => return Err(attempts_failed(&app, &scope, permit, error)),
+    };
+
+    let generation = Generation {
+        metrics_app: Arc::clone(&app),
+        cancelled: Box::pin(scope.clone().cancelled_owned()),
+        scope: scope.clone(),
+        tokens,
+        first,
+        id: format!("chatcmpl-{id}"),
+        created: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+        model: order.model.clone(),
+        max_tokens: order.max_tokens,
+        include_usage: chat.include_usage,
+        prompt_tokens,
+        completion_tokens: 0,
+        phase: Phase::Role,
+        permit: Some(permit),
+        reserved: Some(reserved),
+        slot: Some(slot),
+        log: LogSlot::default(),
+        log_tokens: chat.stream,
+        token_head: None,
+    };
+    app.metrics.streams_in_flight.inc();
+
+    if !chat.stream {
+        let response = generation.collect_json().await;
+        let _ = guard.disarm();
+        return response.map(|mut response| {
+            response.headers_mut().extend(limit_headers);
+            response
+        });
+    }
+
+    // The pass window: SSE with keep-alive, in a body that cancels the scope if dropped before
+    // its end, holding the bulkhead slot until then.
+    let mut generation = generation;
+    let slot = generation.slot.take().expect("the slot is taken once");
+    let log = generation.log.clone();
+    let keep_alive = KeepAlive::new().interval(Duration::from_secs(app.config.keep_alive_secs));
+    let mut response = SseBody::new(generation)
+        .keep_alive(keep_alive)
+        .into_response()
+        .map(|body| PermitBody::new(DisconnectBody::new(body, scope), slot).boxed_unsync());
+    let _ = guard.disarm();
+    response.headers_mut().extend(limit_headers);
+    response.extensions_mut().insert(Streaming);
+    response.extensions_mut().insert(log);
+    Ok(response)
+}
+
+/// The rate-limit key: the API key, or the client's address when no keys are configured.
+fn authorize(app: &App, headers: &HeaderMap, peer: SocketAddr) -> Result<String, ApiError> {
+    if app.config.api_keys.is_empty() {
+        return Ok(peer.ip().to_string());
+    }
+    let key = headers
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    match key {
+        Some(key) if app.config.api_keys.iter().any(|k| k == key) => Ok(key.to_owned()),
+        _ => Err(ApiError::unauthorized()),
+    }
+}
+
+/// The configured deadline, or less if the request asks (`x-request-timeout-ms`).
+fn request_timeout(app: &App, headers: &HeaderMap) -> Option<Duration> {
+    let configured = app.config.deadline();
+    let asked = headers
+        .get("x-request-timeout-ms")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .map(Duration::from_millis);
+    match (configured, asked) {
+        (Some(configured), Some(asked)) => Some(configured.min(asked)),
+        (configured, asked) => configured.or(asked),
+    }
+}
+
+/// Which outcomes of an attempt are retried: retryable failures, honouring a `Retry-After`.
+fn classify(outcome: &Result<Opened, CookError>) -> Action {
+    match outcome {
+        Ok(_) => Action::Stop,
+        Err(error) if error.retryable => error.retry_after.map_or(Action::Retry, Action::Throttled),
+        Err(_) => Action::Stop,
+    }
+}
+
+/// The answer when no attempt produced a first token.
+fn attempts_failed(
+    app: &App,
+    scope: &CancelScope,
+    permit: OwnedPermit,
+    error: RetryError<Opened, CookError>,
+) -> ApiError {
+    if error.stop() == StopReason::Cancelled {
+        // The client, the deadline or the shutdown: the upstream is not to blame.
+        drop(permit);
+        return cancelled_error(
+            app,
+            &scope.reason().unwrap_or(CancelReason::ClientDisconnected),
+        );
+    }
+    if error.stop() == StopReason::DeadlineExceeded {
+        drop(permit);
+        return ApiError::deadline();
+    }
+    let attempts = error.attempts();
+    let stop = error.stop();
+    match error.into_error() {
+        Some(cook) => {
+            if cook.retryable {
+                permit.record(
+                    cook.retry_after
+                        .map_or(Outcome::FAILURE, Outcome::failure_retry_after),
+                );
+            } else {
+                permit.record(Outcome::Ignored);
+            }
+            ApiError::bad_gateway(format!(
+                "the line cook failed after {attempts} attempt(s) ({stop}): {}",
+                cook.message
+            ))
+        }
+        None => {
+            permit.failure();
+            ApiError::bad_gateway(format!("the line cook failed ({stop})"))
+        }
+    }
+}
+
+/// The error for a request cancelled before its first token.
+fn cancelled_error(app: &App, reason: &CancelReason) -> ApiError {
+    app.metrics.cancel(reason.as_str());
+    match reason {
+        CancelReason::DeadlineExceeded => ApiError::deadline(),
+        CancelReason::Shutdown => ApiError::unavailable(
+            "shutting_down",
+            "the server is shutting down",
+            app.config.grace(),
+        ),
+        // Nobody reads this answer: the client is gone (logged as 499, nginx's convention).
+        _ => ApiError::new(
+            StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST),
+            "invalid_request_error",
+            "client_disconnected",
+            "client disconnected",
+        ),
+    }
+}
+
+fn parse(bytes: &[u8], default_max_tokens: u32) -> Result<ChatRequest, ApiError> {
+    let body: Value = serde_json::from_slice(bytes)
+        .map_err(|e| ApiError::invalid(format!("malformed JSON: {e}")))?;
+    let Value::Object(body) = body else {
+        return Err(ApiError::invalid("the body must be a JSON object"));
+    };
+    let model = match body.get("model") {
+        Some(Value::String(model)) if !model.is_empty() => model.clone(),
+        Some(_) => return Err(ApiError::invalid("`model` must be a non-empty string")),
+        None => return Err(ApiError::invalid("`model` is required")),
+    };
+    let messages = match body.get("messages") {
+        Some(Value::Array(messages)) if !messages.is_empty() => messages,
+        Some(_) => return Err(ApiError::invalid("`messages` must be a non-empty array")),
+        None => return Err(ApiError::invalid("`messages` is required")),
+    };
+    let mut prompt = String::new();
+    for (i, message) in messages.iter().enumerate() {
+        let Value::Object(message) = message else {
+            return Err(ApiError::invalid(format!(
+                "`messages[{i}]` must be an object"
+            )));
+        };
+        match message.get("role").and_then(Value::as_str) {
+            Some("system" | "user" | "assistant" | "tool" | "developer" | "function") => {}
+            _ => {
+                return Err(ApiError::invalid(format!(
+                    "`messages[{i}].role` must be one of system, user, assistant, tool, developer"
+                )));
+            }
+        }
+        match message.get("content") {
+            Some(Value::String(text)) => push_text(&mut prompt, text),
+            Some(Value::Array(parts)) => {
+                for part in parts {
+                    if let Some(text) = part.get("text").and_then(Value::as_str) {
+                        push_text(&mut prompt, text);
+                    }
+                }
+            }
+            Some(Value::Null) | None => {}
+            Some(_) => {
+                return Err(ApiError::invalid(format!(
+                    "`messages[{i}].content` must be a string or an array of parts"
+                )));
+            }
+        }
+    }
+    let stream = match body.get("stream") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(stream)) => *stream,
+        Some(_) => return Err(ApiError::invalid("`stream` must be a boolean")),
+    };
+    let mut max_tokens = default_max_tokens;
+    for field in ["max_tokens", "max_completion_tokens"] {
+        match body.get(field) {
+            None | Some(Value::Null) => {}
+            Some(value) => match value.as_u64().and_then(|n| u32::try_from(n).ok()) {
+                Some(n) if n > 0 => max_tokens = n,
+                _ => {
+                    return Err(ApiError::invalid(format!(
+                        "`{field}` must be a positive integer"
+                    )));
+                }
+            },
+        }
+    }
+    let include_usage = match body.get("stream_options") {
+        None | Some(Value::Null) => false,
+        Some(Value::Object(options)) => match options.get("include_usage") {
+            None | Some(Value::Null) => false,
+            Some(Value::Bool(include)) => *include,
+            Some(_) => {
+                return Err(ApiError::invalid(
+                    "`stream_options.include_usage` must be a boolean",
+                ));
+            }
+        },
+        Some(_) => return Err(ApiError::invalid("`stream_options` must be an object")),
+    };
+    Ok(ChatRequest {
+        order: Order {
+            model,
+            messages: Value::Array(messages.clone()),
+            prompt,
+            max_tokens,
+        },
+        stream,
+        include_usage,
+    })
+}
+
+fn push_text(prompt: &mut String, text: &str) {
+    if !prompt.is_empty() {
+        prompt.push('\n');
+    }
+    prompt.push_str(text);
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    Role,
+    Tokens,
+    Finish,
+    Usage,
+    Done,
+    Ended,
+}
+
+/// One answer in the making: the line cook's tokens as `chat.completion.chunk` events, ended
+/// by `[DONE]`, or by a final error event if the line cook fails or the scope is cancelled
+/// (deadline, shutdown). It holds the request's breaker permit, rate-limit reservation and
+/// bulkhead slot, and gives them back when it ends or is dropped.
+struct Generation {
+    metrics_app: Arc<App>,
+    scope: CancelScope,
+    cancelled: Pin<Box<WaitCancelledOwned>>,
+    tokens: TokenStream,
+    first: Option<String>,
+    id: String,
+    created: u64,
+    model: String,
+    max_tokens: u32,
+    include_usage: bool,
+    prompt_tokens: u32,
+    completion_tokens: u32,
+    phase: Phase,
+    permit: Option<OwnedPermit>,
+    reserved: Option<Reserved>,
+    slot: Option<Slot>,
+    log: LogSlot,
+    /// The JSON of a content chunk before and after the content string.
+    token_head: Option<(String, String)>,
+    /// Whether dropping writes the log line (a streamed answer) or the handler does.
+    log_tokens: bool,
+}
+
+impl Generation {
+    fn chunk(&self, delta: &Value, finish_reason: Option<&str>) -> Event {
+        Event::default().data(self.chunk_json(delta, finish_reason).to_string())
+    }
+
+    fn chunk_json(&self, delta: &Value, finish_reason: Option<&str>) -> Value {
+        json!({
+            "id": self.id,
+            "object": "chat.completion.chunk",
+            "created": self.created,
+            "model": self.model,
+            "choices": [{ "index": 0, "delta": delta, "finish_reason": finish_reason }],
+        })
+    }
+
+    fn usage(&self) -> Value {
+        json!({
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": self.prompt_tokens + self.completion_tokens,
+        })
+    }
+
+    /// A content chunk, written without building a JSON tree (the hot path): the same bytes
+    /// as `chunk(&json!({ "content": text }), None)`.
+    fn token(&mut self, text: &str) -> Event {
+        self.completion_tokens += 1;
+        self.metrics_app.metrics.tokens.inc();
+        if self.token_head.is_none() {
+            let probe = self
+                .chunk_json(&json!({ "content": "\u{0}" }), None)
+                .to_string();
+            let at = probe
+                .find("\"\\u0000\"")
+                .expect("the probe is in the chunk");
+            self.token_head = Some((probe[..at].to_owned(), probe[at + 8..].to_owned()));
+        }
+        let head = self.token_head.as_ref().expect("set above");
+        let content = serde_json::to_string(text).expect("a string serializes");
+        let mut data = String::with_capacity(head.0.len() + content.len() + head.1.len());
+        data.push_str(&head.0);
+        data.push_str(&content);
+        data.push_str(&head.1);
+        Event::default().data(data)
+    }
+
+    /// Ends the generation: hands back what it holds, recording `outcome` on the breaker.
+    fn end(&mut self, outcome: Option<Outcome>) {
+        self.phase = Phase::Ended;
+        if let (Some(permit), Some(outcome)) = (self.permit.take(), outcome) {
+            permit.record(outcome);
+        }
+        self.permit = None;
+        if let Some(reserved) = self.reserved.take() {
+            reserved.settle(self.prompt_tokens + self.completion_tokens);
+        }
+        self.slot = None;
+    }
+
+    /// A final error event: the stream ends without `[DONE]`.
+    fn error_event(message: &str, kind: &str, code: &str) -> Event {
+        Event::default().data(error_json(message, kind, code).to_string())
+    }
+
+    fn stopped(&mut self, reason: &CancelReason) -> Option<Event> {
+        self.metrics_app.metrics.cancel(reason.as_str());
+        self.end(None);
+        match reason {
+            CancelReason::Shutdown => Some(Self::error_event(
+                "the server is shutting down",
+                "server_error",
+                "shutting_down",
+            )),
+            CancelReason::DeadlineExceeded => Some(Self::error_event(
+                "the request's deadline passed",
+                "server_error",
+                "deadline_exceeded",
+            )),
+            _ => None,
+        }
+    }
+
+    fn failed(&mut self, error: &CookError) -> Event {
+        self.end(Some(if error.retryable {
+            Outcome::FAILURE
+        } else {
+            Outcome::Ignored
+        }));
+        Self::error_event(
+            &format!("the line cook failed mid-stream: {}", error.message),
+            "server_error",
+            "upstream_error",
+        )
+    }
+
+    /// The non-streaming answer: every token, then one JSON body.
+    async fn collect_json(mut self) -> Result<Response<Body>, ApiError> {
+        let mut text = String::new();
+        if let Some(first) = self.first.take() {
+            self.completion_tokens += 1;
+            self.metrics_app.metrics.tokens.inc();
+            text.push_str(&first);
+        }
+        let scope = self.scope.clone();
+        loop {
+            let next = scope.run_until_cancelled(self.tokens.next()).await;
+            match next {
+                Ok(Some(Ok(token))) => {
+                    self.completion_tokens += 1;
+                    self.metrics_app.metrics.tokens.inc();
+                    text.push_str(&token);
+                }
+                Ok(Some(Err(error))) => {
+                    self.failed(&error);
+                    return Err(ApiError::bad_gateway(format!(
+                        "the line cook failed: {}",
+                        error.message
+                    )));
+                }
+                Ok(None) => break,
+                Err(cancelled) => {
+                    let reason = cancelled.into_reason();
+                    self.stopped(&reason);
+                    return Err(cancelled_error_no_count(&self.metrics_app, &reason));
+                }
+            }
+        }
+        self.end(Some(Outcome::Success));
+        self.log_tokens = false;
+        let finish_reason = if self.completion_tokens >= self.max_tokens {
+            "length"
+        } else {
+            "stop"
+        };
+        let mut response = crate::routes::json(
+            StatusCode::OK,
+            &json!({
+                "id": self.id,
+                "object": "chat.completion",
+                "created": self.created,
+                "model": self.model,
+                "choices": [{
+                    "index": 0,
+                    "message": { "role": "assistant", "content": text },
+                    "finish_reason": finish_reason,
+                }],
+                "usage": self.usage(),
+            }),
+        );
+        response
+            .extensions_mut()
+            .insert(Tokens(self.completion_tokens));
+        Ok(response)
+    }
+}
+
+/// As [`cancelled_error`], the cancel already counted.
+fn cancelled_error_no_count(app: &App, reason: &CancelReason) -> ApiError {
+    match reason {
+        CancelReason::DeadlineExceeded => ApiError::deadline(),
+        _ => ApiError::unavailable(
+            "shutting_down",
+            "the server is shutting down",
+            app.config.grace(),
+        ),
+    }
+}
+
+impl Stream for Generation {
+    type Item = Result<Event, Infallible>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        loop {
+            match this.phase {
+                Phase::Role => {
+                    this.phase = Phase::Tokens;
+                    let event = this.chunk(&json!({ "role": "assistant", "content": "" }), None);
+                    return Poll::Ready(Some(Ok(event)));
+                }
+                Phase::Tokens => {
+                    if let Some(first) = this.first.take() {
+                        return Poll::Ready(Some(Ok(this.token(&first))));
+                    }
+                    if let Poll::Ready(reason) = this.cancelled.as_mut().poll(cx) {
+                        return Poll::Ready(this.stopped(&reason).map(Ok));
+                    }
+                    match this.tokens.as_mut().poll_next(cx) {
+                        Poll::Ready(Some(Ok(token))) => {
+                            return Poll::Ready(Some(Ok(this.token(&token))));
+                        }
+                        Poll::Ready(Some(Err(error))) => {
+                            return Poll::Ready(Some(Ok(this.failed(&error))));
+                        }
+                        Poll::Ready(None) => {
+                            this.end(Some(Outcome::Success));
+                            this.phase = Phase::Finish;
+                        }
+                        Poll::Pending => return Poll::Pending,
+                    }
+                }
+                Phase::Finish => {
+                    this.phase = if this.include_usage {
+                        Phase::Usage
+                    } else {
+                        Phase::Done
+                    };
+                    let reason = if this.completion_tokens >= this.max_tokens {
+                        "length"
+                    } else {
+                        "stop"
+                    };
+                    return Poll::Ready(Some(Ok(this.chunk(&json!({}), Some(reason)))));
+                }
+                Phase::Usage => {
+                    this.phase = Phase::Done;
+                    let chunk = json!({
+                        "id": this.id,
+                        "object": "chat.completion.chunk",
+                        "created": this.created,
+                        "model": this.model,
+                        "choices": [],
+                        "usage": this.usage(),
+                    });
+                    return Poll::Ready(Some(Ok(Event::default().data(chunk.to_string()))));
+                }
+                Phase::Done => {
+                    this.phase = Phase::Ended;
+                    return Poll::Ready(Some(Ok(Event::default().data("[DONE]"))));
+                }
+                Phase::Ended => return Poll::Ready(None),
+            }
+        }
+    }
+}
+
+impl Drop for Generation {
+    fn drop(&mut self) {
+        let app = &self.metrics_app;
+        app.metrics.streams_in_flight.dec();
+        let unfinished = self.phase != Phase::Ended
+            && !(self.phase == Phase::Finish
+                || self.phase == Phase::Usage
+                || self.phase == Phase::Done);
+        if unfinished {
+            // Dropped mid-answer: the body went away (`DisconnectBody` has set the reason).
+            let reason = self
+                .scope
+                .reason()
+                .unwrap_or(CancelReason::ClientDisconnected);
+            app.metrics.cancel(reason.as_str());
+            self.end(None);
+        } else if self.phase != Phase::Ended {
+            self.end(None);
+        }
+        if self.log_tokens {
+            self.log.finish(self.completion_tokens);
+        }
+    }
+}

@@ -1,0 +1,143 @@
+//! Every setting of the kitchen, as command-line flags (`--help` lists them).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::Parser;
+
+/// An OpenAI-compatible chat server that composes every Brigade crate.
+///
+/// By default the line cook is a built-in mock model; `--upstream URL` proxies to a real
+/// OpenAI-compatible server instead.
+#[derive(Clone, Debug, Parser)]
+#[command(name = "kitchen", version)]
+pub(crate) struct Config {
+    /// Address to listen on (HTTP/1.1 and h2c).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub(crate) addr: SocketAddr,
+
+    /// Proxy to this OpenAI-compatible server (e.g. `http://127.0.0.1:8000`) instead of the mock.
+    #[arg(long, value_name = "URL")]
+    pub(crate) upstream: Option<String>,
+
+    /// Bearer key sent to the upstream.
+    #[arg(long, value_name = "KEY")]
+    pub(crate) upstream_key: Option<String>,
+
+    /// An accepted API key (repeatable). With none, no key is required and limits are per client IP.
+    #[arg(long = "api-key", value_name = "KEY")]
+    pub(crate) api_keys: Vec<String>,
+
+    /// Requests per minute per key (0: unlimited).
+    #[arg(long, default_value_t = 600)]
+    pub(crate) requests_per_min: u32,
+
+    /// Tokens per minute per key, reserved from `max_tokens` and settled with the real count
+    /// (0: unlimited).
+    #[arg(long, default_value_t = 200_000)]
+    pub(crate) tokens_per_min: u32,
+
+    /// Streams generating at once (the bulkhead).
+    #[arg(long, default_value_t = 4096)]
+    pub(crate) max_streams: usize,
+
+    /// Requests that may wait for a stream slot; beyond it, 503.
+    #[arg(long, default_value_t = 256)]
+    pub(crate) queue_size: usize,
+
+    /// How long a request may wait for a stream slot, in milliseconds.
+    #[arg(long, default_value_t = 1000)]
+    pub(crate) queue_timeout_ms: u64,
+
+    /// `max_tokens` assumed when a request gives none.
+    #[arg(long, default_value_t = 256)]
+    pub(crate) default_max_tokens: u32,
+
+    /// Mock: time to first token, in milliseconds.
+    #[arg(long, default_value_t = 50)]
+    pub(crate) ttft_ms: u64,
+
+    /// Mock: time between tokens, in milliseconds.
+    #[arg(long, default_value_t = 20)]
+    pub(crate) token_ms: u64,
+
+    /// Mock: tokens per answer (capped by `max_tokens`).
+    #[arg(long, default_value_t = 64)]
+    pub(crate) tokens: u32,
+
+    /// Mock: share of attempts that fail before the first token, in [0, 1].
+    #[arg(long, default_value_t = 0.0)]
+    pub(crate) fail_rate: f64,
+
+    /// Mock: share of answers that fail after the first token, in [0, 1].
+    #[arg(long, default_value_t = 0.0)]
+    pub(crate) mid_stream_fail_rate: f64,
+
+    /// Mock: share of attempts that stall before the first token until cancelled, in [0, 1].
+    #[arg(long, default_value_t = 0.0)]
+    pub(crate) stall_rate: f64,
+
+    /// Seed of the fault injection and of the retry jitter.
+    #[arg(long, default_value_t = 7)]
+    pub(crate) seed: u64,
+
+    /// Mock: panic in the handler when the last message is exactly this text (to check that a
+    /// panic yields a 500 and leaks nothing).
+    #[arg(long, hide = true)]
+    pub(crate) panic_prompt: Option<String>,
+
+    /// Attempts per request before the first token, the first included.
+    #[arg(long, default_value_t = 3)]
+    pub(crate) max_attempts: u32,
+
+    /// First backoff between attempts, in milliseconds (exponential, jittered).
+    #[arg(long, default_value_t = 50)]
+    pub(crate) retry_backoff_ms: u64,
+
+    /// Breaker: calls in its window.
+    #[arg(long, default_value_t = 100)]
+    pub(crate) breaker_window: u32,
+
+    /// Breaker: calls in the window before it may trip.
+    #[arg(long, default_value_t = 20)]
+    pub(crate) breaker_min_calls: u32,
+
+    /// Breaker: failure rate that trips it, in percent.
+    #[arg(long, default_value_t = 50.0)]
+    pub(crate) breaker_failure_rate: f64,
+
+    /// Breaker: how long it stays open, in seconds.
+    #[arg(long, default_value_t = 30)]
+    pub(crate) breaker_open_secs: u64,
+
+    /// Breaker: successful probes that close it.
+    #[arg(long, default_value_t = 3)]
+    pub(crate) breaker_probes: u32,
+
+    /// Grace period for open streams on shutdown, in seconds.
+    #[arg(long, default_value_t = 30)]
+    pub(crate) grace_secs: u64,
+
+    /// Largest request body, in bytes.
+    #[arg(long, default_value_t = 1024 * 1024)]
+    pub(crate) body_limit: usize,
+
+    /// Deadline of a request, in seconds (a request may ask for less with
+    /// `x-request-timeout-ms`); 0: none unless the request asks.
+    #[arg(long, default_value_t = 300)]
+    pub(crate) deadline_secs: u64,
+
+    /// Keep-alive comment after this many idle seconds on a stream.
+    #[arg(long, default_value_t = 15)]
+    pub(crate) keep_alive_secs: u64,
+}
+
+impl Config {
+    pub(crate) fn grace(&self) -> Duration {
+        Duration::from_secs(self.grace_secs)
+    }
+
+    pub(crate) fn deadline(&self) -> Option<Duration> {
+        (self.deadline_secs > 0).then(|| Duration::from_secs(self.deadline_secs))
+    }
+}

@@ -1,0 +1,178 @@
+//! The error contract of DESIGN.md: every error is JSON in OpenAI's shape,
+//! `{"error":{"message":"...","type":"...","code":"..."}}`, with the headers its status needs.
+
+use std::time::Duration;
+
+use http::header::{ALLOW, CONTENT_TYPE, HeaderName, HeaderValue, RETRY_AFTER};
+use http::{Response, StatusCode};
+
+use crate::routes::{Body, full};
+
+/// An error answer: status, OpenAI error fields, extra headers.
+#[derive(Debug)]
+pub(crate) struct ApiError {
+    pub(crate) status: StatusCode,
+    pub(crate) message: String,
+    pub(crate) kind: &'static str,
+    pub(crate) code: &'static str,
+    pub(crate) headers: Vec<(HeaderName, HeaderValue)>,
+}
+
+impl ApiError {
+    pub(crate) fn new(
+        status: StatusCode,
+        kind: &'static str,
+        code: &'static str,
+        message: impl Into<String>,
+    ) -> Self {
+        Self {
+            status,
+            message: message.into(),
+            kind,
+            code,
+            headers: Vec::new(),
+        }
+    }
+
+    /// 400: the message names the field.
+    pub(crate) fn invalid(message: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_request_error",
+            "invalid_request",
+            message,
+        )
+    }
+
+    pub(crate) fn unauthorized() -> Self {
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            "invalid_request_error",
+            "invalid_api_key",
+            "missing or unknown API key: send `Authorization: Bearer <key>`",
+        )
+        .header(
+            http::header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer"),
+        )
+    }
+
+    pub(crate) fn not_found(path: &str) -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "invalid_request_error",
+            "not_found",
+            format!("no route for {path}"),
+        )
+    }
+
+    pub(crate) fn method_not_allowed(allow: &'static str) -> Self {
+        Self::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "invalid_request_error",
+            "method_not_allowed",
+            format!("method not allowed; allowed: {allow}"),
+        )
+        .header(ALLOW, HeaderValue::from_static(allow))
+    }
+
+    pub(crate) fn too_large(limit: usize) -> Self {
+        Self::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "invalid_request_error",
+            "body_too_large",
+            format!("request body over {limit} bytes"),
+        )
+    }
+
+    pub(crate) fn unsupported_media_type() -> Self {
+        Self::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "invalid_request_error",
+            "unsupported_media_type",
+            "content-type must be application/json",
+        )
+    }
+
+    /// 503 with `Retry-After`: overloaded, breaker open or shutting down.
+    pub(crate) fn unavailable(
+        code: &'static str,
+        message: impl Into<String>,
+        retry_after: Duration,
+    ) -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "server_error",
+            code,
+            message,
+        )
+        .retry_after(retry_after)
+    }
+
+    pub(crate) fn bad_gateway(message: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::BAD_GATEWAY,
+            "server_error",
+            "upstream_error",
+            message,
+        )
+    }
+
+    pub(crate) fn deadline() -> Self {
+        Self::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            "server_error",
+            "deadline_exceeded",
+            "the request's deadline passed before the first token",
+        )
+    }
+
+    pub(crate) fn internal() -> Self {
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "server_error",
+            "internal_error",
+            "internal error",
+        )
+    }
+
+    #[must_use]
+    pub(crate) fn header(mut self, name: HeaderName, value: HeaderValue) -> Self {
+        self.headers.push((name, value));
+        self
+    }
+
+    /// `Retry-After` in whole seconds, rounded up (at least 1).
+    #[must_use]
+    pub(crate) fn retry_after(self, after: Duration) -> Self {
+        let secs = retry_after_secs(after);
+        self.header(RETRY_AFTER, HeaderValue::from(secs))
+    }
+
+    /// The JSON body alone, for a final SSE error event.
+    pub(crate) fn json(&self) -> serde_json::Value {
+        error_json(&self.message, self.kind, self.code)
+    }
+
+    pub(crate) fn into_response(self) -> Response<Body> {
+        let body = self.json().to_string();
+        let mut response = Response::new(full(body));
+        *response.status_mut() = self.status;
+        let headers = response.headers_mut();
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        for (name, value) in self.headers {
+            headers.append(name, value);
+        }
+        response
+    }
+}
+
+/// `{"error":{"message","type","code"}}`.
+pub(crate) fn error_json(message: &str, kind: &str, code: &str) -> serde_json::Value {
+    serde_json::json!({ "error": { "message": message, "type": kind, "code": code } })
+}
+
+/// Whole seconds, rounded up (brigade-limit's rule), at least 1.
+pub(crate) fn retry_after_secs(after: Duration) -> u64 {
+    brigade_limit::headers::retry_after_secs(after).max(1)
+}

@@ -1,0 +1,63 @@
+//! The kitchen: an OpenAI-compatible hyper server that composes every Brigade crate.
+//!
+//! `cargo run --release --example kitchen -- --help` lists every flag. Then:
+//!
+//! ```text
+//! curl -N localhost:8080/v1/chat/completions -H 'content-type: application/json' \
+//!   -d '{"model":"kitchen-mock","messages":[{"role":"user","content":"hi"}],"stream":true}'
+//! ```
+
+mod chat;
+mod config;
+mod error;
+mod limits;
+mod metrics;
+mod mock;
+mod routes;
+mod server;
+mod upstream;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+
+fn main() -> ExitCode {
+    let config = config::Config::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            tracing::error!(%error, "could not start the runtime");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        let running = match server::start(config).await {
+            Ok(running) => running,
+            Err(error) => {
+                tracing::error!(%error, "could not start the kitchen");
+                return ExitCode::FAILURE;
+            }
+        };
+        tracing::info!(addr = %running.addr, model = running.app.model_name(), "kitchen open");
+        let shutdown = running.app.shutdown.clone();
+        shutdown.listen_for_signals();
+        let report = shutdown.drained().await;
+        tracing::info!(
+            outcome = ?report.outcome(),
+            elapsed = ?report.elapsed(),
+            still_running = report.still_running(),
+            "kitchen closed"
+        );
+        ExitCode::SUCCESS
+    })
+}

@@ -1,0 +1,138 @@
+//! Prometheus metrics through `prometheus-client` (OpenMetrics text).
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+type Labels = Vec<(&'static str, String)>;
+
+/// Every metric the kitchen exports.
+#[derive(Debug)]
+pub(crate) struct Metrics {
+    registry: Registry,
+    /// Requests by route and status.
+    pub(crate) requests: Family<Labels, Counter>,
+    /// Streams open now.
+    pub(crate) streams_in_flight: Gauge,
+    /// Tokens the line cook produced.
+    pub(crate) tokens: Counter,
+    /// Generations stopped before their end, by reason.
+    pub(crate) cancelled: Family<Labels, Counter>,
+    /// Rate-limit rejections, by limit.
+    pub(crate) rate_limited: Family<Labels, Counter>,
+    /// The breaker's state: 1 for the current one.
+    pub(crate) breaker_state: Family<Labels, Gauge>,
+    /// Retries before the first token.
+    pub(crate) retries: Counter,
+    /// Requests waiting for a bulkhead slot.
+    pub(crate) bulkhead_queue: Gauge,
+    /// Handler panics turned into 500s.
+    pub(crate) panics: Counter,
+}
+
+impl Metrics {
+    pub(crate) fn new() -> Self {
+        let mut registry = Registry::with_prefix("kitchen");
+        let requests = Family::<Labels, Counter>::default();
+        registry.register(
+            "requests",
+            "HTTP requests by route and status",
+            requests.clone(),
+        );
+        let streams_in_flight = Gauge::default();
+        registry.register(
+            "streams_in_flight",
+            "Streams open now",
+            streams_in_flight.clone(),
+        );
+        let tokens = Counter::default();
+        registry.register(
+            "tokens_generated",
+            "Tokens produced by the line cook",
+            tokens.clone(),
+        );
+        let cancelled = Family::<Labels, Counter>::default();
+        registry.register(
+            "generations_cancelled",
+            "Generations stopped before their end, by reason",
+            cancelled.clone(),
+        );
+        let rate_limited = Family::<Labels, Counter>::default();
+        registry.register(
+            "rate_limit_rejections",
+            "Requests rejected by a rate limit, by limit",
+            rate_limited.clone(),
+        );
+        let breaker_state = Family::<Labels, Gauge>::default();
+        registry.register(
+            "breaker_state",
+            "Circuit breaker state (1 for the current one)",
+            breaker_state.clone(),
+        );
+        let retries = Counter::default();
+        registry.register("retries", "Retries before the first token", retries.clone());
+        let bulkhead_queue = Gauge::default();
+        registry.register(
+            "bulkhead_queue_depth",
+            "Requests waiting for a stream slot",
+            bulkhead_queue.clone(),
+        );
+        let panics = Counter::default();
+        registry.register(
+            "handler_panics",
+            "Handler panics answered with 500",
+            panics.clone(),
+        );
+        Self {
+            registry,
+            requests,
+            streams_in_flight,
+            tokens,
+            cancelled,
+            rate_limited,
+            breaker_state,
+            retries,
+            bulkhead_queue,
+            panics,
+        }
+    }
+
+    pub(crate) fn request(&self, route: &'static str, status: u16) {
+        self.requests
+            .get_or_create(&vec![
+                ("route", route.to_owned()),
+                ("status", status.to_string()),
+            ])
+            .inc();
+    }
+
+    pub(crate) fn cancel(&self, reason: &str) {
+        self.cancelled
+            .get_or_create(&vec![("reason", reason.to_owned())])
+            .inc();
+    }
+
+    pub(crate) fn set_breaker_state(&self, current: &str) {
+        for state in [
+            "closed",
+            "open",
+            "half-open",
+            "forced open",
+            "disabled",
+            "metrics only",
+        ] {
+            self.breaker_state
+                .get_or_create(&vec![("state", state.to_owned())])
+                .set(i64::from(state == current));
+        }
+    }
+
+    /// The OpenMetrics text exposition.
+    pub(crate) fn encode(&self) -> String {
+        let mut out = String::new();
+        encode(&mut out, &self.registry).expect("writing to a String cannot fail");
+        out
+    }
+}

@@ -1,0 +1,291 @@
+//! The front desk: the shared state, routing, health, readiness, metrics and models, and the
+//! catch-unwind that turns a handler panic into a 500.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use brigade_breaker::{CircuitBreaker, OpenDuration, Window};
+use brigade_cancel::Shutdown;
+use brigade_retry::{Backoff, Jitter, Retry};
+use bytes::Bytes;
+use futures::FutureExt;
+use http::header::{CONTENT_TYPE, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use http_body_util::combinators::UnsyncBoxBody;
+use tokio::time::Instant;
+use tracing::Instrument;
+
+use crate::config::Config;
+use crate::error::ApiError;
+use crate::limits::Limits;
+use crate::metrics::Metrics;
+use crate::mock::{CookError, Mock, Order, TokenStream};
+use crate::upstream::Upstream;
+
+/// Every response body of the kitchen.
+pub(crate) type Body = UnsyncBoxBody<Bytes, Infallible>;
+
+/// A whole body.
+pub(crate) fn full(bytes: impl Into<Bytes>) -> Body {
+    http_body_util::Full::new(bytes.into()).boxed_unsync()
+}
+
+/// The token count of a whole (non-streamed) answer, for its log line.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Tokens(pub(crate) u32);
+
+/// Marks a streaming response: its log line is written when the stream ends.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Streaming;
+
+/// The kitchen's shared state: configuration, the crates' policies, the line cook, metrics.
+#[derive(Debug)]
+pub(crate) struct App {
+    pub(crate) config: Config,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) shutdown: Shutdown,
+    pub(crate) breaker: CircuitBreaker,
+    pub(crate) retry: Retry,
+    pub(crate) limits: Limits,
+    pub(crate) mock: Mock,
+    pub(crate) upstream: Option<Upstream>,
+    next_id: AtomicU64,
+}
+
+impl App {
+    pub(crate) fn new(config: Config) -> Result<Self, String> {
+        let metrics = Arc::new(Metrics::new());
+        let shutdown = Shutdown::new(config.grace());
+        let breaker = CircuitBreaker::builder()
+            .window(Window::count(config.breaker_window))
+            .minimum_calls(config.breaker_min_calls)
+            .failure_rate_threshold(config.breaker_failure_rate)
+            .open_duration(OpenDuration::fixed(Duration::from_secs(
+                config.breaker_open_secs,
+            )))
+            .half_open_probes(config.breaker_probes)
+            .half_open_successes(config.breaker_probes)
+            .jitter_seed(config.seed)
+            .build()
+            .map_err(|e| format!("breaker: {e}"))?;
+        let retries = metrics.retries.clone();
+        let retry = Retry::builder()
+            .schedule(
+                Backoff::exponential(Duration::from_millis(config.retry_backoff_ms.max(1)), 2.0)
+                    .max_delay(Duration::from_secs(2))
+                    .jitter(Jitter::Equal),
+            )
+            .max_attempts(config.max_attempts)
+            .rng(config.seed)
+            .on_retry(move |_| {
+                retries.inc();
+            })
+            .build()
+            .map_err(|e| format!("retry: {e}"))?;
+        let upstream = config
+            .upstream
+            .as_deref()
+            .map(|url| Upstream::new(url, config.upstream_key.clone()))
+            .transpose()?;
+        Ok(Self {
+            limits: Limits::new(&config, Arc::clone(&metrics))?,
+            mock: Mock::new(&config),
+            metrics,
+            shutdown,
+            breaker,
+            retry,
+            upstream,
+            config,
+            next_id: AtomicU64::new(1),
+        })
+    }
+
+    /// Starts the line cook for one attempt: the mock, or the upstream.
+    pub(crate) async fn open(&self, order: &Order) -> Result<TokenStream, CookError> {
+        match &self.upstream {
+            Some(upstream) => upstream.open(order).await,
+            None => Ok(self.mock.open(order)),
+        }
+    }
+
+    /// Answers one request: never fails, never unwinds.
+    pub(crate) async fn handle(
+        self: Arc<Self>,
+        request: Request<hyper::body::Incoming>,
+        peer: SocketAddr,
+    ) -> Response<Body> {
+        let start = Instant::now();
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let route = route_name(request.uri().path());
+        let span = tracing::info_span!("request", id, route, method = %request.method());
+        let log = LogLine {
+            id,
+            route,
+            start,
+            span: span.clone(),
+        };
+        let routed = AssertUnwindSafe(Arc::clone(&self).route(request, peer, id, route))
+            .catch_unwind()
+            .instrument(span)
+            .await;
+        let response = routed.unwrap_or_else(|panic| {
+            let message = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            self.metrics.panics.inc();
+            tracing::error!(parent: &log.span, id, panic = %message, "handler panicked");
+            ApiError::internal().into_response()
+        });
+        self.metrics.request(route, response.status().as_u16());
+        if response.extensions().get::<Streaming>().is_none() {
+            let tokens = response.extensions().get::<Tokens>().map_or(0, |t| t.0);
+            log.finish(response.status().as_u16(), tokens);
+        } else if let Some(slot) = response.extensions().get::<LogSlot>() {
+            slot.put(log, response.status().as_u16());
+        }
+        response
+    }
+
+    async fn route(
+        self: Arc<Self>,
+        request: Request<hyper::body::Incoming>,
+        peer: SocketAddr,
+        id: u64,
+        route: &'static str,
+    ) -> Response<Body> {
+        let method = request.method().clone();
+        let result = match (route, &method) {
+            ("chat", &Method::POST) => crate::chat::chat(self, request, peer, id).await,
+            ("chat", _) => Err(ApiError::method_not_allowed("POST")),
+            (_, &Method::GET | &Method::HEAD) => Ok(self.simple(route, request.uri().path())),
+            ("not_found", _) => Err(ApiError::not_found(request.uri().path())),
+            (_, _) => Err(ApiError::method_not_allowed("GET, HEAD")),
+        };
+        result.unwrap_or_else(ApiError::into_response)
+    }
+
+    pub(crate) fn simple(&self, route: &'static str, path: &str) -> Response<Body> {
+        match route {
+            "healthz" => json(StatusCode::OK, &serde_json::json!({ "status": "ok" })),
+            "readyz" if self.shutdown.is_draining() => ApiError::unavailable(
+                "shutting_down",
+                "the server is shutting down",
+                self.config.grace(),
+            )
+            .into_response(),
+            "readyz" => json(StatusCode::OK, &serde_json::json!({ "status": "ready" })),
+            "metrics" => {
+                self.metrics
+                    .set_breaker_state(&self.breaker.state().to_string());
+                self.metrics
+                    .bulkhead_queue
+                    .set(i64::try_from(self.limits.queued()).unwrap_or(i64::MAX));
+                let mut response = Response::new(full(self.metrics.encode()));
+                response.headers_mut().insert(
+                    CONTENT_TYPE,
+                    HeaderValue::from_static(
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    ),
+                );
+                response
+            }
+            "models" => json(
+                StatusCode::OK,
+                &serde_json::json!({
+                    "object": "list",
+                    "data": [{
+                        "id": self.model_name(),
+                        "object": "model",
+                        "created": 0,
+                        "owned_by": "brigade",
+                    }],
+                }),
+            ),
+            _ => ApiError::not_found(path).into_response(),
+        }
+    }
+
+    pub(crate) fn model_name(&self) -> &'static str {
+        if self.upstream.is_some() {
+            "upstream"
+        } else {
+            "kitchen-mock"
+        }
+    }
+}
+
+fn route_name(path: &str) -> &'static str {
+    match path {
+        "/v1/chat/completions" => "chat",
+        "/v1/models" => "models",
+        "/healthz" => "healthz",
+        "/readyz" => "readyz",
+        "/metrics" => "metrics",
+        _ => "not_found",
+    }
+}
+
+/// A JSON response.
+pub(crate) fn json(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
+    let mut response = Response::new(full(value.to_string()));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
+
+/// The one log line of a request, written when it ends.
+#[derive(Debug)]
+pub(crate) struct LogLine {
+    id: u64,
+    route: &'static str,
+    start: Instant,
+    span: tracing::Span,
+}
+
+impl LogLine {
+    pub(crate) fn finish(&self, status: u16, tokens: u32) {
+        tracing::info!(
+            parent: &self.span,
+            id = self.id,
+            route = self.route,
+            status,
+            latency_ms = self.start.elapsed().as_secs_f64() * 1000.0,
+            tokens,
+            "request done"
+        );
+    }
+}
+
+/// Where a streaming response's body picks up its log line.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct LogSlot(Arc<std::sync::Mutex<Option<(LogLine, u16)>>>);
+
+impl LogSlot {
+    fn put(&self, log: LogLine, status: u16) {
+        *self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some((log, status));
+    }
+
+    /// Writes the log line with the stream's token count.
+    pub(crate) fn finish(&self, tokens: u32) {
+        let taken = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        if let Some((log, status)) = taken {
+            log.finish(status, tokens);
+        }
+    }
+}
