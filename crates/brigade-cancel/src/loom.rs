@@ -1,7 +1,7 @@
 //! Synchronization primitives, swapped for loom's models under `--cfg loom`.
 //!
-//! Only the locks and atomics this crate takes itself go through here; tokio's `Notify` and
-//! the reference counts stay std's.
+//! Only the locks and atomics this crate takes itself go through here; the reference counts
+//! (`Arc`, `Weak`) stay std's.
 
 #[cfg(loom)]
 pub(crate) use loom::sync::Mutex;
