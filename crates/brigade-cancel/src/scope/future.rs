@@ -111,7 +111,8 @@ pin_project! {
     /// Runs a future until it completes or its [`CancelScope`] is cancelled.
     ///
     /// Returned by [`CancelScope::run_until_cancelled`]. Yields `Ok` with the future's output,
-    /// or `Err(Cancelled)` with the reason; cancellation is checked before each poll.
+    /// or `Err(Cancelled)` with the reason; cancellation is checked before each poll, and
+    /// the task registers for the cancel only while the future is pending.
     #[must_use = "futures do nothing unless polled"]
     pub struct RunUntilCancelled<'a, F> {
         #[pin]
@@ -134,11 +135,19 @@ impl<F: Future> Future for RunUntilCancelled<'_, F> {
     type Output = Result<F::Output, Cancelled>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        if let Poll::Ready(reason) = this.cancelled.poll(cx) {
-            return Poll::Ready(Err(Cancelled::new(reason)));
+        let mut this = self.project();
+        // Checked before each poll with one atomic load: a cancelled scope never polls the
+        // future again. The waker is registered (a lock) only when the future is pending, so
+        // a future that is ready at once (a token already in a buffer) costs no lock.
+        if !this.cancelled.node.is_cancelled()
+            && let Poll::Ready(output) = this.future.poll(cx)
+        {
+            return Poll::Ready(Ok(output));
         }
-        this.future.poll(cx).map(Ok)
+        // Registering checks the reason under the node's lock: a cancel that came after the
+        // load above is seen here, and one that comes later wakes this task.
+        let reason = ready!(this.cancelled.as_mut().poll(cx));
+        Poll::Ready(Err(Cancelled::new(reason)))
     }
 }
 

@@ -134,3 +134,41 @@ fn loom_a_waiter_never_misses_the_cancel() {
         canceller.join().unwrap();
     });
 }
+
+/// `run_until_cancelled` checks the flag, polls the future, and registers only when it is
+/// pending: a cancel in any gap between those steps still ends the wait.
+#[test]
+fn loom_run_until_cancelled_never_misses_the_cancel() {
+    loom::model(|| {
+        let scope = CancelScope::new();
+        let canceller = {
+            let scope = scope.clone();
+            thread::spawn(move || scope.cancel(CancelReason::ClientDisconnected))
+        };
+        let outcome =
+            loom::future::block_on(scope.run_until_cancelled(std::future::pending::<()>()));
+        let cancelled = outcome.expect_err("a pending future ends only by the cancel");
+        assert_eq!(cancelled.reason(), &CancelReason::ClientDisconnected);
+        canceller.join().unwrap();
+    });
+}
+
+/// A future that is ready at once wins over a cancel that races it, or loses to one that
+/// came first; it never hangs and never sees both.
+#[test]
+fn loom_a_ready_future_races_a_cancel_cleanly() {
+    loom::model(|| {
+        let scope = CancelScope::new();
+        let canceller = {
+            let scope = scope.clone();
+            thread::spawn(move || scope.cancel(CancelReason::Shutdown))
+        };
+        let outcome = loom::future::block_on(scope.run_until_cancelled(async { 7 }));
+        match outcome {
+            Ok(value) => assert_eq!(value, 7),
+            Err(cancelled) => assert_eq!(cancelled.reason(), &CancelReason::Shutdown),
+        }
+        canceller.join().unwrap();
+        assert!(scope.is_cancelled());
+    });
+}
