@@ -11,7 +11,6 @@
 //!   `x-ratelimit-reset-<name>` (reset as `1s`, `6m0s`, `20ms`), which clients written for
 //!   OpenAI already read when the limits are named `requests` and `tokens`.
 
-use std::fmt::Write as _;
 use std::time::Duration;
 
 use http::header::{HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
@@ -60,25 +59,63 @@ pub fn retry_after(wait: Duration) -> HeaderValue {
 /// assert_eq!(openai_duration(Duration::from_secs(360)), "6m0s");
 /// ```
 pub fn openai_duration(d: Duration) -> String {
+    let mut out = String::with_capacity(12);
+    write_openai_duration(&mut out, d);
+    out
+}
+
+/// [`openai_duration`] into `out`, without formatting machinery.
+fn write_openai_duration(out: &mut String, d: Duration) {
     let ms = d.as_nanos().div_ceil(1_000_000);
+    let ms = u64::try_from(ms).unwrap_or(u64::MAX);
     if ms < 1000 {
-        return format!("{ms}ms");
+        push_u64(out, ms);
+        out.push_str("ms");
+        return;
     }
     let (h, m, s, frac) = (ms / 3_600_000, ms / 60_000 % 60, ms / 1000 % 60, ms % 1000);
-    let mut out = String::new();
     if h > 0 {
-        let _ = write!(out, "{h}h");
+        push_u64(out, h);
+        out.push('h');
     }
     if h > 0 || m > 0 {
-        let _ = write!(out, "{m}m");
+        push_u64(out, m);
+        out.push('m');
     }
-    let _ = write!(out, "{s}");
+    push_u64(out, s);
     if frac > 0 {
-        let digits = format!("{frac:03}");
-        let _ = write!(out, ".{}", digits.trim_end_matches('0'));
+        // Three digits, trailing zeros dropped: 500 ms is ".5", 640 ms ".64".
+        let digits = [frac / 100, frac / 10 % 10, frac % 10];
+        let used = if digits[2] != 0 {
+            3
+        } else if digits[1] != 0 {
+            2
+        } else {
+            1
+        };
+        out.push('.');
+        for digit in &digits[..used] {
+            out.push(char::from(b'0' + *digit as u8));
+        }
     }
     out.push('s');
-    out
+}
+
+/// Appends `n` in decimal.
+fn push_u64(out: &mut String, mut n: u64) {
+    let mut buf = [0_u8; 20];
+    let mut at = buf.len();
+    loop {
+        at -= 1;
+        buf[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    for &digit in &buf[at..] {
+        out.push(char::from(digit));
+    }
 }
 
 /// Which header fields to write; a small value type with chained setters.
@@ -135,60 +172,91 @@ impl RateLimitHeaders {
 
     /// The fields of an admitted call.
     pub fn admitted(&self, admitted: &Admitted, headers: &mut HeaderMap) {
-        self.write(&admitted.limits().collect::<Vec<_>>(), headers);
+        self.write(|| admitted.limits(), headers);
     }
 
     /// The fields of a rejected call, `Retry-After` included.
     pub fn rejected(&self, rejected: &Rejected, headers: &mut HeaderMap) {
         headers.insert(RETRY_AFTER, retry_after(rejected.retry_after()));
-        self.write(&rejected.limits().collect::<Vec<_>>(), headers);
+        self.write(|| rejected.limits(), headers);
     }
 
-    fn write(&self, limits: &[LimitStatus], headers: &mut HeaderMap) {
+    // No `format!` and no collection: one buffer for the two IETF fields, integers written by
+    // hand, and the OpenAI field names of the usual limits ("requests", "tokens") static.
+    fn write<I>(&self, limits: impl Fn() -> I, headers: &mut HeaderMap)
+    where
+        I: Iterator<Item = LimitStatus>,
+    {
         if self.ietf {
-            let mut policy = String::new();
-            let mut state = String::new();
-            for (i, s) in limits.iter().enumerate() {
-                let sep = if i == 0 { "" } else { ", " };
-                policy.push_str(sep);
-                sf_string(&mut policy, s.name());
-                let _ = write!(
-                    policy,
-                    ";q={};w={}",
-                    s.limit(),
-                    retry_after_secs(s.window()).max(1)
-                );
-                state.push_str(sep);
-                sf_string(&mut state, s.name());
-                let _ = write!(
-                    state,
-                    ";r={};t={}",
-                    s.remaining(),
-                    retry_after_secs(s.reset())
-                );
+            let mut buf = String::with_capacity(64);
+            for (i, s) in limits().enumerate() {
+                if i > 0 {
+                    buf.push_str(", ");
+                }
+                sf_string(&mut buf, s.name());
+                buf.push_str(";q=");
+                push_u64(&mut buf, u64::from(s.limit()));
+                buf.push_str(";w=");
+                push_u64(&mut buf, retry_after_secs(s.window()).max(1));
             }
-            insert(headers, RATELIMIT_POLICY, &policy);
-            insert(headers, RATELIMIT, &state);
+            insert(headers, RATELIMIT_POLICY, &buf);
+            buf.clear();
+            for (i, s) in limits().enumerate() {
+                if i > 0 {
+                    buf.push_str(", ");
+                }
+                sf_string(&mut buf, s.name());
+                buf.push_str(";r=");
+                push_u64(&mut buf, u64::from(s.remaining()));
+                buf.push_str(";t=");
+                push_u64(&mut buf, retry_after_secs(s.reset()));
+            }
+            insert(headers, RATELIMIT, &buf);
         }
         if self.openai {
-            for s in limits {
-                let name = |what: &str| {
-                    HeaderName::from_bytes(format!("x-ratelimit-{what}-{}", s.name()).as_bytes())
+            let mut reset_value = String::with_capacity(12);
+            for s in limits() {
+                let Some([limit, remaining, reset]) = openai_names(s.name()) else {
+                    continue;
                 };
-                if let (Ok(limit), Ok(remaining), Ok(reset)) =
-                    (name("limit"), name("remaining"), name("reset"))
-                {
-                    headers.insert(limit, HeaderValue::from(s.limit()));
-                    headers.insert(remaining, HeaderValue::from(s.remaining()));
-                    insert(headers, reset, &openai_duration(s.reset()));
-                }
+                headers.insert(limit, HeaderValue::from(s.limit()));
+                headers.insert(remaining, HeaderValue::from(s.remaining()));
+                reset_value.clear();
+                write_openai_duration(&mut reset_value, s.reset());
+                insert(headers, reset, &reset_value);
             }
         }
     }
 }
 
-/// Writes `name` as a structured-field string (RFC 8941 §3.3.3): quoted, with `"` and `\`
-/// escaped. Names are printable ASCII, checked when the limiter is built.
+/// `x-ratelimit-{limit,remaining,reset}-<name>`: static for the names OpenAI uses, built
+/// otherwise; `None` for a name that is not a valid header name.
+fn openai_names(name: &str) -> Option<[HeaderName; 3]> {
+    match name {
+        "requests" => Some([
+            HeaderName::from_static("x-ratelimit-limit-requests"),
+            HeaderName::from_static("x-ratelimit-remaining-requests"),
+            HeaderName::from_static("x-ratelimit-reset-requests"),
+        ]),
+        "tokens" => Some([
+            HeaderName::from_static("x-ratelimit-limit-tokens"),
+            HeaderName::from_static("x-ratelimit-remaining-tokens"),
+            HeaderName::from_static("x-ratelimit-reset-tokens"),
+        ]),
+        _ => {
+            let build = |what: &str| {
+                let mut field = String::with_capacity(24 + name.len());
+                field.push_str("x-ratelimit-");
+                field.push_str(what);
+                field.push('-');
+                field.push_str(name);
+                HeaderName::from_bytes(field.as_bytes()).ok()
+            };
+            Some([build("limit")?, build("remaining")?, build("reset")?])
+        }
+    }
+}
+
 fn sf_string(out: &mut String, name: &str) {
     out.push('"');
     for c in name.chars() {

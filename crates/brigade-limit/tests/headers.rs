@@ -107,3 +107,60 @@ async fn ietf_fields_can_be_turned_off() {
     assert!(!headers.contains_key("ratelimit"));
     assert_eq!(headers["x-ratelimit-remaining-tokens"], "9999");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_limit_with_its_own_name_gets_openai_fields_under_that_name() {
+    let limiter: RateLimiter<&str> = RateLimiter::builder()
+        .limit(Limit::new("embeddings", Quota::per_second(nz(4))))
+        .build()
+        .unwrap();
+    let admitted = limiter.try_acquire(&"k", 1).unwrap();
+    let mut headers = HeaderMap::new();
+    RateLimitHeaders::new()
+        .openai(true)
+        .admitted(&admitted, &mut headers);
+    assert_eq!(headers["x-ratelimit-limit-embeddings"], "4");
+    assert_eq!(headers["x-ratelimit-remaining-embeddings"], "3");
+    assert_eq!(headers["x-ratelimit-reset-embeddings"], "250ms");
+    assert_eq!(headers["ratelimit-policy"], "\"embeddings\";q=4;w=1");
+    assert_eq!(headers["ratelimit"], "\"embeddings\";r=3;t=1");
+}
+
+#[test]
+fn openai_durations_drop_trailing_zeros_of_the_fraction() {
+    assert_eq!(openai_duration(Duration::from_millis(1_500)), "1.5s");
+    assert_eq!(openai_duration(Duration::from_millis(1_050)), "1.05s");
+    assert_eq!(openai_duration(Duration::from_millis(1_005)), "1.005s");
+    assert_eq!(openai_duration(Duration::from_millis(61_010)), "1m1.01s");
+    assert_eq!(openai_duration(Duration::from_micros(999_001)), "1s");
+    assert_eq!(openai_duration(Duration::from_nanos(1)), "1ms");
+    assert_eq!(
+        openai_duration(Duration::from_secs(u64::MAX)),
+        openai_duration(Duration::from_millis(u64::MAX))
+    );
+}
+
+proptest::proptest! {
+    /// The hand-written formatter agrees with a plain `format!` one on every duration.
+    #[test]
+    fn openai_duration_matches_a_reference(ms in 0_u64..10_000_000_000) {
+        let reference = if ms < 1000 {
+            format!("{ms}ms")
+        } else {
+            let (h, m, s, frac) = (ms / 3_600_000, ms / 60_000 % 60, ms / 1000 % 60, ms % 1000);
+            let mut out = String::new();
+            if h > 0 {
+                out += &format!("{h}h");
+            }
+            if h > 0 || m > 0 {
+                out += &format!("{m}m");
+            }
+            out += &format!("{s}");
+            if frac > 0 {
+                out += &format!(".{}", format!("{frac:03}").trim_end_matches('0'));
+            }
+            out + "s"
+        };
+        proptest::prop_assert_eq!(openai_duration(Duration::from_millis(ms)), reference);
+    }
+}
