@@ -34,6 +34,15 @@ pub enum InvalidConfig {
         /// The address length in bits.
         max: u8,
     },
+    /// A local fallback that divides the quotas over zero replicas.
+    ZeroReplicas,
+    /// A duration setting that must be positive is zero; names the setting.
+    ZeroDuration(&'static str),
+    /// A Redis key prefix or limit name holds `{` or `}`: the Redis key layout reserves them
+    /// for its hash tag (`prefix{key}:limit`).
+    BraceInRedisKey(String),
+    /// The Redis URL does not parse; the message says why.
+    RedisUrl(String),
 }
 
 impl fmt::Display for InvalidConfig {
@@ -55,6 +64,17 @@ impl fmt::Display for InvalidConfig {
             Self::PrefixTooLong { prefix, max } => {
                 write!(f, "address prefix /{prefix} is longer than /{max}")
             }
+            Self::ZeroReplicas => {
+                f.write_str("local fallback divides the quotas over zero replicas")
+            }
+            Self::ZeroDuration(setting) => write!(f, "{setting} is zero"),
+            Self::BraceInRedisKey(part) => {
+                write!(
+                    f,
+                    "{part:?} holds a brace, reserved by the Redis key layout"
+                )
+            }
+            Self::RedisUrl(why) => write!(f, "invalid Redis URL: {why}"),
         }
     }
 }
@@ -120,6 +140,14 @@ pub enum AcquireError {
     /// The call could not be admitted before its deadline (async acquire only). Nothing was
     /// charged.
     DeadlineExceeded,
+    /// The shared store is unreachable and the fallback refuses the call: a `RedisRateLimiter`
+    /// (feature `redis`) whose fallback is `FailClosed`, or a cost over a local fallback's
+    /// divided burst. Nothing was charged; `retry_after` is when the store will be
+    /// tried again. A server error (503) rather than a quota one (429).
+    Unavailable {
+        /// When the store will be tried again.
+        retry_after: Duration,
+    },
 }
 
 impl AcquireError {
@@ -127,7 +155,9 @@ impl AcquireError {
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
             Self::Rejected(r) | Self::QueueFull(r) => Some(r.retry_after()),
-            Self::KeysExhausted { retry_after } => Some(*retry_after),
+            Self::KeysExhausted { retry_after } | Self::Unavailable { retry_after } => {
+                Some(*retry_after)
+            }
             Self::Unsatisfiable(_) | Self::Cancelled | Self::DeadlineExceeded => None,
         }
     }
@@ -150,6 +180,7 @@ impl fmt::Display for AcquireError {
             Self::KeysExhausted { .. } => f.write_str("rate limiter key table is full"),
             Self::Cancelled => f.write_str("rate limit wait cancelled"),
             Self::DeadlineExceeded => f.write_str("rate limit wait passed its deadline"),
+            Self::Unavailable { .. } => f.write_str("rate limit store unavailable"),
         }
     }
 }

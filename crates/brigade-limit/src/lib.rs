@@ -20,6 +20,9 @@
 //!   [`ConcurrencyPermit`] that a [`PermitBody`] holds until the stream ends.
 //! - [`headers`]: `Retry-After` rounded up, the IETF `RateLimit-Policy` and `RateLimit` fields,
 //!   and OpenAI's `x-ratelimit-*`.
+//! - `redis` (feature `redis`): `RedisRateLimiter`, the same limits and decision values kept in
+//!   Redis and shared by every replica, one round trip per decision on the server's clock,
+//!   with a fail-open, fail-closed or local fallback while Redis is down.
 //!
 //! # Example
 //!
@@ -56,6 +59,7 @@
 //! | feature | default | what it adds |
 //! | --- | --- | --- |
 //! | `tower` | no | `RateLimitLayer` (with a key extractor) and `ConcurrencyLimitLayer` (the permit lives with the response body), for `http` services |
+//! | `redis` | no | `redis::RedisRateLimiter`: per-key limits in Redis (a Lua script, or the native `GCRA` command where the server has it), shared by every replica, with a fallback and switch metrics; pulls `redis` (redis-rs, tokio) and `tracing` |
 //!
 //! # Cancel safety
 //!
@@ -66,6 +70,8 @@
 //!
 //! All time is tokio's clock ([`tokio::time::Instant`]), read once per decision, so tests can
 //! pause and advance it. Nothing runs in the background.
+//! The `redis` limiter decides on the Redis server's clock instead, so that replicas agree;
+//! its timeouts and probe schedule use tokio's.
 //!
 //! # Performance
 //!
@@ -87,6 +93,9 @@ mod key;
 mod loom;
 mod quota;
 pub mod rate;
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub mod redis;
 #[cfg(feature = "tower")]
 #[cfg_attr(docsrs, doc(cfg(feature = "tower")))]
 pub mod tower;

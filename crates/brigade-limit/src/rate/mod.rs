@@ -64,7 +64,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use self::decision::Snapshot;
+pub(crate) use self::decision::Snapshot;
 pub use self::decision::{Admitted, LimitStatus, Rejected};
 use self::direct::Direct;
 pub use self::reservation::Reservation;

@@ -1,0 +1,969 @@
+//! Rate limits kept in Redis: one quota per key shared by every replica of a service, with a
+//! fallback when Redis is down.
+//!
+//! A per-key quota held in each process lets a client through N times over when a service
+//! runs as N replicas behind a load balancer. [`RedisRateLimiter`] keeps the state in Redis and
+//! decides exactly as the in-process [`RateLimiter`] does: the same [`Quota`] and burst
+//! meaning, weighted costs, up to [`MAX_LIMITS`] limits per key checked all or nothing,
+//! reserve then settle, and the same [`Admitted`] / [`Rejected`] values, so
+//! [`headers`](crate::headers) writes the same fields.
+//!
+//! # Example
+//!
+//! ```no_run
+//! use std::num::NonZeroU32;
+//! use std::time::Duration;
+//! use brigade_limit::redis::{Fallback, RedisRateLimiter};
+//! use brigade_limit::{Limit, Quota};
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let per_minute = |n| Quota::per_minute(NonZeroU32::new(n).unwrap());
+//! let limiter: RedisRateLimiter<String> = RedisRateLimiter::builder()
+//!     .limit(Limit::per_request("requests", per_minute(60)))
+//!     .limit(Limit::new("tokens", per_minute(10_000)))
+//!     .call_timeout(Duration::from_millis(50))
+//!     .fallback(Fallback::Local { replicas: 3 })
+//!     .build("redis://127.0.0.1:6379/")?;
+//! limiter.connect().await?; // optional: connect before the first request
+//!
+//! let key = "api-key-1".to_owned();
+//! let reservation = limiter.try_reserve(&key, 2_000).await?; // prompt + max_tokens
+//! // ... stream the answer ...
+//! reservation.settle(640).await?; // 1,360 tokens come back
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # One round trip per decision
+//!
+//! A decision is one `EVALSHA` of a Lua script loaded when the connection opens: it reads
+//! every limit's theoretical arrival time (TAT), checks them all, and charges them all or
+//! none, atomically (a script runs alone on the server). A server that lost the script
+//! (restarted, `SCRIPT FLUSH`) answers `NOSCRIPT`; the call loads it again and resends,
+//! inside the same timeout. The connection is one multiplexed connection per limiter, shared
+//! by every caller.
+//!
+//! # Time is the server's
+//!
+//! The script reads Redis's clock (`TIME`; Redis 5 and later replicate a script's effects, so
+//! a script may read the clock and then write). No replica's clock enters a decision, so
+//! replicas whose clocks disagree still agree on every key.
+//!
+//! # Keys
+//!
+//! Limit `name` of key `k` is the Redis string `{prefix}{k}:{name}` (the prefix defaults to
+//! `brigade:limit:`; `k` is written with its `Display`). The key sits in a hash tag, so all
+//! the limits of one key share a cluster slot, as a multi-key script needs. The value is the
+//! TAT in nanoseconds since the Unix epoch, in decimal. Every write sets the key to expire
+//! (`PX`) when its TAT passes, the moment its state becomes a fresh key's: an idle key costs
+//! Redis nothing, and a key that expired decides exactly as before. Lua numbers are doubles,
+//! so the script does its arithmetic on whole milliseconds and the nanoseconds within, both
+//! exact: the same nanoseconds as the in-process limiter.
+//!
+//! # Burst: ours and redis-cell's
+//!
+//! A [`Quota`] with burst `b` admits `b` cells at once, as governor and the in-process
+//! limiter do; every decision reports `limit = b`. redis-cell's `CL.THROTTLE` (and Redis's
+//! `GCRA`, derived from it) take a `max_burst` that counts the cells *beyond the first*: they
+//! admit `max_burst + 1` at once and report `max_burst + 1` as the limit. So our
+//! `Quota::per_minute(10)` is `CL.THROTTLE key 9 10 60`, and `CL.THROTTLE key 10 10 60`
+//! would admit 11. The native path passes `max_burst = b - 1`.
+//!
+//! # Native `GCRA`
+//!
+//! Redis 8.8's development line carries a native `GCRA` command derived from redis-cell.
+//! When connecting, the limiter asks `COMMAND INFO GCRA`; if the server has it and the
+//! limiter has a single limit ([`NativeGcra::Auto`], the default), decisions use it instead
+//! of the script. A multi-limit decision needs the script even then: one command per limit
+//! could not charge all or none. The command has no refund and answers times in whole
+//! seconds, so on the native path:
+//!
+//! - `limit`, `remaining` and admit or reject are exact; `reset` and `retry_after` are
+//!   rebuilt from `remaining` and are late by less than one interval (never early);
+//! - a settle charges extra cells when they fit the burst, and cannot refund;
+//! - the arithmetic is in microseconds, and a cost of 0 reads the state with an oversized
+//!   `TOKENS` (which the command rejects without charging);
+//! - [`TestClock`] does not apply.
+//!
+//! Its keys end in `:gcra` (another value format), so a fleet must not mix native and script
+//! replicas on one prefix. Build with [`NativeGcra::Never`] to keep the script's exact
+//! semantics. The command was held out of the 8.8 release while this was written, and its
+//! reply units have changed during development: this path is tested against a fake server
+//! that answers as the command's documentation says, not against a real Redis with `GCRA`.
+//!
+//! # When Redis is down
+//!
+//! Every call to Redis is bounded by the call timeout, and opening a connection by the
+//! connect timeout. The first call that fails or times out switches the limiter to its
+//! [`Fallback`] and is answered by it (an error about the request alone, such as a key
+//! overwritten with something the script cannot read, is answered by the fallback without
+//! switching):
+//!
+//! - [`Fallback::FailOpen`]: admit every call (reported as a fresh key's first call);
+//! - [`Fallback::FailClosed`]: refuse every call with [`AcquireError::Unavailable`], whose
+//!   `retry_after` is the next probe;
+//! - [`Fallback::Local`]: the in-process [`RateLimiter`] with each quota divided by the
+//!   number of replicas (burst and rate, rounded down, at least one cell), so that the
+//!   replicas together stay near the quota; a cost over a divided burst is refused with
+//!   [`AcquireError::Unavailable`] rather than called unsatisfiable.
+//!
+//! While on the fallback, the first call after each `probe_interval` is the probe (never
+//! more than one in flight): it reconnects and, if Redis answers within the timeouts, its
+//! decision is Redis's and the limiter is back on Redis. Each switch logs a `tracing` line
+//! (warn going to the fallback, info coming back), counts in [`Counters`], and calls the
+//! listener set with [`on_switch`](RedisRateLimiterBuilder::on_switch). No call waits longer
+//! than the call timeout, plus the connect timeout for the probe.
+//!
+//! # Cancel safety
+//!
+//! A decision dropped before Redis answered may or may not have been charged (the script
+//! runs whole or not at all); a dropped settle may or may not have been applied. A dropped
+//! probe schedules the next one.
+//!
+//! # What the in-process limiter has and this one does not
+//!
+//! No waiting queue (`acquire`): callers retry after `retry_after`. No shadow mode and no
+//! `set_quota`: the quota travels with every call, so replicas restarted with a new quota use
+//! it at once (each key's TAT carries over, unscaled).
+
+mod error;
+mod link;
+mod native;
+mod reservation;
+mod script;
+
+use std::fmt::{self, Display};
+use std::hash::Hash;
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use redis::{Client, IntoConnectionInfo, Script, Value};
+use tokio::time::timeout;
+
+use self::error::Failure;
+pub use self::error::RedisUnavailable;
+use self::link::{Link, Listener, Live, Route};
+pub use self::reservation::RedisReservation;
+use self::script::{Adjust, KeyArg, Limits};
+use crate::gcra::Gcra;
+use crate::rate::Snapshot;
+use crate::{
+    AcquireError, Admitted, InvalidConfig, Limit, MAX_LIMITS, Quota, RateLimiter, Rejected,
+    Reservation, Unsatisfiable,
+};
+
+/// What a [`RedisRateLimiter`] does while Redis is down or slower than the call timeout.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Fallback {
+    /// Admit every call: availability over limits.
+    FailOpen,
+    /// Refuse every call with [`AcquireError::Unavailable`].
+    FailClosed,
+    /// Decide in process, each quota divided by `replicas` (burst and rate, rounded down, at
+    /// least one cell): the replicas together stay near the shared quota.
+    Local {
+        /// How many replicas share the quota; at least 1.
+        replicas: u32,
+    },
+}
+
+/// Whether to use Redis's native `GCRA` command where the server has it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum NativeGcra {
+    /// Use it for a single-limit limiter when the server has it (asked when connecting);
+    /// the script otherwise. See the [module docs](self#native-gcra) for what changes.
+    #[default]
+    Auto,
+    /// Always the script.
+    Never,
+}
+
+/// How decisions are made on Redis.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Backend {
+    /// The Lua script, by `EVALSHA`.
+    Lua,
+    /// The server's `GCRA` command.
+    NativeGcra,
+}
+
+/// Who is deciding.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum State {
+    /// Redis, with this backend.
+    Redis(Backend),
+    /// The fallback: Redis is down (or not connected yet).
+    Fallback,
+}
+
+/// Counts since the limiter was built, for metrics.
+///
+/// # Examples
+///
+/// ```no_run
+/// # use brigade_limit::redis::RedisRateLimiter;
+/// # fn export(limiter: &RedisRateLimiter<String>) {
+/// let c = limiter.counters();
+/// println!("on fallback: {} decisions, {} switches", c.fallback_decisions, c.switches_to_fallback);
+/// # }
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Counters {
+    /// Decisions Redis made (admitted or rejected).
+    pub redis_decisions: u64,
+    /// Decisions the fallback made.
+    pub fallback_decisions: u64,
+    /// Switches from Redis to the fallback.
+    pub switches_to_fallback: u64,
+    /// Switches from the fallback (or from not connected) to Redis.
+    pub switches_to_redis: u64,
+    /// Calls to Redis (decisions, settles, connects, probes) that failed or timed out.
+    pub redis_errors: u64,
+    /// Of those, the ones that timed out.
+    pub redis_timeouts: u64,
+}
+
+/// A clock that replaces Redis's in the script: for deterministic tests only.
+///
+/// Every limiter built with the same `TestClock` (clones share it) decides at the time it
+/// holds, which moves only when [`advance`](Self::advance) moves it, as tokio's paused clock
+/// does for the in-process limiter. Replicas on different clocks would disagree: never use it
+/// in production. The native `GCRA` path ignores it.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use brigade_limit::redis::TestClock;
+///
+/// let clock = TestClock::new(Duration::from_secs(1_700_000_000));
+/// clock.advance(Duration::from_millis(250));
+/// assert_eq!(clock.now(), Duration::from_millis(1_700_000_000_250));
+/// ```
+#[derive(Clone, Debug)]
+pub struct TestClock {
+    nanos: Arc<AtomicU64>,
+}
+
+impl TestClock {
+    /// A clock at `since_epoch` after the Unix epoch (saturating at 584 years).
+    pub fn new(since_epoch: Duration) -> Self {
+        Self {
+            nanos: Arc::new(AtomicU64::new(nanos(since_epoch))),
+        }
+    }
+
+    /// Moves the clock forward.
+    pub fn advance(&self, by: Duration) {
+        self.nanos.fetch_add(nanos(by), Ordering::Relaxed);
+    }
+
+    /// The time since the Unix epoch.
+    pub fn now(&self) -> Duration {
+        Duration::from_nanos(self.nanos.load(Ordering::Relaxed))
+    }
+}
+
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// Builds a [`RedisRateLimiter`]; each setter documents its default.
+///
+/// # Examples
+///
+/// ```
+/// use std::num::NonZeroU32;
+/// use std::time::Duration;
+/// use brigade_limit::redis::{Fallback, RedisRateLimiter};
+/// use brigade_limit::{InvalidConfig, Limit, Quota};
+///
+/// let rpm = Quota::per_minute(NonZeroU32::new(60).unwrap());
+/// let built = RedisRateLimiter::builder()
+///     .limit(Limit::per_request("requests", rpm))
+///     .fallback(Fallback::Local { replicas: 0 })
+///     .build::<String>("redis://127.0.0.1/");
+/// assert_eq!(built.unwrap_err(), InvalidConfig::ZeroReplicas);
+///
+/// let built = RedisRateLimiter::builder()
+///     .limit(Limit::per_request("requests", rpm))
+///     .call_timeout(Duration::ZERO)
+///     .build::<String>("redis://127.0.0.1/");
+/// assert_eq!(built.unwrap_err(), InvalidConfig::ZeroDuration("call_timeout"));
+/// ```
+#[must_use]
+pub struct RedisRateLimiterBuilder {
+    limits: Vec<Limit>,
+    prefix: String,
+    call_timeout: Duration,
+    connect_timeout: Duration,
+    probe_interval: Duration,
+    fallback: Fallback,
+    native: NativeGcra,
+    listener: Option<Listener>,
+    clock: Option<TestClock>,
+}
+
+impl fmt::Debug for RedisRateLimiterBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisRateLimiterBuilder")
+            .field("limits", &self.limits)
+            .field("prefix", &self.prefix)
+            .field("call_timeout", &self.call_timeout)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("probe_interval", &self.probe_interval)
+            .field("fallback", &self.fallback)
+            .field("native", &self.native)
+            .field("listener", &self.listener.is_some())
+            .field("clock", &self.clock)
+            .finish()
+    }
+}
+
+impl Default for RedisRateLimiterBuilder {
+    fn default() -> Self {
+        Self {
+            limits: Vec::new(),
+            prefix: "brigade:limit:".to_owned(),
+            call_timeout: Duration::from_millis(50),
+            connect_timeout: Duration::from_millis(250),
+            probe_interval: Duration::from_secs(1),
+            fallback: Fallback::Local { replicas: 1 },
+            native: NativeGcra::Auto,
+            listener: None,
+            clock: None,
+        }
+    }
+}
+
+impl RedisRateLimiterBuilder {
+    /// Adds a limit; at least one, at most [`MAX_LIMITS`], names unique, printable ASCII and
+    /// without braces. No default.
+    pub fn limit(mut self, limit: Limit) -> Self {
+        self.limits.push(limit);
+        self
+    }
+
+    /// The prefix of every Redis key, without braces. Default: `brigade:limit:`.
+    pub fn key_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = prefix.into();
+        self
+    }
+
+    /// The longest a decision or a settle waits for Redis before the fallback answers.
+    /// Default: 50 ms.
+    pub fn call_timeout(mut self, timeout: Duration) -> Self {
+        self.call_timeout = timeout;
+        self
+    }
+
+    /// The longest opening a connection (and loading the script) may take. Default: 250 ms.
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// How long the fallback decides before the next call probes Redis again. Default: 1 s.
+    pub fn probe_interval(mut self, interval: Duration) -> Self {
+        self.probe_interval = interval;
+        self
+    }
+
+    /// What decides while Redis is down. Default: `Fallback::Local { replicas: 1 }` (each
+    /// replica applies the whole quota on its own: set your replica count).
+    pub fn fallback(mut self, fallback: Fallback) -> Self {
+        self.fallback = fallback;
+        self
+    }
+
+    /// Whether to use a native `GCRA` command. Default: [`NativeGcra::Auto`].
+    pub fn native_gcra(mut self, native: NativeGcra) -> Self {
+        self.native = native;
+        self
+    }
+
+    /// Calls `listener` at each switch between Redis and the fallback, with the new state
+    /// (for a metric or an alert; it runs on the switching call, so keep it short). No
+    /// default.
+    pub fn on_switch(mut self, listener: impl Fn(State) + Send + Sync + 'static) -> Self {
+        self.listener = Some(Arc::new(listener));
+        self
+    }
+
+    /// Decides at `clock`'s time instead of Redis's: for tests only. Default: Redis's clock.
+    pub fn test_clock(mut self, clock: TestClock) -> Self {
+        self.clock = Some(clock);
+        self
+    }
+
+    /// Builds the limiter. It connects on its first call, or on
+    /// [`connect`](RedisRateLimiter::connect).
+    ///
+    /// # Errors
+    ///
+    /// [`InvalidConfig`] for the limits (as [`RateLimiterBuilder::build`](crate::RateLimiterBuilder::build)),
+    /// a prefix or limit name with a brace, a zero timeout or probe interval, a local
+    /// fallback over zero replicas (or whose divided quota overflows), or a URL that does not
+    /// parse.
+    pub fn build<K: Hash + Eq + Clone>(
+        self,
+        url: impl IntoConnectionInfo,
+    ) -> Result<RedisRateLimiter<K>, InvalidConfig> {
+        // The in-process builder checks the limits (count, names, quotas).
+        let mut check = RateLimiter::builder();
+        for limit in &self.limits {
+            check = check.limit(*limit);
+        }
+        check.build::<()>()?;
+        let names = self.limits.iter().map(|l| -> &str { l.name() });
+        for part in std::iter::once(self.prefix.as_str()).chain(names) {
+            if part.contains(['{', '}']) {
+                return Err(InvalidConfig::BraceInRedisKey(part.to_owned()));
+            }
+        }
+        for (setting, value) in [
+            ("call_timeout", self.call_timeout),
+            ("connect_timeout", self.connect_timeout),
+            ("probe_interval", self.probe_interval),
+        ] {
+            if value.is_zero() {
+                return Err(InvalidConfig::ZeroDuration(setting));
+            }
+        }
+        let fallback = match self.fallback {
+            Fallback::FailOpen => Fell::Open,
+            Fallback::FailClosed => Fell::Closed,
+            Fallback::Local { replicas } => {
+                let replicas = NonZeroU32::new(replicas).ok_or(InvalidConfig::ZeroReplicas)?;
+                let mut local = RateLimiter::builder();
+                for limit in &self.limits {
+                    let quota = divide(limit.quota(), replicas)?;
+                    local = local.limit(if limit.is_per_request() {
+                        Limit::per_request(limit.name(), quota)
+                    } else {
+                        Limit::new(limit.name(), quota)
+                    });
+                }
+                Fell::Local(local.build()?)
+            }
+        };
+        let client = Client::open(url).map_err(|e| InvalidConfig::RedisUrl(e.to_string()))?;
+        let len = self.limits.len();
+        let mut names = [""; MAX_LIMITS];
+        let mut per_request = [false; MAX_LIMITS];
+        let mut gcra = [Gcra {
+            t: u64::MAX,
+            tau: 0,
+            burst: u32::MAX,
+        }; MAX_LIMITS];
+        for (i, limit) in self.limits.iter().enumerate() {
+            names[i] = limit.name();
+            per_request[i] = limit.is_per_request();
+            gcra[i] = Gcra::new(limit.quota())?;
+        }
+        Ok(RedisRateLimiter {
+            inner: Arc::new(Shared {
+                link: Link::new(
+                    client,
+                    self.call_timeout,
+                    self.connect_timeout,
+                    self.probe_interval,
+                    self.listener,
+                ),
+                len,
+                names,
+                per_request,
+                gcra,
+                prefix: self.prefix.into_boxed_str(),
+                script: Script::new(script::SOURCE),
+                native: self.native == NativeGcra::Auto && len == 1,
+                native_args: native::Args::new(&gcra[0]),
+                fallback,
+                clock: self.clock,
+            }),
+        })
+    }
+}
+
+/// A quota shared by `replicas`: the burst divided (rounded down, at least 1), the interval
+/// multiplied.
+fn divide(quota: Quota, replicas: NonZeroU32) -> Result<Quota, InvalidConfig> {
+    let period = quota
+        .replenish_interval()
+        .checked_mul(replicas.get())
+        .ok_or(InvalidConfig::QuotaTooLong)?;
+    let burst = NonZeroU32::new(quota.burst().get() / replicas).unwrap_or(NonZeroU32::MIN);
+    Ok(Quota::with_period(period)?.allow_burst(burst))
+}
+
+/// A rate limiter whose state lives in Redis, shared by every replica.
+///
+/// Cloning is cheap and shares the connection. See the [module docs](self) for the design.
+pub struct RedisRateLimiter<K> {
+    inner: Arc<Shared<K>>,
+}
+
+impl<K> Clone for RedisRateLimiter<K> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: Arc::clone(&self.inner),
+        }
+    }
+}
+
+impl<K> fmt::Debug for RedisRateLimiter<K> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisRateLimiter")
+            .field("limits", &&self.inner.names[..self.inner.len])
+            .field("prefix", &self.inner.prefix)
+            .field("link", &self.inner.link)
+            .finish_non_exhaustive()
+    }
+}
+
+struct Shared<K> {
+    link: Link,
+    len: usize,
+    names: [&'static str; MAX_LIMITS],
+    per_request: [bool; MAX_LIMITS],
+    gcra: [Gcra; MAX_LIMITS],
+    prefix: Box<str>,
+    script: Script,
+    /// Ask for the native command when connecting.
+    native: bool,
+    native_args: native::Args,
+    fallback: Fell<K>,
+    clock: Option<TestClock>,
+}
+
+/// The fallback, built.
+enum Fell<K> {
+    Open,
+    Closed,
+    Local(RateLimiter<K>),
+}
+
+/// What goes to Redis.
+enum Op<'a, K> {
+    Acquire(&'a K, [u32; MAX_LIMITS]),
+    Settle(&'a K, [Adjust; MAX_LIMITS]),
+}
+
+/// What a decision came from.
+pub(crate) enum Decided<K> {
+    Redis(Admitted, Backend),
+    Local(Admitted),
+    LocalReserved(Reservation<K>),
+    Open(Admitted),
+}
+
+impl RedisRateLimiter<()> {
+    /// A builder.
+    pub fn builder() -> RedisRateLimiterBuilder {
+        RedisRateLimiterBuilder::default()
+    }
+}
+
+impl<K> RedisRateLimiter<K> {
+    /// Who decides now: Redis (and how), or the fallback.
+    pub fn state(&self) -> State {
+        self.inner.link.state()
+    }
+
+    /// Counts since the limiter was built.
+    pub fn counters(&self) -> Counters {
+        self.inner.link.counters()
+    }
+
+    /// The limits' names, in the order they were declared.
+    pub fn limit_names(&self) -> &[&'static str] {
+        &self.inner.names[..self.inner.len]
+    }
+
+    /// The prefix of every Redis key.
+    pub fn key_prefix(&self) -> &str {
+        &self.inner.prefix
+    }
+
+    fn clock(&self) -> Option<u64> {
+        self.inner.clock.as_ref().map(|c| nanos(c.now()))
+    }
+}
+
+impl<K: Hash + Eq + Clone + Display> RedisRateLimiter<K> {
+    /// Connects now (if not connected), rather than on the first call: asks for the native
+    /// command and loads the script. An explicit attempt, outside the probe schedule.
+    ///
+    /// # Errors
+    ///
+    /// [`RedisUnavailable`] if Redis does not answer within the connect timeout; the limiter
+    /// stays on its fallback and probes as usual.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: dropped, it leaves the limiter as it was.
+    pub async fn connect(&self) -> Result<Backend, RedisUnavailable> {
+        if let State::Redis(backend) = self.state() {
+            return Ok(backend);
+        }
+        let inner = &*self.inner;
+        match inner.link.open(inner.native, &inner.script).await {
+            Ok(live) => {
+                let backend = live.backend;
+                inner.link.set_up(live);
+                Ok(backend)
+            }
+            Err(failure) => {
+                inner.link.count_failure(&failure);
+                Err(RedisUnavailable::new(failure))
+            }
+        }
+    }
+
+    /// Decides now: admits and charges `cost` cells (one on per-request limits) on every limit
+    /// of `key`, in Redis, or charges nothing. One round trip; the fallback decides if Redis
+    /// is down or slower than the call timeout.
+    ///
+    /// # Errors
+    ///
+    /// - [`AcquireError::Rejected`]: over quota, with `retry_after` and the most restrictive
+    ///   limit (from Redis or from a local fallback).
+    /// - [`AcquireError::Unsatisfiable`]: the cost exceeds a limit's burst (checked before
+    ///   any round trip).
+    /// - [`AcquireError::Unavailable`]: Redis is down and the fallback refuses.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropped before Redis answered, the call may or may not have been charged (the script
+    /// runs whole or not at all). A dropped probe schedules the next one.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use std::num::NonZeroU32;
+    /// use brigade_limit::redis::RedisRateLimiter;
+    /// use brigade_limit::{Limit, Quota};
+    ///
+    /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    /// let limiter: RedisRateLimiter<&str> = RedisRateLimiter::builder()
+    ///     .limit(Limit::new("default", Quota::per_second(NonZeroU32::new(2).unwrap())))
+    ///     .build("redis://127.0.0.1/")?;
+    /// let admitted = limiter.try_acquire(&"alice", 1).await?;
+    /// assert_eq!(admitted.tightest().remaining(), 1);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn try_acquire(&self, key: &K, cost: u32) -> Result<Admitted, AcquireError> {
+        Ok(match self.decide(key, cost, false).await? {
+            Decided::Redis(a, _) | Decided::Local(a) | Decided::Open(a) => a,
+            Decided::LocalReserved(r) => r.admitted().clone(),
+        })
+    }
+
+    /// Like [`try_acquire`](Self::try_acquire), but returns a [`RedisReservation`] to settle
+    /// with the actual cost once it is known.
+    ///
+    /// # Errors
+    ///
+    /// As [`try_acquire`](Self::try_acquire).
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`try_acquire`](Self::try_acquire): a reservation dropped with its future may have
+    /// been charged, and is then never settled.
+    pub async fn try_reserve(
+        &self,
+        key: &K,
+        estimate: u32,
+    ) -> Result<RedisReservation<K>, AcquireError> {
+        let decided = self.decide(key, estimate, true).await?;
+        Ok(RedisReservation::new(
+            self.clone(),
+            key.clone(),
+            estimate,
+            decided,
+        ))
+    }
+
+    /// The cells limit `i` charges for a call of `cost`.
+    fn cells(&self, cost: u32) -> [u32; MAX_LIMITS] {
+        let mut cells = [0; MAX_LIMITS];
+        for (i, c) in cells.iter_mut().enumerate().take(self.inner.len) {
+            *c = if self.inner.per_request[i] { 1 } else { cost };
+        }
+        cells
+    }
+
+    // Indexing: limit `i` lives at `i` of parallel arrays (names, quotas, cells).
+    #[allow(clippy::needless_range_loop)]
+    pub(crate) async fn decide(
+        &self,
+        key: &K,
+        cost: u32,
+        reserve: bool,
+    ) -> Result<Decided<K>, AcquireError> {
+        let inner = &*self.inner;
+        let cells = self.cells(cost);
+        for i in 0..inner.len {
+            if cells[i] > inner.gcra[i].burst {
+                return Err(AcquireError::Unsatisfiable(Unsatisfiable {
+                    limit: inner.names[i],
+                    cost: u64::from(cells[i]),
+                    burst: inner.gcra[i].burst,
+                }));
+            }
+        }
+        if let Ok((decision, backend)) = self.on_redis(Op::Acquire(key, cells)).await {
+            inner
+                .link
+                .counters
+                .redis_decisions
+                .fetch_add(1, Ordering::Relaxed);
+            return match decision {
+                Ok(admitted) => Ok(Decided::Redis(admitted, backend)),
+                Err(rejected) => Err(AcquireError::Rejected(rejected)),
+            };
+        }
+        inner
+            .link
+            .counters
+            .fallback_decisions
+            .fetch_add(1, Ordering::Relaxed);
+        let unavailable = || AcquireError::Unavailable {
+            retry_after: inner.link.retry_after(),
+        };
+        match &inner.fallback {
+            Fell::Open => {
+                // A fresh key's first call: what Redis would say after a flush.
+                let mut snapshot = Snapshot::new(0);
+                for i in 0..inner.len {
+                    let g = inner.gcra[i];
+                    snapshot.push(inner.names[i], g, g.charge(0, 0, u64::from(cells[i])));
+                }
+                Ok(Decided::Open(Admitted {
+                    snapshot,
+                    shadow: None,
+                }))
+            }
+            Fell::Closed => Err(unavailable()),
+            Fell::Local(local) => {
+                let decided = if reserve {
+                    local.try_reserve(key, cost).map(Decided::LocalReserved)
+                } else {
+                    local.try_acquire(key, cost).map(Decided::Local)
+                };
+                decided.map_err(|e| match e {
+                    AcquireError::Unsatisfiable(_) => unavailable(),
+                    other => other,
+                })
+            }
+        }
+    }
+
+    /// Sends `op` to Redis if it is up (or this call is the probe), bounded by the timeouts.
+    /// An error: the fallback answers ([`Failure::Down`] if no call was made).
+    async fn on_redis(
+        &self,
+        op: Op<'_, K>,
+    ) -> Result<(Result<Admitted, Rejected>, Backend), Failure> {
+        let inner = &*self.inner;
+        let link = &inner.link;
+        match link.route() {
+            Route::Redis(mut live) => {
+                let failure = match timeout(link.call_timeout, self.run(&mut live, &op)).await {
+                    Ok(Ok(decision)) => return Ok((decision, live.backend)),
+                    Ok(Err(failure)) => failure,
+                    Err(_) => Failure::Timeout,
+                };
+                if failure.is_about_the_request() {
+                    link.count_failure(&failure);
+                } else {
+                    link.set_down(&live, &failure);
+                }
+                Err(failure)
+            }
+            Route::Probe(probe) => {
+                let mut live = match link.open(inner.native, &inner.script).await {
+                    Ok(live) => live,
+                    Err(failure) => {
+                        probe.failed(&failure);
+                        return Err(failure);
+                    }
+                };
+                let failure = match timeout(link.call_timeout, self.run(&mut live, &op)).await {
+                    Ok(Ok(decision)) => {
+                        let backend = live.backend;
+                        probe.succeeded(live);
+                        return Ok((decision, backend));
+                    }
+                    Ok(Err(failure)) => failure,
+                    Err(_) => Failure::Timeout,
+                };
+                probe.failed(&failure);
+                Err(failure)
+            }
+            Route::Fallback => Err(Failure::Down),
+        }
+    }
+
+    /// One round trip. A settle answers `Ok(Admitted)` of nothing (its value is unused).
+    async fn run(
+        &self,
+        live: &mut Live,
+        op: &Op<'_, K>,
+    ) -> Result<Result<Admitted, Rejected>, Failure> {
+        let inner = &*self.inner;
+        let limits = Limits {
+            len: inner.len,
+            names: &inner.names,
+            gcra: &inner.gcra,
+        };
+        let sha = inner.script.get_hash();
+        match (live.backend, op) {
+            (Backend::Lua, Op::Acquire(key, cells)) => {
+                let cmd = script::acquire(sha, &limits, &inner.prefix, *key, cells, self.clock());
+                let reply = script::run(&mut live.conn, &inner.script, &cmd).await?;
+                let decided = script::decided(&reply, inner.len)?;
+                Ok(self.outcome(&decided, cells))
+            }
+            (Backend::Lua, Op::Settle(key, adjust)) => {
+                let cmd = script::settle(sha, &limits, &inner.prefix, *key, adjust, self.clock());
+                script::run(&mut live.conn, &inner.script, &cmd).await?;
+                Ok(Ok(Admitted {
+                    snapshot: Snapshot::new(0),
+                    shadow: None,
+                }))
+            }
+            (Backend::NativeGcra, Op::Acquire(key, cells)) => {
+                let (g, n) = (inner.gcra[0], cells[0]);
+                // A cost of 0 reads the state: a count over the burst is refused uncharged.
+                let tokens = if n == 0 {
+                    u64::from(g.burst) + 1
+                } else {
+                    u64::from(n)
+                };
+                let cmd = native::command(&inner.native_args, self.native_key(key), tokens);
+                let reply: Value = cmd.query_async(&mut live.conn).await?;
+                let reply = native::reply(&reply)?;
+                let snapshot = reply.snapshot(inner.names[0], g);
+                if n == 0 || !reply.limited {
+                    Ok(Ok(Admitted {
+                        snapshot,
+                        shadow: None,
+                    }))
+                } else {
+                    Ok(Err(Rejected {
+                        snapshot: Box::new(snapshot),
+                        retry_after: Duration::from_nanos(reply.retry_after(&g, n)),
+                        limit: 0,
+                    }))
+                }
+            }
+            (Backend::NativeGcra, Op::Settle(key, adjust)) => {
+                // No refund on the native path; an extra charge only if it fits the burst.
+                let g = inner.gcra[0];
+                if let Adjust::Charge(ns) = adjust[0] {
+                    let extra = ns / g.t;
+                    if (1..=u64::from(g.burst)).contains(&extra) {
+                        let cmd = native::command(&inner.native_args, self.native_key(key), extra);
+                        let reply: Value = cmd.query_async(&mut live.conn).await?;
+                        native::reply(&reply)?;
+                    }
+                }
+                Ok(Ok(Admitted {
+                    snapshot: Snapshot::new(0),
+                    shadow: None,
+                }))
+            }
+        }
+    }
+
+    fn native_key<'a>(&'a self, key: &'a K) -> KeyArg<'a, K> {
+        KeyArg {
+            prefix: &self.inner.prefix,
+            key,
+            limit: self.inner.names[0],
+            native: true,
+        }
+    }
+
+    /// The public decision from the script's reply, with the in-process limiter's arithmetic.
+    // Indexing: limit `i` lives at `i` of parallel arrays (names, quotas, cells, TATs).
+    #[allow(clippy::needless_range_loop)]
+    fn outcome(
+        &self,
+        decided: &script::Decided,
+        cells: &[u32; MAX_LIMITS],
+    ) -> Result<Admitted, Rejected> {
+        let inner = &*self.inner;
+        let now = decided.now;
+        let mut snapshot = Snapshot::new(now);
+        for i in 0..inner.len {
+            snapshot.push(inner.names[i], inner.gcra[i], decided.tats[i]);
+        }
+        if decided.admitted {
+            return Ok(Admitted {
+                snapshot,
+                shadow: None,
+            });
+        }
+        // As `RateLimiter::decide`: the longest wait names the limit.
+        let mut wait = 0;
+        let mut worst = 0;
+        for i in 0..inner.len {
+            if cells[i] == 0 {
+                continue;
+            }
+            let earliest = inner.gcra[i].earliest(decided.tats[i], cells[i]);
+            if earliest > now && earliest - now > wait {
+                wait = earliest - now;
+                worst = i as u8;
+            }
+        }
+        Err(Rejected {
+            snapshot: Box::new(snapshot),
+            // The script and this arithmetic agree; a wait of at least 1 ns keeps a
+            // rejection a rejection whatever a tampered key holds.
+            retry_after: Duration::from_nanos(wait.max(1)),
+            limit: worst,
+        })
+    }
+
+    /// Settles a reservation made on Redis: `until` holds each limit's TAT right after its
+    /// charge.
+    pub(crate) async fn settle(
+        &self,
+        key: &K,
+        estimate: u32,
+        actual: u32,
+        until: &[u64; MAX_LIMITS],
+    ) -> Result<(), RedisUnavailable> {
+        let inner = &*self.inner;
+        let mut adjust = [Adjust::None; MAX_LIMITS];
+        for i in 0..inner.len {
+            if inner.per_request[i] {
+                continue;
+            }
+            let t = inner.gcra[i].t;
+            adjust[i] = if actual > estimate {
+                Adjust::Charge(t.saturating_mul(u64::from(actual - estimate)))
+            } else {
+                Adjust::Refund {
+                    amount: t.saturating_mul(u64::from(estimate - actual)),
+                    until: until[i],
+                }
+            };
+        }
+        self.on_redis(Op::Settle(key, adjust))
+            .await
+            .map(drop)
+            .map_err(RedisUnavailable::new)
+    }
+}

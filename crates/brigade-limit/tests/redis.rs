@@ -1,0 +1,1064 @@
+//! `RedisRateLimiter` against real redis-server processes (each test starts its own, on a
+//! free loopback port), and its native `GCRA` path against a fake server that answers as the
+//! command's documentation says.
+//!
+//! Determinism: decisions that must match the in-process limiter to the nanosecond run Redis
+//! on a `TestClock` (the script's time argument) while the in-process limiter runs on
+//! tokio's paused clock, both advanced by the same steps. Tests about the server's own clock,
+//! concurrency and outages use real time, and only bound what real time may change: no sleep
+//! decides an outcome, except waiting for a restarted server, which polls.
+
+#[path = "support/redis_server.rs"]
+mod redis_server;
+
+use std::collections::HashMap;
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use brigade_limit::headers::RateLimitHeaders;
+use brigade_limit::redis::{
+    Backend, Fallback, NativeGcra, RedisRateLimiter, RedisRateLimiterBuilder, State, TestClock,
+};
+use brigade_limit::{AcquireError, Admitted, InvalidConfig, Limit, Quota, RateLimiter};
+use http::HeaderMap;
+use redis::aio::MultiplexedConnection;
+use redis_server::RedisServer;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpListener;
+use tokio::runtime::Runtime;
+use tokio::time::Instant;
+
+fn nz(n: u32) -> NonZeroU32 {
+    NonZeroU32::new(n).unwrap()
+}
+
+fn real_runtime() -> Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn paused_runtime() -> Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .start_paused(true)
+        .build()
+        .unwrap()
+}
+
+fn builder(limits: &[Limit]) -> RedisRateLimiterBuilder {
+    limits
+        .iter()
+        .fold(RedisRateLimiter::builder(), |b, l| b.limit(*l))
+}
+
+fn local(limits: &[Limit]) -> RateLimiter<&'static str> {
+    limits
+        .iter()
+        .fold(RateLimiter::builder(), |b, l| b.limit(*l))
+        .build()
+        .unwrap()
+}
+
+async fn raw(url: &str) -> MultiplexedConnection {
+    redis::Client::open(url)
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap()
+}
+
+/// Redis's clock, in nanoseconds since the Unix epoch.
+async fn server_time(conn: &mut MultiplexedConnection) -> u64 {
+    let (s, us): (u64, u64) = redis::cmd("TIME").query_async(conn).await.unwrap();
+    s * 1_000_000_000 + us * 1_000
+}
+
+async fn get(conn: &mut MultiplexedConnection, key: &str) -> Option<String> {
+    redis::cmd("GET").arg(key).query_async(conn).await.unwrap()
+}
+
+/// A decision as the headers see it, with everything the types expose.
+#[derive(Debug, PartialEq)]
+struct Seen {
+    admitted: bool,
+    statuses: Vec<brigade_limit::LimitStatus>,
+    retry_after: Option<Duration>,
+    worst: Option<&'static str>,
+    headers: HeaderMap,
+}
+
+fn seen(result: &Result<Admitted, AcquireError>) -> Seen {
+    let headers_of = RateLimitHeaders::new().openai(true);
+    let mut headers = HeaderMap::new();
+    match result {
+        Ok(a) => {
+            headers_of.admitted(a, &mut headers);
+            Seen {
+                admitted: true,
+                statuses: a.limits().collect(),
+                retry_after: None,
+                worst: None,
+                headers,
+            }
+        }
+        Err(AcquireError::Rejected(r)) => {
+            headers_of.rejected(r, &mut headers);
+            Seen {
+                admitted: false,
+                statuses: r.limits().collect(),
+                retry_after: Some(r.retry_after()),
+                worst: Some(r.limit().name()),
+                headers,
+            }
+        }
+        Err(other) => panic!("unexpected {other:?}"),
+    }
+}
+
+enum Step {
+    Advance(u64),
+    Acquire(&'static str, u32),
+    Reserve(&'static str, u32),
+    /// Settle the n-th reservation with this actual cost.
+    Settle(usize, u32),
+}
+
+/// Runs `steps` on the in-process limiter (paused clock) and on Redis (a test clock moved by
+/// the same steps), and checks every decision is the same, header fields included.
+fn same_decisions(limits: &[Limit], steps: &[Step]) -> (usize, usize) {
+    let server = RedisServer::start();
+    let real = real_runtime();
+    let paused = paused_runtime();
+    let ours = paused.block_on(async { local(limits) });
+    let clock = TestClock::new(Duration::from_secs(1_700_000_000));
+    let theirs: RedisRateLimiter<&'static str> = real.block_on(async {
+        let l = builder(limits)
+            .native_gcra(NativeGcra::Never)
+            .fallback(Fallback::FailClosed)
+            .call_timeout(Duration::from_secs(2))
+            .test_clock(clock.clone())
+            .build(server.url())
+            .unwrap();
+        assert_eq!(l.connect().await.unwrap(), Backend::Lua);
+        l
+    });
+    let (mut ours_held, mut theirs_held) = (Vec::new(), Vec::new());
+    let (mut admitted, mut rejected) = (0, 0);
+    for (i, step) in steps.iter().enumerate() {
+        let (a, b) = match *step {
+            Step::Advance(ms) => {
+                let d = Duration::from_millis(ms);
+                paused.block_on(tokio::time::advance(d));
+                clock.advance(d);
+                continue;
+            }
+            Step::Acquire(key, cost) => (
+                paused.block_on(async { ours.try_acquire(&key, cost) }),
+                real.block_on(theirs.try_acquire(&key, cost)),
+            ),
+            Step::Reserve(key, cost) => {
+                let a = paused.block_on(async { ours.try_reserve(&key, cost) });
+                let b = real.block_on(theirs.try_reserve(&key, cost));
+                let views = (
+                    a.as_ref()
+                        .map(|r| r.admitted().clone())
+                        .map_err(Clone::clone),
+                    b.as_ref()
+                        .map(|r| r.admitted().clone())
+                        .map_err(Clone::clone),
+                );
+                if let (Ok(a), Ok(b)) = (a, b) {
+                    assert!(b.is_on_redis());
+                    ours_held.push(Some(a));
+                    theirs_held.push(Some(b));
+                }
+                views
+            }
+            Step::Settle(n, actual) => {
+                let a = ours_held[n].take().expect("settled once");
+                let b = theirs_held[n].take().expect("settled once");
+                paused.block_on(async { a.settle(actual) });
+                real.block_on(b.settle(actual)).unwrap();
+                continue;
+            }
+        };
+        let (a, b) = (seen(&a), seen(&b));
+        assert_eq!(a, b, "step {i}");
+        if a.admitted {
+            admitted += 1;
+        } else {
+            rejected += 1;
+        }
+    }
+    assert_eq!(theirs.counters().fallback_decisions, 0);
+    (admitted, rejected)
+}
+
+#[test]
+fn a_scripted_series_decides_exactly_as_the_in_process_limiter() {
+    use Step::*;
+    let limits = [
+        Limit::per_request("requests", Quota::per_second(nz(4))),
+        Limit::new("tokens", Quota::per_minute(nz(1000))),
+    ];
+    let steps = [
+        Acquire("a", 100),
+        Acquire("a", 950), // over tokens: nothing charged on requests either
+        Acquire("a", 0),   // a request, no tokens
+        Acquire("a", 300),
+        Acquire("a", 300),
+        Acquire("a", 1), // over requests (4 at once)
+        Advance(249),
+        Acquire("a", 1),
+        Advance(1),
+        Acquire("a", 1),
+        Acquire("b", 1000), // another key is independent
+        Acquire("b", 1),
+        Advance(1_000),
+        Reserve("a", 250),
+        Acquire("a", 100),
+        Settle(0, 40), // refund: 210 tokens come back
+        Acquire("a", 150),
+        Reserve("a", 10),
+        Settle(1, 200), // charge the extra 190, past what remains
+        Acquire("a", 1),
+        Advance(30_000),
+        Acquire("a", 500),
+        Acquire("b", 0),
+        Advance(60_000),
+        Acquire("a", 1000),
+        Acquire("a", 1001), // unsatisfiable is checked before Redis: not compared here
+    ];
+    let (admitted, rejected) = same_decisions(&limits, &steps[..steps.len() - 1]);
+    assert!(
+        admitted >= 10 && rejected >= 5,
+        "{admitted} admitted, {rejected} rejected"
+    );
+}
+
+#[test]
+fn intervals_that_are_not_whole_microseconds_match_to_the_nanosecond() {
+    use Step::*;
+    // 3 per second: one cell every 333,333,333 ns.
+    let limits = [Limit::new("default", Quota::per_second(nz(3)))];
+    let mut steps = vec![Acquire("k", 3), Acquire("k", 1)];
+    for _ in 0..20 {
+        steps.extend([Advance(111), Acquire("k", 1), Acquire("k", 2)]);
+    }
+    let (admitted, rejected) = same_decisions(&limits, &steps);
+    assert!(
+        admitted >= 5 && rejected >= 10,
+        "{admitted} admitted, {rejected} rejected"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_replicas_hammering_one_key_never_admit_more_than_burst_plus_rate() {
+    let server = RedisServer::start();
+    // A burst of 20, then one cell every 10 ms.
+    let quota = Quota::per_second(nz(100)).allow_burst(nz(20));
+    let mut replicas = Vec::new();
+    for _ in 0..3 {
+        let l: RedisRateLimiter<&'static str> = RedisRateLimiter::builder()
+            .limit(Limit::new("default", quota))
+            .fallback(Fallback::FailClosed)
+            .call_timeout(Duration::from_secs(2))
+            .build(server.url())
+            .unwrap();
+        l.connect().await.unwrap();
+        replicas.push(l);
+    }
+    let mut conn = raw(&server.url()).await;
+    let before = server_time(&mut conn).await;
+    let run_for = Duration::from_millis(300);
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for replica in &replicas {
+        for _ in 0..8 {
+            let replica = replica.clone();
+            tasks.push(tokio::spawn(async move {
+                let (mut admitted, mut rejected) = (0u64, 0u64);
+                while start.elapsed() < run_for {
+                    match replica.try_acquire(&"shared", 1).await {
+                        Ok(_) => admitted += 1,
+                        Err(AcquireError::Rejected(_)) => rejected += 1,
+                        Err(other) => panic!("{other:?}"),
+                    }
+                }
+                (admitted, rejected)
+            }));
+        }
+    }
+    let (mut admitted, mut rejected) = (0, 0);
+    for task in tasks {
+        let (a, r) = task.await.unwrap();
+        admitted += a;
+        rejected += r;
+    }
+    let after = server_time(&mut conn).await;
+    // Every decision ran between `before` and `after` on the server's clock.
+    let bound = 20 + (after - before) / 10_000_000;
+    assert!(
+        admitted <= bound,
+        "{admitted} admitted in {} ms, bound {bound}",
+        (after - before) / 1_000_000
+    );
+    assert!(admitted >= 20, "the burst at least: {admitted}");
+    assert!(rejected > 0);
+    for replica in &replicas {
+        assert_eq!(replica.counters().fallback_decisions, 0);
+    }
+}
+
+#[tokio::test]
+async fn settle_refunds_unused_cells_and_charges_extra_ones() {
+    let server = RedisServer::start();
+    let clock = TestClock::new(Duration::from_secs(1_700_000_000));
+    let limiter: RedisRateLimiter<&'static str> = RedisRateLimiter::builder()
+        .limit(Limit::per_request("requests", Quota::per_minute(nz(10))))
+        .limit(Limit::new("tokens", Quota::per_minute(nz(1000))))
+        .key_prefix("t:")
+        .test_clock(clock.clone())
+        .build(server.url())
+        .unwrap();
+    let remaining = |a: &Admitted| a.limits().map(|s| s.remaining()).collect::<Vec<_>>();
+
+    let reservation = limiter.try_reserve(&"k", 800).await.unwrap();
+    assert_eq!(remaining(reservation.admitted()), [9, 200]);
+    reservation.settle(300).await.unwrap(); // 500 tokens back, the request stays counted
+    let peek = limiter.try_acquire(&"k", 0).await.unwrap();
+    assert_eq!(remaining(&peek), [8, 700]);
+
+    let reservation = limiter.try_reserve(&"k", 100).await.unwrap();
+    reservation.settle(400).await.unwrap(); // 300 more
+    let peek = limiter.try_acquire(&"k", 0).await.unwrap();
+    assert_eq!(remaining(&peek), [6, 300]);
+
+    // A refund gives back only what has not come back by itself: 60 ms per token.
+    let reservation = limiter.try_reserve(&"k", 300).await.unwrap();
+    clock.advance(Duration::from_secs(60)); // everything is back
+    reservation.settle(0).await.unwrap();
+    let peek = limiter.try_acquire(&"k", 0).await.unwrap(); // a peek is still a request
+    assert_eq!(remaining(&peek), [9, 1000]);
+
+    // A key whose refund makes it idle is deleted: idle keys cost Redis nothing.
+    let mut conn = raw(&server.url()).await;
+    let reservation = limiter.try_reserve(&"idle", 500).await.unwrap();
+    assert!(get(&mut conn, "t:{idle}:tokens").await.is_some());
+    clock.advance(Duration::from_secs(6)); // the request came back; 100 tokens did too
+    reservation.settle(0).await.unwrap();
+    assert_eq!(get(&mut conn, "t:{idle}:tokens").await, None);
+}
+
+#[tokio::test]
+async fn a_rejected_multi_limit_charges_nothing_on_any_key() {
+    let server = RedisServer::start();
+    let limiter: RedisRateLimiter<&'static str> = RedisRateLimiter::builder()
+        .limit(Limit::per_request("requests", Quota::per_minute(nz(3))))
+        .limit(Limit::new("tokens", Quota::per_minute(nz(1000))))
+        .key_prefix("m:")
+        .build(server.url())
+        .unwrap();
+    let mut conn = raw(&server.url()).await;
+    limiter.try_acquire(&"k", 900).await.unwrap();
+    let keys = ["m:{k}:requests", "m:{k}:tokens"];
+    let before = [get(&mut conn, keys[0]).await, get(&mut conn, keys[1]).await];
+
+    // Over tokens: requests is untouched too.
+    let Err(AcquireError::Rejected(r)) = limiter.try_acquire(&"k", 200).await else {
+        panic!("over the token quota")
+    };
+    assert_eq!(r.limit().name(), "tokens");
+    let after = [get(&mut conn, keys[0]).await, get(&mut conn, keys[1]).await];
+    assert_eq!(before, after);
+
+    // Over requests: tokens is untouched.
+    limiter.try_acquire(&"k", 0).await.unwrap();
+    limiter.try_acquire(&"k", 0).await.unwrap();
+    let before = get(&mut conn, keys[1]).await;
+    let Err(AcquireError::Rejected(r)) = limiter.try_acquire(&"k", 50).await else {
+        panic!("over the request quota")
+    };
+    assert_eq!(r.limit().name(), "requests");
+    assert_eq!(get(&mut conn, keys[1]).await, before);
+}
+
+#[test]
+fn replicas_whose_clocks_are_shifted_agree_because_time_is_the_server_s() {
+    let server = RedisServer::start();
+    // Replica B's runtime clock runs an hour ahead of A's.
+    let a_rt = real_runtime();
+    let b_rt = paused_runtime();
+    b_rt.block_on(async {
+        tokio::time::advance(Duration::from_secs(3600)).await;
+        tokio::time::resume();
+    });
+    let quota = Quota::per_second(nz(5)); // one cell every 200 ms
+    let make = || {
+        RedisRateLimiter::builder()
+            .limit(Limit::new("default", quota))
+            .key_prefix("s:")
+            .fallback(Fallback::FailClosed)
+            .call_timeout(Duration::from_secs(2))
+            .build::<&'static str>(server.url())
+            .unwrap()
+    };
+    let a = a_rt.block_on(async { make() });
+    let b = b_rt.block_on(async { make() });
+    for _ in 0..5 {
+        a_rt.block_on(a.try_acquire(&"k", 1)).unwrap();
+    }
+    // B sees A's charges at once, though its own clock is an hour later.
+    let Err(AcquireError::Rejected(r)) = b_rt.block_on(b.try_acquire(&"k", 1)) else {
+        panic!("A used the burst")
+    };
+    assert!(r.retry_after() > Duration::ZERO && r.retry_after() <= Duration::from_millis(200));
+    // And the stored TAT is the server's time plus the five cells charged.
+    let (tat, now) = a_rt.block_on(async {
+        let mut conn = raw(&server.url()).await;
+        let tat: u64 = get(&mut conn, "s:{k}:default")
+            .await
+            .unwrap()
+            .parse()
+            .unwrap();
+        (tat, server_time(&mut conn).await)
+    });
+    assert!(
+        tat > now && tat - now <= 1_000_000_000,
+        "tat {tat}, now {now}"
+    );
+}
+
+/// Collects the messages of `tracing` events on this thread.
+struct Logs(Arc<Mutex<Vec<String>>>);
+
+impl tracing::Subscriber for Logs {
+    fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
+        true
+    }
+    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+        tracing::span::Id::from_u64(1)
+    }
+    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+    fn event(&self, event: &tracing::Event<'_>) {
+        struct Message<'a>(&'a mut String);
+        impl tracing::field::Visit for Message<'_> {
+            fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+                if field.name() == "message" {
+                    *self.0 = format!("{value:?}");
+                }
+            }
+        }
+        let mut message = String::new();
+        event.record(&mut Message(&mut message));
+        let level = event.metadata().level();
+        self.0.lock().unwrap().push(format!("{level} {message}"));
+    }
+    fn enter(&self, _: &tracing::span::Id) {}
+    fn exit(&self, _: &tracing::span::Id) {}
+}
+
+#[tokio::test]
+async fn redis_stopped_mid_test_then_restarted_on_the_same_port() {
+    let logs = Arc::new(Mutex::new(Vec::new()));
+    let _logging = tracing::subscriber::set_default(Logs(Arc::clone(&logs)));
+    let mut server = RedisServer::start();
+    let switches = Arc::new(Mutex::new(Vec::new()));
+    let seen = Arc::clone(&switches);
+    let call_timeout = Duration::from_millis(200);
+    let limiter: RedisRateLimiter<&'static str> = RedisRateLimiter::builder()
+        .limit(Limit::new("default", Quota::per_minute(nz(100))))
+        .call_timeout(call_timeout)
+        .connect_timeout(Duration::from_millis(200))
+        .probe_interval(Duration::from_millis(50))
+        .fallback(Fallback::Local { replicas: 2 })
+        .on_switch(move |s| seen.lock().unwrap().push(s))
+        .build(server.url())
+        .unwrap();
+    assert_eq!(limiter.connect().await.unwrap(), Backend::Lua);
+    limiter.try_acquire(&"k", 1).await.unwrap();
+    assert_eq!(limiter.counters().redis_decisions, 1);
+
+    server.stop();
+    let start = Instant::now();
+    let admitted = limiter.try_acquire(&"k", 1).await.unwrap();
+    let took = start.elapsed();
+    assert!(took <= call_timeout, "the fallback answered after {took:?}");
+    assert_eq!(limiter.state(), State::Fallback);
+    // The local fallback's quota is halved: a burst of 50.
+    assert_eq!(admitted.tightest().limit(), 50);
+    let c = limiter.counters();
+    assert_eq!((c.switches_to_fallback, c.fallback_decisions), (1, 1));
+
+    server.restart();
+    // Back on Redis at the first probe after `probe_interval`: poll, bounded.
+    let mut polls = 0;
+    while limiter.state() != State::Redis(Backend::Lua) {
+        polls += 1;
+        assert!(polls < 200, "not back on Redis after {polls} polls");
+        limiter.try_acquire(&"k", 1).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let admitted = limiter.try_acquire(&"k", 1).await.unwrap();
+    assert_eq!(admitted.tightest().limit(), 100);
+    assert_eq!(
+        *switches.lock().unwrap(),
+        [
+            State::Redis(Backend::Lua),
+            State::Fallback,
+            State::Redis(Backend::Lua)
+        ]
+    );
+    assert_eq!(limiter.counters().switches_to_redis, 2);
+    // A log line at each switch.
+    let logs = logs.lock().unwrap();
+    let switches: Vec<&String> = logs.iter().filter(|l| !l.starts_with("DEBUG")).collect();
+    assert_eq!(
+        switches,
+        [
+            "INFO redis rate limiter: deciding on Redis",
+            "WARN redis rate limiter: switching to the fallback",
+            "INFO redis rate limiter: deciding on Redis"
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_redis_slower_than_the_call_timeout_hands_over_to_the_fallback() {
+    let server = RedisServer::start();
+    let call_timeout = Duration::from_millis(100);
+    let limiter: RedisRateLimiter<&'static str> = RedisRateLimiter::builder()
+        .limit(Limit::new("default", Quota::per_minute(nz(100))))
+        .call_timeout(call_timeout)
+        .probe_interval(Duration::from_millis(50))
+        .fallback(Fallback::FailOpen)
+        .build(server.url())
+        .unwrap();
+    limiter.connect().await.unwrap();
+    let mut conn = raw(&server.url()).await;
+    let () = redis::cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(400)
+        .arg("ALL")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let start = Instant::now();
+    let admitted = limiter.try_acquire(&"k", 1).await.unwrap();
+    let took = start.elapsed();
+    assert!(
+        took >= call_timeout && took <= call_timeout + Duration::from_millis(100),
+        "{took:?}"
+    );
+    assert_eq!(admitted.tightest().remaining(), 99); // fail-open reports a fresh key
+    let c = limiter.counters();
+    assert_eq!((c.switches_to_fallback, c.redis_timeouts), (1, 1));
+    // The pause ends; the next probe brings Redis back.
+    let mut polls = 0;
+    while limiter.state() == State::Fallback {
+        polls += 1;
+        assert!(polls < 300, "not back on Redis after {polls} polls");
+        limiter.try_acquire(&"k", 1).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_server_that_never_answers_never_hangs_a_call() {
+    // Accepts connections and never writes a byte.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let held = Arc::new(Mutex::new(Vec::new()));
+    let holder = Arc::clone(&held);
+    tokio::spawn(async move {
+        while let Ok((socket, _)) = listener.accept().await {
+            holder.lock().unwrap().push(socket);
+        }
+    });
+    let (call, connect) = (Duration::from_millis(100), Duration::from_millis(150));
+    let limiter: RedisRateLimiter<&'static str> = RedisRateLimiter::builder()
+        .limit(Limit::new("default", Quota::per_second(nz(1000))))
+        .call_timeout(call)
+        .connect_timeout(connect)
+        .build(format!("redis://127.0.0.1:{port}/"))
+        .unwrap();
+    let start = Instant::now();
+    limiter.try_acquire(&"k", 1).await.unwrap(); // the probe: connect times out
+    let took = start.elapsed();
+    assert!(took <= call + connect, "{took:?}");
+    assert!(limiter.connect().await.unwrap_err().is_timeout());
+    // Until the next probe, calls do not touch Redis at all.
+    let start = Instant::now();
+    for _ in 0..100 {
+        limiter.try_acquire(&"k", 1).await.unwrap();
+    }
+    assert!(start.elapsed() < Duration::from_millis(100));
+    let c = limiter.counters();
+    assert_eq!((c.redis_decisions, c.fallback_decisions), (0, 101));
+    assert_eq!(c.redis_timeouts, 2);
+}
+
+#[tokio::test]
+async fn fail_open_fail_closed_and_local_fallbacks_on_a_dead_port() {
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("redis://127.0.0.1:{}/", l.local_addr().unwrap().port())
+    };
+    let quota = Quota::per_minute(nz(30)); // one cell every 2 s
+    let with = |fallback| {
+        RedisRateLimiter::builder()
+            .limit(Limit::new("default", quota))
+            .fallback(fallback)
+            .probe_interval(Duration::from_secs(5))
+            .build::<&'static str>(dead.as_str())
+            .unwrap()
+    };
+    let open = with(Fallback::FailOpen);
+    for _ in 0..50 {
+        assert_eq!(
+            open.try_acquire(&"k", 1)
+                .await
+                .unwrap()
+                .tightest()
+                .remaining(),
+            29
+        );
+    }
+    let closed = with(Fallback::FailClosed);
+    let Err(AcquireError::Unavailable { retry_after }) = closed.try_acquire(&"k", 1).await else {
+        panic!("fail-closed refuses")
+    };
+    assert!(retry_after > Duration::ZERO && retry_after <= Duration::from_secs(5));
+    // Three replicas: a burst of 10, one cell every 6 s.
+    let local = with(Fallback::Local { replicas: 3 });
+    for left in (0..10).rev() {
+        let a = local.try_acquire(&"k", 1).await.unwrap();
+        assert_eq!(a.tightest().remaining(), left);
+    }
+    let Err(AcquireError::Rejected(r)) = local.try_acquire(&"k", 1).await else {
+        panic!("the local share is used up")
+    };
+    // The local fallback runs on this process's (real) clock.
+    let wait = r.retry_after();
+    assert!(
+        wait > Duration::from_millis(5_900) && wait <= Duration::from_secs(6),
+        "{wait:?}"
+    );
+    // A cost over the local share but within the quota: unavailable, not unsatisfiable.
+    assert!(matches!(
+        local.try_acquire(&"other", 20).await,
+        Err(AcquireError::Unavailable { .. })
+    ));
+    assert!(matches!(
+        local.try_acquire(&"other", 31).await,
+        Err(AcquireError::Unsatisfiable(_))
+    ));
+}
+
+#[tokio::test]
+async fn every_key_expires_when_its_tat_passes() {
+    let server = RedisServer::start();
+    let limiter: RedisRateLimiter<&'static str> = RedisRateLimiter::builder()
+        .limit(Limit::new("default", Quota::per_second(nz(10))))
+        .key_prefix("x:")
+        .build(server.url())
+        .unwrap();
+    limiter.try_acquire(&"k", 3).await.unwrap(); // a TAT 300 ms ahead
+    let mut conn = raw(&server.url()).await;
+    let ttl: i64 = redis::cmd("PTTL")
+        .arg("x:{k}:default")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!((1..=300).contains(&ttl), "{ttl}");
+}
+
+#[tokio::test]
+async fn a_flushed_script_is_loaded_again_without_leaving_redis() {
+    let server = RedisServer::start();
+    let limiter: RedisRateLimiter<&'static str> = RedisRateLimiter::builder()
+        .limit(Limit::new("default", Quota::per_second(nz(10))))
+        .build(server.url())
+        .unwrap();
+    limiter.try_acquire(&"k", 1).await.unwrap();
+    let mut conn = raw(&server.url()).await;
+    let () = redis::cmd("SCRIPT")
+        .arg("FLUSH")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let a = limiter.try_acquire(&"k", 1).await.unwrap();
+    assert_eq!(a.tightest().remaining(), 8);
+    let c = limiter.counters();
+    assert_eq!(
+        (c.redis_decisions, c.switches_to_fallback, c.redis_errors),
+        (2, 0, 0)
+    );
+}
+
+#[tokio::test]
+async fn a_key_holding_garbage_falls_back_for_that_call_only() {
+    let server = RedisServer::start();
+    let limiter: RedisRateLimiter<&'static str> = RedisRateLimiter::builder()
+        .limit(Limit::new("default", Quota::per_second(nz(10))))
+        .key_prefix("g:")
+        .build(server.url())
+        .unwrap();
+    limiter.connect().await.unwrap();
+    let mut conn = raw(&server.url()).await;
+    let () = redis::cmd("SET")
+        .arg("g:{bad}:default")
+        .arg("garbage")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    limiter.try_acquire(&"bad", 1).await.unwrap(); // the local fallback's answer
+    limiter.try_acquire(&"good", 1).await.unwrap();
+    assert_eq!(limiter.state(), State::Redis(Backend::Lua));
+    let c = limiter.counters();
+    assert_eq!(
+        (
+            c.redis_decisions,
+            c.fallback_decisions,
+            c.redis_errors,
+            c.switches_to_fallback
+        ),
+        (1, 1, 1, 0)
+    );
+}
+
+#[tokio::test]
+async fn a_burst_counts_cells_at_once_which_redis_cell_calls_max_burst_plus_one() {
+    // Ours, on the script: a burst of 10 admits 10 and reports a limit of 10.
+    let server = RedisServer::start();
+    let quota = Quota::per_minute(nz(10));
+    let limiter: RedisRateLimiter<&'static str> = RedisRateLimiter::builder()
+        .limit(Limit::new("default", quota))
+        .build(server.url())
+        .unwrap();
+    for _ in 0..10 {
+        assert_eq!(
+            limiter
+                .try_acquire(&"k", 1)
+                .await
+                .unwrap()
+                .tightest()
+                .limit(),
+            10
+        );
+    }
+    assert!(limiter.try_acquire(&"k", 1).await.is_err());
+
+    // redis-cell's convention (and GCRA's, which follows it): `max_burst` cells beyond the
+    // first. The same quota is `max_burst = 9`; passing 10 admits 11.
+    let fake = FakeGcra::start().await;
+    let native: RedisRateLimiter<&'static str> = RedisRateLimiter::builder()
+        .limit(Limit::new("default", quota))
+        .build(fake.url())
+        .unwrap();
+    assert_eq!(native.connect().await.unwrap(), Backend::NativeGcra);
+    for _ in 0..10 {
+        let a = native.try_acquire(&"k", 1).await.unwrap();
+        assert_eq!(a.tightest().limit(), 10);
+    }
+    assert!(native.try_acquire(&"k", 1).await.is_err());
+    let sent = fake.commands();
+    let gcra = sent.iter().find(|c| c[0] == "GCRA").unwrap();
+    assert_eq!(
+        gcra[1..5],
+        ["brigade:limit:{k}:default:gcra", "9", "1", "6.000000000"]
+    );
+
+    let mut conn = raw(&fake.url()).await;
+    let mut admitted = 0;
+    for _ in 0..20 {
+        let reply: Vec<i64> = redis::cmd("GCRA")
+            .arg("cell")
+            .arg(10)
+            .arg(10)
+            .arg(60)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(reply[1], 11);
+        admitted += i32::from(reply[0] == 0);
+    }
+    assert_eq!(admitted, 11);
+}
+
+#[test]
+fn the_native_path_decides_as_the_in_process_limiter_within_one_interval() {
+    let real = real_runtime();
+    let paused = paused_runtime();
+    let quota = Quota::per_second(nz(10)); // 100 ms per cell
+    let ours = paused.block_on(async { local(&[Limit::new("default", quota)]) });
+    let fake = real.block_on(FakeGcra::start());
+    let theirs: RedisRateLimiter<&'static str> = real.block_on(async {
+        let l = RedisRateLimiter::builder()
+            .limit(Limit::new("default", quota))
+            .fallback(Fallback::FailClosed)
+            .call_timeout(Duration::from_secs(2))
+            .build(fake.url())
+            .unwrap();
+        assert_eq!(l.connect().await.unwrap(), Backend::NativeGcra);
+        l
+    });
+    assert_eq!(theirs.state(), State::Redis(Backend::NativeGcra));
+    let interval = Duration::from_millis(100);
+    let steps: &[(u64, u32)] = &[
+        (0, 3),
+        (0, 0),
+        (10, 6),
+        (0, 2),
+        (40, 1),
+        (35, 1),
+        (0, 1),
+        (250, 4),
+        (0, 0),
+        (1_000, 10),
+        (0, 1),
+        (99, 1),
+        (1, 1),
+    ];
+    let (mut admitted, mut rejected) = (0, 0);
+    for &(advance, cost) in steps {
+        let d = Duration::from_millis(advance);
+        paused.block_on(tokio::time::advance(d));
+        fake.advance(d);
+        let a = paused.block_on(async { ours.try_acquire(&"k", cost) });
+        let b = real.block_on(theirs.try_acquire(&"k", cost));
+        let (sa, sb) = (seen(&a), seen(&b));
+        assert_eq!(sa.admitted, sb.admitted, "{advance} ms, cost {cost}");
+        let (la, lb) = (&sa.statuses[0], &sb.statuses[0]);
+        assert_eq!((la.limit(), la.remaining()), (lb.limit(), lb.remaining()));
+        assert!(lb.reset() >= la.reset() && lb.reset() - la.reset() < interval);
+        if let (Some(ra), Some(rb)) = (sa.retry_after, sb.retry_after) {
+            assert!(rb >= ra && rb - ra < interval, "{ra:?} vs {rb:?}");
+            rejected += 1;
+        } else {
+            admitted += 1;
+        }
+    }
+    assert!(
+        admitted >= 6 && rejected >= 4,
+        "{admitted} admitted, {rejected} rejected"
+    );
+    // A settle cannot refund on the native path; an extra charge goes through.
+    real.block_on(async {
+        fake.advance(Duration::from_secs(10));
+        let r = theirs.try_reserve(&"s", 5).await.unwrap();
+        r.settle(1).await.unwrap();
+        let left = theirs
+            .try_acquire(&"s", 0)
+            .await
+            .unwrap()
+            .tightest()
+            .remaining();
+        assert_eq!(left, 5);
+        let r = theirs.try_reserve(&"s", 1).await.unwrap();
+        r.settle(3).await.unwrap();
+        let left = theirs
+            .try_acquire(&"s", 0)
+            .await
+            .unwrap()
+            .tightest()
+            .remaining();
+        assert_eq!(left, 2);
+    });
+}
+
+#[tokio::test]
+async fn a_multi_limit_limiter_uses_the_script_even_where_gcra_exists() {
+    let fake = FakeGcra::start().await;
+    let limiter: RedisRateLimiter<&'static str> = RedisRateLimiter::builder()
+        .limit(Limit::per_request("requests", Quota::per_minute(nz(10))))
+        .limit(Limit::new("tokens", Quota::per_minute(nz(1000))))
+        .build(fake.url())
+        .unwrap();
+    // The fake runs no Lua: loading the script fails, and the limiter stays on its fallback.
+    assert!(limiter.connect().await.is_err());
+    let sent = fake.commands();
+    assert!(sent.iter().any(|c| c[..2] == ["SCRIPT", "LOAD"]));
+    assert!(!sent.iter().any(|c| c[0] == "GCRA" || c[0] == "COMMAND"));
+    // And `NativeGcra::Never` does not ask.
+    let never: RedisRateLimiter<&'static str> = RedisRateLimiter::builder()
+        .limit(Limit::new("default", Quota::per_minute(nz(10))))
+        .native_gcra(NativeGcra::Never)
+        .build(fake.url())
+        .unwrap();
+    assert!(never.connect().await.is_err());
+    assert!(!fake.commands().iter().any(|c| c[0] == "COMMAND"));
+}
+
+#[tokio::test]
+async fn invalid_configurations_fail_when_built() {
+    let rpm = Limit::new("default", Quota::per_minute(nz(60)));
+    let build = |b: RedisRateLimiterBuilder| b.build::<String>("redis://127.0.0.1/");
+    assert_eq!(
+        build(RedisRateLimiter::builder()).unwrap_err(),
+        InvalidConfig::NoLimits
+    );
+    assert_eq!(
+        build(builder(&[rpm]).fallback(Fallback::Local { replicas: 0 })).unwrap_err(),
+        InvalidConfig::ZeroReplicas
+    );
+    for (b, setting) in [
+        (builder(&[rpm]).call_timeout(Duration::ZERO), "call_timeout"),
+        (
+            builder(&[rpm]).connect_timeout(Duration::ZERO),
+            "connect_timeout",
+        ),
+        (
+            builder(&[rpm]).probe_interval(Duration::ZERO),
+            "probe_interval",
+        ),
+    ] {
+        assert_eq!(build(b).unwrap_err(), InvalidConfig::ZeroDuration(setting));
+    }
+    assert_eq!(
+        build(builder(&[rpm]).key_prefix("a{b")).unwrap_err(),
+        InvalidConfig::BraceInRedisKey("a{b".into())
+    );
+    let braced = Limit::new("x}", Quota::per_minute(nz(1)));
+    assert!(matches!(
+        build(builder(&[braced])).unwrap_err(),
+        InvalidConfig::BraceInRedisKey(_)
+    ));
+    assert!(matches!(
+        builder(&[rpm]).build::<String>("not a url").unwrap_err(),
+        InvalidConfig::RedisUrl(_)
+    ));
+    let long = Limit::new(
+        "default",
+        // Fits alone; four times the interval does not fit in u64 nanoseconds.
+        Quota::with_period(Duration::from_secs(u64::MAX / 3_000_000_000)).unwrap(),
+    );
+    assert_eq!(
+        build(builder(&[long]).fallback(Fallback::Local { replicas: 4 })).unwrap_err(),
+        InvalidConfig::QuotaTooLong
+    );
+}
+
+/// A fake Redis that knows `GCRA`, following the command's documentation and its source:
+/// microseconds, `max-burst + 1` at once, whole seconds rounded up in the reply. Its clock
+/// moves only when the test moves it. Everything it is sent is recorded.
+struct FakeGcra {
+    port: u16,
+    clock_us: Arc<AtomicU64>,
+    log: Arc<Mutex<Vec<Vec<String>>>>,
+}
+
+impl FakeGcra {
+    async fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let clock_us = Arc::new(AtomicU64::new(1_700_000_000_000_000));
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let tats = Arc::new(Mutex::new(HashMap::<String, i64>::new()));
+        let (clock, log2) = (Arc::clone(&clock_us), Arc::clone(&log));
+        tokio::spawn(async move {
+            while let Ok((socket, _)) = listener.accept().await {
+                let (clock, log, tats) = (Arc::clone(&clock), Arc::clone(&log2), Arc::clone(&tats));
+                tokio::spawn(async move {
+                    let (read, mut write) = socket.into_split();
+                    let mut read = BufReader::new(read);
+                    while let Some(cmd) = read_command(&mut read).await {
+                        log.lock().unwrap().push(cmd.clone());
+                        let now = clock.load(Ordering::SeqCst) as i64;
+                        let reply = answer(&cmd, now, &tats);
+                        if write.write_all(reply.as_bytes()).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        Self {
+            port,
+            clock_us,
+            log,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    fn advance(&self, d: Duration) {
+        self.clock_us
+            .fetch_add(d.as_micros() as u64, Ordering::SeqCst);
+    }
+
+    fn commands(&self) -> Vec<Vec<String>> {
+        self.log.lock().unwrap().clone()
+    }
+}
+
+async fn read_command<R: tokio::io::AsyncBufRead + Unpin>(r: &mut R) -> Option<Vec<String>> {
+    let mut line = String::new();
+    r.read_line(&mut line).await.ok()?;
+    let n: usize = line.trim_end().strip_prefix('*')?.parse().ok()?;
+    let mut args = Vec::with_capacity(n);
+    for _ in 0..n {
+        line.clear();
+        r.read_line(&mut line).await.ok()?;
+        let len: usize = line.trim_end().strip_prefix('$')?.parse().ok()?;
+        let mut buf = vec![0; len + 2];
+        r.read_exact(&mut buf).await.ok()?;
+        buf.truncate(len);
+        args.push(String::from_utf8(buf).ok()?);
+    }
+    Some(args)
+}
+
+fn answer(cmd: &[String], now: i64, tats: &Mutex<HashMap<String, i64>>) -> String {
+    let name = cmd[0].to_ascii_uppercase();
+    match name.as_str() {
+        "CLIENT" => "+OK\r\n".into(),
+        "PING" => "+PONG\r\n".into(),
+        "COMMAND" if cmd.len() == 3 && cmd[2].eq_ignore_ascii_case("GCRA") => {
+            "*1\r\n*2\r\n$4\r\ngcra\r\n:-5\r\n".into()
+        }
+        "GCRA" => gcra(cmd, now, tats),
+        _ => format!("-ERR unknown command '{}' (a fake server)\r\n", cmd[0]),
+    }
+}
+
+/// `GCRA key max-burst tokens-per-period period [TOKENS count]`, as Redis's `gcra.c` does it.
+fn gcra(cmd: &[String], now: i64, tats: &Mutex<HashMap<String, i64>>) -> String {
+    let max_burst: i64 = cmd[2].parse::<i64>().unwrap() + 1;
+    let per_period: i64 = cmd[3].parse().unwrap();
+    let period: f64 = cmd[4].parse().unwrap();
+    let tokens: i64 = if cmd.len() == 7 {
+        cmd[6].parse().unwrap()
+    } else {
+        1
+    };
+    let mut tats = tats.lock().unwrap();
+    let tat = tats.get(&cmd[1]).copied().unwrap_or(now);
+    let emission = ((period * 1e6 / per_period as f64 + 0.5) as i64).max(1);
+    let variance = emission * max_burst;
+    let increment = emission * tokens;
+    let new_tat = now.max(tat) + increment;
+    let diff = now - (new_tat - variance);
+    let (limited, retry, ttl) = if diff < 0 {
+        let retry = if increment <= variance {
+            (-diff as f64 / 1e6).ceil() as i64
+        } else {
+            -1
+        };
+        (1, retry, tat - now)
+    } else {
+        tats.insert(cmd[1].clone(), new_tat);
+        (0, -1, new_tat - now)
+    };
+    let next = variance - ttl;
+    let remaining = if next > -emission { next / emission } else { 0 };
+    let reset = (ttl as f64 / 1e6).ceil() as i64;
+    format!("*5\r\n:{limited}\r\n:{max_burst}\r\n:{remaining}\r\n:{retry}\r\n:{reset}\r\n")
+}
