@@ -29,16 +29,16 @@ use serde_json::{Value, json};
 
 use crate::error::{ApiError, error_json};
 use crate::limits::{Reserved, Slot};
-use crate::mock::{CookError, Order, TokenStream, count_tokens};
+use crate::mock::{CookError, Order, Token, TokenStream, count_tokens};
 use crate::routes::{App, Body, LogSlot, Streaming, Tokens};
 
 /// The first token (if any) and the rest of the stream: what a successful attempt yields.
-type Opened = (Option<String>, TokenStream);
+pub(crate) type Opened = (Option<Token>, TokenStream);
 
 /// A validated chat request.
 #[derive(Debug)]
-struct ChatRequest {
-    order: Order,
+pub(crate) struct ChatRequest {
+    pub(crate) order: Order,
     stream: bool,
     include_usage: bool,
 }
@@ -102,7 +102,8 @@ pub(crate) async fn chat(
     let prompt_tokens = count_tokens(&chat.order.prompt);
     let (reserved, limit_headers) = app
         .limits
-        .reserve(&key, prompt_tokens.saturating_add(chat.order.max_tokens))?;
+        .reserve(&key, prompt_tokens.saturating_add(chat.order.max_tokens))
+        .await?;
 
     // Bulkhead: a slot for the whole stream, waited for within the deadline.
     let slot = match scope.run_until_cancelled(app.limits.slot()).await {
@@ -205,7 +206,11 @@ pub(crate) async fn chat(
 }
 
 /// The rate-limit key: the API key, or the client's address when no keys are configured.
-fn authorize(app: &App, headers: &HeaderMap, peer: SocketAddr) -> Result<String, ApiError> {
+pub(crate) fn authorize(
+    app: &App,
+    headers: &HeaderMap,
+    peer: SocketAddr,
+) -> Result<String, ApiError> {
     if app.config.api_keys.is_empty() {
         return Ok(peer.ip().to_string());
     }
@@ -235,7 +240,7 @@ fn request_timeout(app: &App, headers: &HeaderMap) -> Option<Duration> {
 }
 
 /// Which outcomes of an attempt are retried: retryable failures, honouring a `Retry-After`.
-fn classify(outcome: &Result<Opened, CookError>) -> Action {
+pub(crate) fn classify(outcome: &Result<Opened, CookError>) -> Action {
     match outcome {
         Ok(_) => Action::Stop,
         Err(error) if error.retryable => error.retry_after.map_or(Action::Retry, Action::Throttled),
@@ -244,7 +249,7 @@ fn classify(outcome: &Result<Opened, CookError>) -> Action {
 }
 
 /// The answer when no attempt produced a first token.
-fn attempts_failed(
+pub(crate) fn attempts_failed(
     app: &App,
     scope: &CancelScope,
     permit: OwnedPermit,
@@ -306,7 +311,7 @@ fn cancelled_error(app: &App, reason: &CancelReason) -> ApiError {
     }
 }
 
-fn parse(bytes: &[u8], default_max_tokens: u32) -> Result<ChatRequest, ApiError> {
+pub(crate) fn parse(bytes: &[u8], default_max_tokens: u32) -> Result<ChatRequest, ApiError> {
     let body: Value = serde_json::from_slice(bytes)
         .map_err(|e| ApiError::invalid(format!("malformed JSON: {e}")))?;
     let Value::Object(body) = body else {
@@ -424,7 +429,7 @@ struct Generation {
     scope: CancelScope,
     cancelled: Pin<Box<WaitCancelledOwned>>,
     tokens: TokenStream,
-    first: Option<String>,
+    first: Option<Token>,
     id: String,
     created: u64,
     model: String,
@@ -541,9 +546,12 @@ impl Generation {
     /// The non-streaming answer: every token, then one JSON body.
     async fn collect_json(mut self) -> Result<Response<Body>, ApiError> {
         let mut text = String::new();
+        // The token counter is shared by every core: a whole answer adds to it once, when it
+        // ends however it ends (dropped with the request included), not once per token.
+        let mut tally = Tally(self.metrics_app.metrics.tokens.clone(), 0);
         if let Some(first) = self.first.take() {
             self.completion_tokens += 1;
-            self.metrics_app.metrics.tokens.inc();
+            tally.1 += 1;
             text.push_str(&first);
         }
         let scope = self.scope.clone();
@@ -552,7 +560,7 @@ impl Generation {
             match next {
                 Ok(Some(Ok(token))) => {
                     self.completion_tokens += 1;
-                    self.metrics_app.metrics.tokens.inc();
+                    tally.1 += 1;
                     text.push_str(&token);
                 }
                 Ok(Some(Err(error))) => {
@@ -577,20 +585,29 @@ impl Generation {
         } else {
             "stop"
         };
-        let mut response = crate::routes::json(
+        // Serialized from borrowed fields, without building a JSON tree first.
+        let completion = Completion {
+            id: &self.id,
+            object: "chat.completion",
+            created: self.created,
+            model: &self.model,
+            choices: [Choice {
+                index: 0,
+                message: Message {
+                    role: "assistant",
+                    content: &text,
+                },
+                finish_reason,
+            }],
+            usage: Usage {
+                prompt_tokens: self.prompt_tokens,
+                completion_tokens: self.completion_tokens,
+                total_tokens: self.prompt_tokens + self.completion_tokens,
+            },
+        };
+        let mut response = crate::routes::json_body(
             StatusCode::OK,
-            &json!({
-                "id": self.id,
-                "object": "chat.completion",
-                "created": self.created,
-                "model": self.model,
-                "choices": [{
-                    "index": 0,
-                    "message": { "role": "assistant", "content": text },
-                    "finish_reason": finish_reason,
-                }],
-                "usage": self.usage(),
-            }),
+            serde_json::to_vec(&completion).unwrap_or_default(),
         );
         response
             .extensions_mut()
@@ -702,4 +719,44 @@ impl Drop for Generation {
             self.log.finish(self.completion_tokens);
         }
     }
+}
+
+/// Tokens of a whole answer, added to the counter when dropped.
+struct Tally(prometheus_client::metrics::counter::Counter, u64);
+
+impl Drop for Tally {
+    fn drop(&mut self) {
+        self.0.inc_by(self.1);
+    }
+}
+
+/// A whole chat completion (`object: "chat.completion"`).
+#[derive(Debug, serde::Serialize)]
+struct Completion<'a> {
+    id: &'a str,
+    object: &'static str,
+    created: u64,
+    model: &'a str,
+    choices: [Choice<'a>; 1],
+    usage: Usage,
+}
+
+#[derive(Debug, serde::Serialize)]
+struct Choice<'a> {
+    index: u32,
+    message: Message<'a>,
+    finish_reason: &'static str,
+}
+
+#[derive(Debug, serde::Serialize)]
+struct Message<'a> {
+    role: &'static str,
+    content: &'a str,
+}
+
+#[derive(Debug, serde::Serialize)]
+struct Usage {
+    prompt_tokens: u32,
+    completion_tokens: u32,
+    total_tokens: u32,
 }

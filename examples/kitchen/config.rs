@@ -130,6 +130,30 @@ pub(crate) struct Config {
     /// Keep-alive comment after this many idle seconds on a stream.
     #[arg(long, default_value_t = 15)]
     pub(crate) keep_alive_secs: u64,
+
+    /// Keep the per-key rate limits in Redis, shared by every replica (needs the `redis`
+    /// feature), e.g. `redis://127.0.0.1:6379/`.
+    #[arg(long, value_name = "URL")]
+    pub(crate) redis: Option<String>,
+
+    /// What limits while Redis is down: `local` (this process, with the quotas divided by
+    /// `--redis-replicas`), `open` (admit everything) or `closed` (refuse with 503).
+    #[arg(long, value_enum, default_value_t = RedisFallback::Local)]
+    pub(crate) redis_fallback: RedisFallback,
+
+    /// Replicas sharing the Redis limits: a local fallback gives each 1/N of the quotas.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    pub(crate) redis_replicas: u32,
+
+    /// Timeout of each Redis call, in milliseconds; past it, the fallback answers.
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u64).range(1..))]
+    pub(crate) redis_timeout_ms: u64,
+
+    #[command(flatten, next_help_heading = "Prep shelf (background jobs)")]
+    pub(crate) jobs: crate::jobs::JobsConfig,
+
+    #[command(flatten, next_help_heading = "Fan-out sources")]
+    pub(crate) fanout: crate::fanout::FanoutConfig,
 }
 
 impl Config {
@@ -140,4 +164,15 @@ impl Config {
     pub(crate) fn deadline(&self) -> Option<Duration> {
         (self.deadline_secs > 0).then(|| Duration::from_secs(self.deadline_secs))
     }
+}
+
+/// What limits while Redis is down.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum RedisFallback {
+    /// This process limits alone, with the quotas divided by the replica count.
+    Local,
+    /// Admit everything (fail open).
+    Open,
+    /// Refuse everything with 503 (fail closed).
+    Closed,
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 use brigade_limit::headers::{RateLimitHeaders, retry_after_secs};
 use brigade_limit::{
     AcquireError, ConcurrencyLimit, ConcurrencyPermit, Limit, OverloadReason, Quota, RateLimiter,
-    Reservation,
+    RateLimiterBuilder, Reservation,
 };
 use http::{HeaderMap, StatusCode};
 
@@ -20,20 +20,50 @@ use crate::metrics::Metrics;
 /// Per-key rate limits and the stream bulkhead.
 #[derive(Debug)]
 pub(crate) struct Limits {
-    rate: Option<RateLimiter<String>>,
+    rate: Option<Rate>,
     bulkhead: ConcurrencyLimit,
     headers: RateLimitHeaders,
     metrics: Arc<Metrics>,
 }
 
+/// Where the per-key limits live: this process, or Redis (shared by every replica).
+#[derive(Debug)]
+enum Rate {
+    Memory(RateLimiter<String>),
+    #[cfg(feature = "redis")]
+    Redis(brigade_limit::redis::RedisRateLimiter<String>),
+}
+
 /// A reservation of the request's token estimate, settled with the real count.
 #[derive(Debug)]
-pub(crate) struct Reserved(Option<Reservation<String>>);
+pub(crate) struct Reserved(Option<Held>);
+
+#[derive(Debug)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "one per request; boxing the in-process reservation would allocate on every request"
+)]
+enum Held {
+    Memory(Reservation<String>),
+    // Boxed: it carries its limiter and key beside the decision.
+    #[cfg(feature = "redis")]
+    Redis(Box<brigade_limit::redis::RedisReservation<String>>),
+}
 
 impl Reserved {
     pub(crate) fn settle(self, tokens: u32) {
-        if let Some(reservation) = self.0 {
-            reservation.settle(tokens);
+        match self.0 {
+            None => {}
+            Some(Held::Memory(reservation)) => reservation.settle(tokens),
+            // A round trip: settled on its own task, so the stream's end never waits on Redis.
+            #[cfg(feature = "redis")]
+            Some(Held::Redis(reservation)) => {
+                tokio::spawn(async move {
+                    if let Err(error) = reservation.settle(tokens).await {
+                        tracing::debug!(%error, "settling on Redis failed; the estimate stays charged");
+                    }
+                });
+            }
         }
     }
 }
@@ -43,20 +73,26 @@ pub(crate) type Slot = ConcurrencyPermit;
 
 impl Limits {
     pub(crate) fn new(config: &Config, metrics: Arc<Metrics>) -> Result<Self, String> {
-        let mut builder = RateLimiter::builder();
-        let mut any = false;
+        let mut limits = Vec::new();
         if let Some(n) = NonZeroU32::new(config.requests_per_min) {
-            builder = builder.limit(Limit::per_request("requests", Quota::per_minute(n)));
-            any = true;
+            limits.push(Limit::per_request("requests", Quota::per_minute(n)));
         }
         if let Some(n) = NonZeroU32::new(config.tokens_per_min) {
-            builder = builder.limit(Limit::new("tokens", Quota::per_minute(n)));
-            any = true;
+            limits.push(Limit::new("tokens", Quota::per_minute(n)));
         }
-        let rate = any
-            .then(|| builder.build())
-            .transpose()
-            .map_err(|e| format!("rate limits: {e}"))?;
+        let rate = match (&config.redis, limits.is_empty()) {
+            (_, true) => None,
+            (None, false) => {
+                metrics.set_rate_store("memory");
+                let builder = limits
+                    .into_iter()
+                    .fold(RateLimiter::builder(), RateLimiterBuilder::limit);
+                Some(Rate::Memory(
+                    builder.build().map_err(|e| format!("rate limits: {e}"))?,
+                ))
+            }
+            (Some(url), false) => Some(redis_rate(config, url, limits, &metrics)?),
+        };
         let bulkhead = ConcurrencyLimit::builder()
             .max_in_flight(config.max_streams)
             .max_queue(config.queue_size)
@@ -71,21 +107,47 @@ impl Limits {
         })
     }
 
+    /// Connects to Redis now, when the limits live there, rather than on the first request.
+    /// A Redis that is down is not fatal: the fallback answers until it comes back.
+    pub(crate) async fn connect(&self) {
+        #[cfg(feature = "redis")]
+        if let Some(Rate::Redis(limiter)) = &self.rate {
+            match limiter.connect().await {
+                Ok(backend) => tracing::info!(?backend, "rate limits kept in Redis"),
+                Err(error) => {
+                    tracing::warn!(%error, "Redis is unavailable; the fallback limits until it answers");
+                }
+            }
+        }
+    }
+
     /// Reserves `tokens` (prompt plus `max_tokens`) and one request for `key`; the header
     /// fields of the decision go on the answer.
-    pub(crate) fn reserve(
+    pub(crate) async fn reserve(
         &self,
         key: &str,
         tokens: u32,
     ) -> Result<(Reserved, HeaderMap), ApiError> {
-        let mut headers = HeaderMap::new();
-        let Some(rate) = &self.rate else {
-            return Ok((Reserved(None), headers));
+        // Room for the IETF and OpenAI fields of two limits, without growing.
+        let mut headers = HeaderMap::with_capacity(8);
+        let decided = match &self.rate {
+            None => return Ok((Reserved(None), headers)),
+            Some(Rate::Memory(rate)) => rate.try_reserve(&key.to_owned(), tokens).map(Held::Memory),
+            #[cfg(feature = "redis")]
+            Some(Rate::Redis(rate)) => rate
+                .try_reserve(&key.to_owned(), tokens)
+                .await
+                .map(|reservation| Held::Redis(Box::new(reservation))),
         };
-        match rate.try_reserve(&key.to_owned(), tokens) {
-            Ok(reservation) => {
-                self.headers.admitted(reservation.admitted(), &mut headers);
-                Ok((Reserved(Some(reservation)), headers))
+        match decided {
+            Ok(held) => {
+                let admitted = match &held {
+                    Held::Memory(reservation) => reservation.admitted(),
+                    #[cfg(feature = "redis")]
+                    Held::Redis(reservation) => reservation.admitted(),
+                };
+                self.headers.admitted(admitted, &mut headers);
+                Ok((Reserved(Some(held)), headers))
             }
             Err(AcquireError::Rejected(rejected) | AcquireError::QueueFull(rejected)) => {
                 let limit = rejected.limit().name();
@@ -116,6 +178,13 @@ impl Limits {
                 unsatisfiable.limit(),
                 unsatisfiable.burst()
             ))),
+            // The shared store is down and the fallback refuses: the server's fault, not the
+            // client's quota.
+            Err(AcquireError::Unavailable { retry_after }) => Err(ApiError::unavailable(
+                "rate_limit_store_unavailable",
+                "the rate-limit store is unavailable",
+                retry_after,
+            )),
             Err(other) => {
                 self.metrics
                     .rate_limited
@@ -153,4 +222,60 @@ impl Limits {
             overloaded.retry_after(),
         ))
     }
+}
+
+/// The limits in Redis (`--redis URL`), with the fallback of `--redis-fallback`.
+#[cfg(feature = "redis")]
+fn redis_rate(
+    config: &Config,
+    url: &str,
+    limits: Vec<Limit>,
+    metrics: &Arc<Metrics>,
+) -> Result<Rate, String> {
+    use brigade_limit::redis::{Fallback, RedisRateLimiter, State};
+
+    use crate::config::RedisFallback;
+
+    let fallback = match config.redis_fallback {
+        RedisFallback::Local => Fallback::Local {
+            replicas: config.redis_replicas,
+        },
+        RedisFallback::Open => Fallback::FailOpen,
+        RedisFallback::Closed => Fallback::FailClosed,
+    };
+    let on_switch = Arc::clone(metrics);
+    let builder = limits
+        .into_iter()
+        .fold(RedisRateLimiter::builder(), |builder, limit| {
+            builder.limit(limit)
+        })
+        .key_prefix("kitchen:limit:")
+        .call_timeout(Duration::from_millis(config.redis_timeout_ms))
+        .fallback(fallback)
+        .on_switch(move |state| {
+            on_switch.rate_store_switches.inc();
+            on_switch.set_rate_store(match state {
+                State::Redis(_) => "redis",
+                _ => "fallback",
+            });
+        });
+    // Starts on the fallback until the first answer from Redis.
+    metrics.set_rate_store("fallback");
+    let limiter = builder
+        .build(url)
+        .map_err(|e| format!("rate limits in Redis: {e}"))?;
+    Ok(Rate::Redis(limiter))
+}
+
+/// Without the `redis` feature, `--redis` is refused at start rather than ignored.
+#[cfg(not(feature = "redis"))]
+fn redis_rate(
+    _config: &Config,
+    _url: &str,
+    _limits: Vec<Limit>,
+    _metrics: &Arc<Metrics>,
+) -> Result<Rate, String> {
+    Err("`--redis` needs a kitchen built with the `redis` feature: \
+         cargo run --release --example kitchen --features redis -- --redis URL"
+        .to_owned())
 }

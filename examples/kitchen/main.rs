@@ -10,12 +10,15 @@
 mod chat;
 mod config;
 mod error;
+mod fanout;
+mod jobs;
 mod limits;
 mod metrics;
 mod mock;
 mod routes;
 mod server;
 mod upstream;
+mod ws;
 
 use std::process::ExitCode;
 
@@ -24,7 +27,11 @@ use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
     let config = config::Config::parse();
+    // One log line per request: formatted on the request's task, written by a writer thread
+    // (lines that pile up go out in one write). The guard flushes what is left at exit.
+    let (writer, _flush_on_exit) = tracing_appender::non_blocking(std::io::stdout());
     tracing_subscriber::fmt()
+        .with_writer(writer)
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
         )

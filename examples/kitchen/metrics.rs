@@ -30,6 +30,18 @@ pub(crate) struct Metrics {
     pub(crate) bulkhead_queue: Gauge,
     /// Handler panics turned into 500s.
     pub(crate) panics: Counter,
+    /// Where the rate limits are decided: 1 for the current store.
+    pub(crate) rate_store: Family<Labels, Gauge>,
+    /// Switches between Redis and its fallback.
+    #[cfg_attr(
+        not(feature = "redis"),
+        allow(dead_code, reason = "counted by the Redis limiter's listener")
+    )]
+    pub(crate) rate_store_switches: Counter,
+    /// The prep shelf's metrics.
+    pub(crate) jobs: crate::jobs::JobMetrics,
+    /// The WebSocket chat's metrics.
+    pub(crate) ws: crate::ws::WsMetrics,
 }
 
 impl Metrics {
@@ -85,6 +97,20 @@ impl Metrics {
             "Handler panics answered with 500",
             panics.clone(),
         );
+        let rate_store = Family::<Labels, Gauge>::default();
+        registry.register(
+            "rate_limit_store",
+            "Where the rate limits are decided: memory, redis or fallback (1 for the current one)",
+            rate_store.clone(),
+        );
+        let rate_store_switches = Counter::default();
+        registry.register(
+            "rate_limit_store_switches",
+            "Switches between Redis and its fallback",
+            rate_store_switches.clone(),
+        );
+        let jobs = crate::jobs::JobMetrics::register(&mut registry);
+        let ws = crate::ws::WsMetrics::register(&mut registry);
         Self {
             registry,
             requests,
@@ -96,6 +122,10 @@ impl Metrics {
             retries,
             bulkhead_queue,
             panics,
+            rate_store,
+            rate_store_switches,
+            jobs,
+            ws,
         }
     }
 
@@ -126,6 +156,14 @@ impl Metrics {
             self.breaker_state
                 .get_or_create(&vec![("state", state.to_owned())])
                 .set(i64::from(state == current));
+        }
+    }
+
+    pub(crate) fn set_rate_store(&self, current: &str) {
+        for store in ["memory", "redis", "fallback"] {
+            self.rate_store
+                .get_or_create(&vec![("store", store.to_owned())])
+                .set(i64::from(store == current));
         }
     }
 

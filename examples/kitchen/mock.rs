@@ -31,7 +31,11 @@ impl CookError {
 }
 
 /// Tokens as they come; an `Err` ends the stream.
-pub(crate) type TokenStream = Pin<Box<dyn Stream<Item = Result<String, CookError>> + Send>>;
+pub(crate) type TokenStream = Pin<Box<dyn Stream<Item = Result<Token, CookError>> + Send>>;
+
+/// One token's text: borrowed from the mock's vocabulary, or owned when decoded from an
+/// upstream.
+pub(crate) type Token = std::borrow::Cow<'static, str>;
 
 /// What the line cook is asked to make.
 #[derive(Clone, Debug)]
@@ -90,10 +94,12 @@ pub(crate) struct Mock {
     pub(crate) attempts: AtomicU64,
 }
 
+/// The vocabulary, each word with the space that goes before it (the first token drops it).
 const WORDS: [&str; 32] = [
-    "the", "kitchen", "serves", "tokens", "while", "the", "line", "cook", "keeps", "time", "and",
-    "every", "order", "ends", "with", "done", "a", "stream", "of", "small", "words", "flows",
-    "through", "the", "pass", "window", "to", "a", "patient", "client", "tonight", "again",
+    " the", " kitchen", " serves", " tokens", " while", " the", " line", " cook", " keeps",
+    " time", " and", " every", " order", " ends", " with", " done", " a", " stream", " of",
+    " small", " words", " flows", " through", " the", " pass", " window", " to", " a", " patient",
+    " client", " tonight", " again",
 ];
 
 impl Mock {
@@ -113,16 +119,12 @@ impl Mock {
     }
 
     /// The answer to `prompt`: the same tokens every time.
-    pub(crate) fn answer(prompt: &str, n: u32) -> Vec<String> {
+    pub(crate) fn answer(prompt: &str, n: u32) -> Vec<Token> {
         let mut state = fnv1a(prompt.as_bytes());
         (0..n)
             .map(|i| {
                 let word = WORDS[(splitmix(&mut state) % WORDS.len() as u64) as usize];
-                if i == 0 {
-                    word.to_owned()
-                } else {
-                    format!(" {word}")
-                }
+                Token::Borrowed(if i == 0 { &word[1..] } else { word })
             })
             .collect()
     }

@@ -54,6 +54,10 @@ pub(crate) struct App {
     pub(crate) limits: Limits,
     pub(crate) mock: Mock,
     pub(crate) upstream: Option<Upstream>,
+    /// Background jobs.
+    pub(crate) jobs: crate::jobs::Shelf,
+    /// The fan-out's sources.
+    pub(crate) fanout: crate::fanout::Sources,
     next_id: AtomicU64,
 }
 
@@ -94,6 +98,8 @@ impl App {
             .transpose()?;
         Ok(Self {
             limits: Limits::new(&config, Arc::clone(&metrics))?,
+            jobs: crate::jobs::Shelf::new(&config.jobs, Arc::clone(&metrics), &shutdown)?,
+            fanout: crate::fanout::Sources::new(&config.fanout)?,
             mock: Mock::new(&config),
             metrics,
             shutdown,
@@ -164,6 +170,11 @@ impl App {
         let result = match (route, &method) {
             ("chat", &Method::POST) => crate::chat::chat(self, request, peer, id).await,
             ("chat", _) => Err(ApiError::method_not_allowed("POST")),
+            ("jobs" | "job", _) => crate::jobs::route(self, request).await,
+            ("fanout", &Method::GET) => crate::fanout::fanout(self, request).await,
+            ("fanout", _) => Err(ApiError::method_not_allowed("GET")),
+            ("ws", &Method::GET) => crate::ws::upgrade(self, request, peer, id).await,
+            ("ws", _) => Err(ApiError::method_not_allowed("GET")),
             (_, &Method::GET | &Method::HEAD) => Ok(self.simple(route, request.uri().path())),
             ("not_found", _) => Err(ApiError::not_found(request.uri().path())),
             (_, _) => Err(ApiError::method_not_allowed("GET, HEAD")),
@@ -228,13 +239,22 @@ fn route_name(path: &str) -> &'static str {
         "/healthz" => "healthz",
         "/readyz" => "readyz",
         "/metrics" => "metrics",
+        "/v1/jobs" => "jobs",
+        "/v1/fanout" => "fanout",
+        "/v1/ws" => "ws",
+        _ if path.starts_with("/v1/jobs/") => "job",
         _ => "not_found",
     }
 }
 
 /// A JSON response.
 pub(crate) fn json(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
-    let mut response = Response::new(full(value.to_string()));
+    json_body(status, value.to_string())
+}
+
+/// A JSON response from bytes already serialized.
+pub(crate) fn json_body(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
+    let mut response = Response::new(full(body));
     *response.status_mut() = status;
     response
         .headers_mut()
@@ -258,7 +278,8 @@ impl LogLine {
             id = self.id,
             route = self.route,
             status,
-            latency_ms = self.start.elapsed().as_secs_f64() * 1000.0,
+            // Whole microseconds: an integer formats several times faster than a float.
+            latency_us = u64::try_from(self.start.elapsed().as_micros()).unwrap_or(u64::MAX),
             tokens,
             "request done"
         );

@@ -47,6 +47,7 @@ pub(crate) async fn start(config: Config) -> std::io::Result<Running> {
     let listener = TcpListener::bind(config.addr).await?;
     let addr = listener.local_addr()?;
     let app = Arc::new(App::new(config).map_err(std::io::Error::other)?);
+    app.limits.connect().await;
     let shutdown = app.shutdown.clone();
     shutdown.spawn(accept(listener, Arc::clone(&app)));
     Ok(Running { addr, app })
@@ -77,7 +78,7 @@ async fn accept(listener: TcpListener, app: Arc<App>) {
                 let app = Arc::clone(&app);
                 async move { Ok::<_, Infallible>(app.handle(request, peer).await) }
             });
-            let connection = builder.serve_connection(TokioIo::new(stream), service);
+            let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
             tokio::pin!(connection);
             tokio::select! {
                 result = connection.as_mut() => {

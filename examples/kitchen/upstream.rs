@@ -96,7 +96,7 @@ impl Upstream {
                         .pointer("/choices/0/delta/content")
                         .and_then(serde_json::Value::as_str)
                         .unwrap_or_default();
-                    Some(Ok(content.to_owned()))
+                    Some(Ok(crate::mock::Token::Owned(content.to_owned())))
                 }
             })
             .take_while(|item| std::future::ready(item.is_some()))

@@ -3,32 +3,49 @@
 //! clock, and fault injection is seeded.
 
 #[allow(dead_code, reason = "the tests use part of the server's code")]
-#[path = "../examples/kitchen/chat.rs"]
+#[path = "../../../examples/kitchen/chat.rs"]
 mod chat;
 #[allow(dead_code, reason = "the tests use part of the server's code")]
-#[path = "../examples/kitchen/config.rs"]
+#[path = "../../../examples/kitchen/config.rs"]
 mod config;
 #[allow(dead_code, reason = "the tests use part of the server's code")]
-#[path = "../examples/kitchen/error.rs"]
+#[path = "../../../examples/kitchen/error.rs"]
 mod error;
 #[allow(dead_code, reason = "the tests use part of the server's code")]
-#[path = "../examples/kitchen/limits.rs"]
+#[path = "../../../examples/kitchen/fanout.rs"]
+mod fanout;
+#[allow(dead_code, reason = "the tests use part of the server's code")]
+#[path = "../../../examples/kitchen/jobs.rs"]
+mod jobs;
+#[allow(dead_code, reason = "the tests use part of the server's code")]
+#[path = "../../../examples/kitchen/limits.rs"]
 mod limits;
 #[allow(dead_code, reason = "the tests use part of the server's code")]
-#[path = "../examples/kitchen/metrics.rs"]
+#[path = "../../../examples/kitchen/metrics.rs"]
 mod metrics;
 #[allow(dead_code, reason = "the tests use part of the server's code")]
-#[path = "../examples/kitchen/mock.rs"]
+#[path = "../../../examples/kitchen/mock.rs"]
 mod mock;
 #[allow(dead_code, reason = "the tests use part of the server's code")]
-#[path = "../examples/kitchen/routes.rs"]
+#[path = "../../../examples/kitchen/routes.rs"]
 mod routes;
 #[allow(dead_code, reason = "the tests use part of the server's code")]
-#[path = "../examples/kitchen/server.rs"]
+#[path = "../../../examples/kitchen/server.rs"]
 mod server;
 #[allow(dead_code, reason = "the tests use part of the server's code")]
-#[path = "../examples/kitchen/upstream.rs"]
+#[path = "../../../examples/kitchen/upstream.rs"]
 mod upstream;
+#[allow(dead_code, reason = "the tests use part of the server's code")]
+#[path = "../../../examples/kitchen/ws.rs"]
+mod ws;
+
+// The tests of the prep shelf, the fan-out and the WebSocket chat, beside the chat tests below.
+mod fanout_tests;
+mod jobs_tests;
+// Needs a redis-server: `cargo test -p brigade-kitchen-tests --features redis` (.ci/redis-tests).
+#[cfg(feature = "redis")]
+mod redis_tests;
+mod ws_tests;
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -730,4 +747,61 @@ async fn serves_h2c() {
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(response.version(), http::Version::HTTP_2);
     assert!(text(response).await.ends_with("data: [DONE]\n\n"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn idle_stream_gets_keep_alive_comments_between_tokens() {
+    // Three tokens 3.5 s apart (and the end 3.5 s after the last); a keep-alive comment after
+    // each idle second.
+    let kitchen = kitchen(&[
+        "--tokens",
+        "3",
+        "--ttft-ms",
+        "10",
+        "--token-ms",
+        "3500",
+        "--keep-alive-secs",
+        "1",
+    ])
+    .await;
+    let response = post(kitchen.addr, &order("slow cook", true), &[]).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let mut body = response.into_body();
+    // Each frame with the virtual time it arrived at, from the first token on.
+    let mut frames: Vec<(Duration, String)> = Vec::new();
+    let mut first_token_at = None;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.unwrap();
+        let Some(data) = frame.data_ref() else {
+            continue;
+        };
+        let now = tokio::time::Instant::now();
+        let text = std::str::from_utf8(data).unwrap().to_owned();
+        let start = *first_token_at.get_or_insert(now);
+        frames.push((now - start, text));
+    }
+    let whole: String = frames.iter().map(|(_, text)| text.as_str()).collect();
+    // The comments do not disturb the events: every token and [DONE] are there.
+    let data = sse_data(&whole);
+    assert_eq!(data.last().map(String::as_str), Some("[DONE]"));
+    let tokens = data
+        .iter()
+        .filter(|d| d.contains("\"content\":\"") && !d.contains("\"content\":\"\""))
+        .count();
+    assert_eq!(tokens, 3, "{whole}");
+    // Comments: one per idle second in each of the three 3.5 s gaps, never when tokens flow.
+    let comments: Vec<Duration> = frames
+        .iter()
+        .filter(|(_, text)| text.starts_with(':'))
+        .map(|(at, _)| *at)
+        .collect();
+    assert_eq!(comments.len(), 9, "{frames:?}");
+    assert_eq!(comments[0], Duration::from_secs(1), "{frames:?}");
+    assert_eq!(comments[2], Duration::from_secs(3), "{frames:?}");
+    // The idle timer restarts after each token: the next comment is a second after it.
+    assert_eq!(
+        comments[3],
+        Duration::from_millis(3500 + 1000),
+        "{frames:?}"
+    );
 }

@@ -1,0 +1,793 @@
+//! WebSocket chat: `GET /v1/ws` upgrades to a WebSocket over which a client asks for chat
+//! answers, gets their tokens as messages, and may cancel one mid-answer.
+//!
+//! # Protocol
+//!
+//! Every data message is a JSON text message.
+//!
+//! Client to server:
+//!
+//! - a chat request: the body of a chat completion (`model`, `messages`, `max_tokens`), with
+//!   `"type":"chat"` or no `type`. One generation runs at a time per socket.
+//! - `{"type":"cancel"}`: stops the running generation (ignored when none runs).
+//!
+//! Server to client, for each generation (`id` names it): `{"type":"start","id","model"}`, then
+//! `{"type":"token","id","index","text"}` for each token, in order, then exactly one of
+//! `{"type":"done","id","finish_reason","usage"}`, `{"type":"error","id","status","error"}` or
+//! `{"type":"cancelled","id","reason","completion_tokens"}`. A request that starts no
+//! generation (malformed, busy, shutting down) gets `{"type":"error","status","error"}`, where
+//! `status` and `error` are those the same request would get over HTTP (`error` in OpenAI's
+//! shape; a 429 or 503 adds `retry_after`, in seconds).
+//!
+//! # Design
+//!
+//! The socket is a hyper upgrade (answered 101 after validating the handshake headers) run by
+//! tokio-tungstenite. One task per connection, a task of the shutdown so that the shutdown
+//! joins it, owns the socket: it reads the client's messages, writes the generation's messages,
+//! pings, and closes. Each generation is a task of its own (tracked too) that sends its
+//! messages through a small bounded channel, so a client that reads slowly slows the line cook
+//! instead of filling memory, and a generation's messages keep their order.
+//!
+//! The cancel bell, through brigade-cancel: each generation runs in a scope that is a child of
+//! the connection's scope, itself a child of the shutdown's. A cancel message cancels the
+//! generation's scope (reason `client_cancel`); a closed or broken socket, or one whose pongs
+//! stopped, cancels the connection's scope (`client_disconnected`); the end of the shutdown's
+//! grace period cancels both (`shutdown`). The line cook stops at once in every case.
+//!
+//! A generation passes the same gates as an HTTP chat request: the rate limits of the key
+//! (API key or client address, checked at the upgrade), reserved from `max_tokens` and settled
+//! with the real count; a bulkhead slot for its length; a breaker permit; retries before the
+//! first token only. The request deadline (`--deadline-secs`) applies to each generation.
+//!
+//! Liveness: the server pings every [`PING_INTERVAL`]; a connection that has not answered (any
+//! frame counts) by the next ping is closed with 1008 (policy); one that stops reading, so that
+//! a write does not complete within that time, is dropped. On shutdown an idle connection is closed at once with 1001 (going away);
+//! one with a generation running lets it finish within the grace period (then it is cancelled
+//! with reason `shutdown`), and closes with 1001 after its last message.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use brigade_breaker::Outcome;
+use brigade_cancel::{CancelReason, CancelScope};
+use bytes::Bytes;
+use futures::{SinkExt, StreamExt};
+use http::header::{
+    CONNECTION, HeaderValue, RETRY_AFTER, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY,
+    SEC_WEBSOCKET_VERSION, UPGRADE,
+};
+use http::{HeaderMap, HeaderName, Request, Response, StatusCode, Version};
+use hyper::upgrade::Upgraded;
+use hyper_util::rt::TokioIo;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+use tokio::time::{Instant, MissedTickBehavior};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
+
+use crate::chat::ChatRequest;
+use crate::error::ApiError;
+use crate::mock::{Order, count_tokens};
+use crate::routes::{App, Body, full};
+
+/// How often the server pings; a connection that has sent nothing (no pong either) by the next
+/// ping is closed.
+pub(crate) const PING_INTERVAL: Duration = Duration::from_secs(20);
+
+/// How long one write to the socket may take before the client counts as gone.
+const SEND_TIMEOUT: Duration = PING_INTERVAL;
+
+/// How long the server waits for the client's answer to its close frame.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Messages a generation may have written ahead of the socket.
+const OUTBOX: usize = 16;
+
+/// The reason of a cancel message.
+const CLIENT_CANCEL: &str = "client_cancel";
+
+type Labels = Vec<(&'static str, String)>;
+
+/// Metrics of the WebSocket chat.
+#[derive(Debug)]
+pub(crate) struct WsMetrics {
+    /// WebSocket connections open now.
+    pub(crate) connections_open: Gauge,
+    /// WebSocket connections accepted.
+    pub(crate) connections: Counter,
+    /// Data messages, by direction (`in`, `out`).
+    pub(crate) messages: Family<Labels, Counter>,
+    /// Generations started.
+    pub(crate) generations: Counter,
+    /// Generations stopped before their end, by reason.
+    pub(crate) cancelled: Family<Labels, Counter>,
+    /// Token messages written to sockets.
+    pub(crate) tokens_sent: Counter,
+}
+
+impl WsMetrics {
+    pub(crate) fn register(registry: &mut Registry) -> Self {
+        let metrics = Self {
+            connections_open: Gauge::default(),
+            connections: Counter::default(),
+            messages: Family::default(),
+            generations: Counter::default(),
+            cancelled: Family::default(),
+            tokens_sent: Counter::default(),
+        };
+        registry.register(
+            "ws_connections_open",
+            "WebSocket connections open now",
+            metrics.connections_open.clone(),
+        );
+        registry.register(
+            "ws_connections",
+            "WebSocket connections accepted",
+            metrics.connections.clone(),
+        );
+        registry.register(
+            "ws_messages",
+            "WebSocket data messages, by direction",
+            metrics.messages.clone(),
+        );
+        registry.register(
+            "ws_generations",
+            "Generations started over WebSockets",
+            metrics.generations.clone(),
+        );
+        registry.register(
+            "ws_generations_cancelled",
+            "WebSocket generations stopped before their end, by reason",
+            metrics.cancelled.clone(),
+        );
+        registry.register(
+            "ws_tokens_sent",
+            "Token messages written to WebSockets",
+            metrics.tokens_sent.clone(),
+        );
+        metrics
+    }
+
+    fn message(&self, direction: &'static str) {
+        self.messages
+            .get_or_create(&vec![("direction", direction.to_owned())])
+            .inc();
+    }
+
+    fn cancel(&self, reason: &CancelReason) {
+        self.cancelled
+            .get_or_create(&vec![("reason", reason.as_str().to_owned())])
+            .inc();
+    }
+}
+
+/// `GET /v1/ws`: validates the handshake, answers 101 and serves the socket in a task.
+pub(crate) async fn upgrade(
+    app: Arc<App>,
+    mut request: Request<hyper::body::Incoming>,
+    peer: SocketAddr,
+    id: u64,
+) -> Result<Response<Body>, ApiError> {
+    let headers = request.headers();
+    if request.version() != Version::HTTP_11
+        || !has_token(headers, &CONNECTION, "upgrade")
+        || !has_token(headers, &UPGRADE, "websocket")
+    {
+        return Err(upgrade_required(
+            "this endpoint is a WebSocket: send an HTTP/1.1 GET with `Connection: Upgrade` and `Upgrade: websocket`",
+        ));
+    }
+    if headers
+        .get(SEC_WEBSOCKET_VERSION)
+        .map(HeaderValue::as_bytes)
+        != Some(b"13")
+    {
+        return Err(upgrade_required("`Sec-WebSocket-Version` must be 13")
+            .header(SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13")));
+    }
+    let Some(key) = headers
+        .get(SEC_WEBSOCKET_KEY)
+        .filter(|key| is_websocket_key(key.as_bytes()))
+    else {
+        return Err(ApiError::invalid(
+            "`Sec-WebSocket-Key` must be 16 bytes in base64",
+        ));
+    };
+    let accept = derive_accept_key(key.as_bytes());
+    let client = crate::chat::authorize(&app, headers, peer)?;
+    if app.shutdown.is_draining() {
+        return Err(ApiError::unavailable(
+            "shutting_down",
+            "the server is shutting down",
+            app.config.grace(),
+        ));
+    }
+
+    let on_upgrade = hyper::upgrade::on(&mut request);
+    let connection = Connection {
+        scope: app.shutdown.scope().child(),
+        app: Arc::clone(&app),
+        client,
+        id,
+        generations: 0,
+        current: None,
+        draining: false,
+    };
+    let limit = app.config.body_limit;
+    app.shutdown.spawn(async move {
+        match on_upgrade.await {
+            Ok(upgraded) => {
+                let config = WebSocketConfig::default()
+                    .max_message_size(Some(limit))
+                    .max_frame_size(Some(limit));
+                let socket = WebSocketStream::from_raw_socket(
+                    TokioIo::new(upgraded),
+                    Role::Server,
+                    Some(config),
+                )
+                .await;
+                connection.run(socket).await;
+            }
+            Err(error) => tracing::debug!(%error, id, "WebSocket upgrade failed"),
+        }
+    });
+
+    let mut response = Response::new(full(Bytes::new()));
+    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let headers = response.headers_mut();
+    headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+    headers.insert(UPGRADE, HeaderValue::from_static("websocket"));
+    headers.insert(
+        SEC_WEBSOCKET_ACCEPT,
+        HeaderValue::from_str(&accept).map_err(|_| ApiError::internal())?,
+    );
+    Ok(response)
+}
+
+/// Whether a comma-separated header holds `token` (case-insensitive).
+fn has_token(headers: &HeaderMap, name: &HeaderName, token: &str) -> bool {
+    headers
+        .get_all(name)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+/// 16 bytes in base64: 22 characters of the alphabet, then `==`.
+fn is_websocket_key(key: &[u8]) -> bool {
+    key.len() == 24
+        && key.ends_with(b"==")
+        && key[..22]
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || *b == b'+' || *b == b'/')
+}
+
+/// 426, with the `Upgrade` header RFC 9110 asks for.
+fn upgrade_required(message: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::UPGRADE_REQUIRED,
+        "invalid_request_error",
+        "upgrade_required",
+        message,
+    )
+    .header(UPGRADE, HeaderValue::from_static("websocket"))
+}
+
+/// One message a generation hands to its connection.
+#[derive(Debug)]
+struct Out {
+    /// A token message (counted when written).
+    token: bool,
+    text: String,
+}
+
+/// The generation running on a connection.
+#[derive(Debug)]
+struct Current {
+    scope: CancelScope,
+    outbox: mpsc::Receiver<Out>,
+}
+
+/// Counts an open connection for as long as it lives.
+#[derive(Debug)]
+struct Open(Gauge);
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// One WebSocket connection.
+#[derive(Debug)]
+struct Connection {
+    app: Arc<App>,
+    /// The rate-limit key: the API key, or the client's address.
+    client: String,
+    id: u64,
+    /// Child of the shutdown's scope; the parent of every generation's.
+    scope: CancelScope,
+    generations: u64,
+    current: Option<Current>,
+    draining: bool,
+}
+
+/// Why the connection loop ended, and the close frame to send if any.
+#[derive(Debug)]
+enum Ended {
+    /// The socket is broken: nothing more to send.
+    Gone,
+    /// The client sent a close frame: tungstenite has queued the answer, to flush.
+    ClosedByClient,
+    /// The server closes.
+    Close(CloseCode, &'static str),
+}
+
+type Socket = WebSocketStream<TokioIo<Upgraded>>;
+
+impl Connection {
+    async fn run(mut self, mut socket: Socket) {
+        let app = Arc::clone(&self.app);
+        let metrics = &app.metrics.ws;
+        metrics.connections.inc();
+        metrics.connections_open.inc();
+        let _open = Open(metrics.connections_open.clone());
+        // However this task ends (even dropped by the runtime), the generation stops.
+        let _bell = self
+            .scope
+            .clone()
+            .drop_guard(CancelReason::ClientDisconnected);
+        let mut ping = tokio::time::interval_at(Instant::now() + PING_INTERVAL, PING_INTERVAL);
+        ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut answered = true;
+        tracing::debug!(id = self.id, "WebSocket open");
+
+        let ended = loop {
+            tokio::select! {
+                incoming = socket.next() => {
+                    let message = match incoming {
+                        Some(Ok(message)) => message,
+                        Some(Err(error)) => {
+                            tracing::debug!(%error, id = self.id, "WebSocket read failed");
+                            break Ended::Gone;
+                        }
+                        None => break Ended::Gone,
+                    };
+                    answered = true;
+                    let reply = match message {
+                        Message::Text(text) => {
+                            metrics.message("in");
+                            self.on_text(text.as_str())
+                        }
+                        Message::Binary(_) => {
+                            metrics.message("in");
+                            Some(error_message(
+                                &ApiError::invalid("binary messages are not supported; send JSON text"),
+                                None,
+                            ))
+                        }
+                        // tungstenite answers pings and close frames by itself.
+                        Message::Close(_) => break Ended::ClosedByClient,
+                        Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => None,
+                    };
+                    if let Some(reply) = reply
+                        && !self.send(&mut socket, Message::text(reply)).await
+                    {
+                        break Ended::Gone;
+                    }
+                }
+                out = next_out(self.current.as_mut()) => match out {
+                    Some(out) => {
+                        if !self.send(&mut socket, Message::text(out.text)).await {
+                            break Ended::Gone;
+                        }
+                        if out.token {
+                            metrics.tokens_sent.inc();
+                        }
+                    }
+                    None => {
+                        // The generation ended and every message of it is written.
+                        self.current = None;
+                        if self.draining {
+                            break Ended::Close(CloseCode::Away, "the server is shutting down");
+                        }
+                    }
+                },
+                _ = ping.tick() => {
+                    if !answered {
+                        break Ended::Close(CloseCode::Policy, "no pong");
+                    }
+                    answered = false;
+                    if !self.send(&mut socket, Message::Ping(Bytes::new())).await {
+                        break Ended::Gone;
+                    }
+                }
+                () = app.shutdown.draining(), if !self.draining => {
+                    self.draining = true;
+                    if self.current.is_none() {
+                        break Ended::Close(CloseCode::Away, "the server is shutting down");
+                    }
+                }
+            }
+        };
+
+        // Nobody will read what is left: any running generation stops (a shutdown's reason,
+        // set first, stays).
+        self.scope.cancel(CancelReason::ClientDisconnected);
+        match ended {
+            Ended::Gone => {}
+            Ended::ClosedByClient => {
+                // Writes the answer tungstenite queued (`close` would refuse: already closing).
+                let _ = tokio::time::timeout(CLOSE_TIMEOUT, socket.flush()).await;
+            }
+            Ended::Close(code, reason) => {
+                let frame = CloseFrame {
+                    code,
+                    reason: reason.into(),
+                };
+                // Send the close frame, then wait a little for the client's.
+                let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
+                    if socket.send(Message::Close(Some(frame))).await.is_ok() {
+                        while let Some(Ok(_)) = socket.next().await {}
+                    }
+                })
+                .await;
+            }
+        }
+        tracing::debug!(
+            id = self.id,
+            generations = self.generations,
+            "WebSocket closed"
+        );
+    }
+
+    /// Writes one message; `false` if the socket is gone or the client stopped reading.
+    async fn send(&self, socket: &mut Socket, message: Message) -> bool {
+        let data = matches!(message, Message::Text(_));
+        match tokio::time::timeout(SEND_TIMEOUT, socket.send(message)).await {
+            Ok(Ok(())) => {
+                if data {
+                    self.app.metrics.ws.message("out");
+                }
+                true
+            }
+            Ok(Err(error)) => {
+                tracing::debug!(%error, id = self.id, "WebSocket write failed");
+                false
+            }
+            Err(_) => {
+                tracing::debug!(id = self.id, "WebSocket client stopped reading");
+                false
+            }
+        }
+    }
+
+    /// A client's text message: a chat request or a cancel. Returns the reply, if any.
+    fn on_text(&mut self, text: &str) -> Option<String> {
+        let value: Value = match serde_json::from_str(text) {
+            Ok(value) => value,
+            Err(e) => {
+                return Some(error_message(
+                    &ApiError::invalid(format!("malformed JSON: {e}")),
+                    None,
+                ));
+            }
+        };
+        match value.get("type") {
+            None | Some(Value::Null) => {}
+            Some(Value::String(kind)) if kind == "chat" => {}
+            Some(Value::String(kind)) if kind == "cancel" => {
+                if let Some(current) = &self.current {
+                    current.scope.cancel(CancelReason::custom(CLIENT_CANCEL));
+                }
+                return None;
+            }
+            Some(_) => {
+                return Some(error_message(
+                    &ApiError::invalid("`type` must be `chat` or `cancel`"),
+                    None,
+                ));
+            }
+        }
+        let chat = match crate::chat::parse(text.as_bytes(), self.app.config.default_max_tokens) {
+            Ok(chat) => chat,
+            Err(error) => return Some(error_message(&error, None)),
+        };
+        if self.draining {
+            return Some(error_message(
+                &ApiError::unavailable(
+                    "shutting_down",
+                    "the server is shutting down",
+                    self.app.config.grace(),
+                ),
+                None,
+            ));
+        }
+        if self.current.is_some() {
+            return Some(error_message(
+                &ApiError::new(
+                    StatusCode::CONFLICT,
+                    "invalid_request_error",
+                    "generation_in_progress",
+                    "a generation is already running on this socket: cancel it or wait for its end",
+                ),
+                None,
+            ));
+        }
+        self.start(chat);
+        None
+    }
+
+    /// Starts a generation in a task of its own.
+    fn start(&mut self, chat: ChatRequest) {
+        self.generations += 1;
+        let scope = match self.app.config.deadline() {
+            Some(deadline) => self.scope.child_with_timeout(deadline),
+            None => self.scope.child(),
+        };
+        let (outbox, receiver) = mpsc::channel(OUTBOX);
+        let generation = Generation {
+            app: Arc::clone(&self.app),
+            client: self.client.clone(),
+            id: format!("ws-{}-{}", self.id, self.generations),
+            order: Arc::new(chat.order),
+            scope: scope.clone(),
+            outbox,
+            completion_tokens: 0,
+        };
+        self.app.metrics.ws.generations.inc();
+        self.app.shutdown.spawn(generation.run());
+        self.current = Some(Current {
+            scope,
+            outbox: receiver,
+        });
+    }
+}
+
+/// The next message of the running generation; never, when none runs.
+async fn next_out(current: Option<&mut Current>) -> Option<Out> {
+    match current {
+        Some(current) => current.outbox.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// `{"type":"error","status","error"}` (with `id` for a generation's error, and `retry_after`
+/// when the HTTP answer would carry one).
+fn error_message(error: &ApiError, id: Option<&str>) -> String {
+    let mut message = json!({
+        "type": "error",
+        "status": error.status.as_u16(),
+        "error": error.json()["error"],
+    });
+    if let Some(id) = id {
+        message["id"] = json!(id);
+    }
+    let retry_after = error
+        .headers
+        .iter()
+        .find(|(name, _)| *name == RETRY_AFTER)
+        .and_then(|(_, value)| value.to_str().ok()?.parse::<u64>().ok());
+    if let Some(secs) = retry_after {
+        message["retry_after"] = json!(secs);
+    }
+    message.to_string()
+}
+
+/// How a generation ended.
+#[derive(Debug)]
+enum End {
+    Done,
+    Failed(ApiError),
+    Cancelled(CancelReason),
+}
+
+/// One answer in the making, run as a task: the gates of a chat request, then the line cook's
+/// tokens as messages into the connection's outbox.
+#[derive(Debug)]
+struct Generation {
+    app: Arc<App>,
+    client: String,
+    id: String,
+    order: Arc<Order>,
+    scope: CancelScope,
+    outbox: mpsc::Sender<Out>,
+    completion_tokens: u32,
+}
+
+impl Generation {
+    async fn run(mut self) {
+        let start = json!({ "type": "start", "id": self.id, "model": self.order.model });
+        let prompt_tokens = count_tokens(&self.order.prompt);
+        let end = if !self.emit(false, start.to_string()).await {
+            // Cancelled before it started: still ends with its `cancelled` message.
+            self.cancelled()
+        } else {
+            match self
+                .app
+                .limits
+                .reserve(
+                    &self.client,
+                    prompt_tokens.saturating_add(self.order.max_tokens),
+                )
+                .await
+            {
+                Ok((reserved, _headers)) => {
+                    let end = self.generate().await;
+                    reserved.settle(prompt_tokens + self.completion_tokens);
+                    end
+                }
+                Err(error) => End::Failed(error),
+            }
+        };
+        let last = match end {
+            End::Done => {
+                let finish_reason = if self.completion_tokens >= self.order.max_tokens {
+                    "length"
+                } else {
+                    "stop"
+                };
+                json!({
+                    "type": "done",
+                    "id": self.id,
+                    "finish_reason": finish_reason,
+                    "usage": {
+                        "prompt_tokens": prompt_tokens,
+                        "completion_tokens": self.completion_tokens,
+                        "total_tokens": prompt_tokens + self.completion_tokens,
+                    },
+                })
+                .to_string()
+            }
+            End::Failed(error) => error_message(&error, Some(&self.id)),
+            End::Cancelled(reason) => {
+                self.app.metrics.ws.cancel(&reason);
+                tracing::debug!(id = self.id, %reason, "WebSocket generation cancelled");
+                json!({
+                    "type": "cancelled",
+                    "id": self.id,
+                    "reason": reason.as_str(),
+                    "completion_tokens": self.completion_tokens,
+                })
+                .to_string()
+            }
+        };
+        // The connection may be gone already; then nobody reads this.
+        let _ = self
+            .outbox
+            .send(Out {
+                token: false,
+                text: last,
+            })
+            .await;
+    }
+
+    /// Sends one message, unless the scope is cancelled first; `false` if it was not sent.
+    async fn emit(&self, token: bool, text: String) -> bool {
+        match self
+            .scope
+            .run_until_cancelled(self.outbox.send(Out { token, text }))
+            .await
+        {
+            Ok(Ok(())) => true,
+            Ok(Err(_)) => {
+                // The connection task is gone.
+                self.scope.cancel(CancelReason::ClientDisconnected);
+                false
+            }
+            Err(_) => false,
+        }
+    }
+
+    fn cancelled(&self) -> End {
+        End::Cancelled(
+            self.scope
+                .reason()
+                .unwrap_or(CancelReason::ClientDisconnected),
+        )
+    }
+
+    /// The bulkhead, the breaker, the retries before the first token, then the tokens.
+    async fn generate(&mut self) -> End {
+        let app = Arc::clone(&self.app);
+        let _slot = match self.scope.run_until_cancelled(app.limits.slot()).await {
+            Ok(Ok(slot)) => slot,
+            Ok(Err(error)) => return End::Failed(error),
+            Err(cancelled) => return End::Cancelled(cancelled.into_reason()),
+        };
+        let permit = match app.breaker.try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(rejected) => {
+                return End::Failed(ApiError::unavailable(
+                    "circuit_open",
+                    format!("the upstream is unavailable ({})", rejected.state()),
+                    rejected.retry_after(),
+                ));
+            }
+        };
+        let cook = Arc::clone(&app);
+        let order = Arc::clone(&self.order);
+        let opened = app
+            .retry
+            .classify(crate::chat::classify)
+            .cancel_on(self.scope.token())
+            .run(async move |attempt: &brigade_retry::Attempt| {
+                let mut tokens = cook.open(&order).await?;
+                match tokens.next().await {
+                    Some(Ok(token)) => {
+                        // The commit point: from here on this answer is never retried.
+                        attempt.commit();
+                        Ok((Some(token), tokens))
+                    }
+                    Some(Err(error)) => Err(error),
+                    None => Ok((None, tokens)),
+                }
+            })
+            .await;
+        let (mut next, mut tokens) = match opened {
+            Ok(opened) => opened,
+            Err(_) if self.scope.is_cancelled() => {
+                // The client, the deadline or the shutdown: the upstream is not to blame.
+                drop(permit);
+                return self.cancelled();
+            }
+            Err(error) => {
+                return End::Failed(crate::chat::attempts_failed(
+                    &app,
+                    &self.scope,
+                    permit,
+                    error,
+                ));
+            }
+        };
+        loop {
+            let token = match next.take() {
+                Some(first) => Some(Ok(first)),
+                None => match self.scope.run_until_cancelled(tokens.next()).await {
+                    Ok(token) => token,
+                    Err(_) => {
+                        drop(permit);
+                        return self.cancelled();
+                    }
+                },
+            };
+            match token {
+                Some(Ok(text)) => {
+                    app.metrics.tokens.inc();
+                    let index = self.completion_tokens;
+                    self.completion_tokens += 1;
+                    let message =
+                        json!({ "type": "token", "id": self.id, "index": index, "text": text });
+                    if !self.emit(true, message.to_string()).await {
+                        drop(permit);
+                        return self.cancelled();
+                    }
+                }
+                Some(Err(error)) => {
+                    permit.record(if error.retryable {
+                        Outcome::FAILURE
+                    } else {
+                        Outcome::Ignored
+                    });
+                    return End::Failed(ApiError::bad_gateway(format!(
+                        "the line cook failed mid-stream: {}",
+                        error.message
+                    )));
+                }
+                None => {
+                    permit.success();
+                    return End::Done;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,122 @@
+//! Two kitchens (two replicas) keeping their per-key limits in one real redis-server, then
+//! on their local fallback while it is down, and back on it once it returns.
+//!
+//! These run on the real clock: Redis answers over a real socket, and a paused clock would
+//! run each call's timeout out while the socket is read. No outcome hangs on a wall-clock
+//! sleep: the one wait (for Redis to come back) polls, bounded.
+
+#[path = "../../../crates/brigade-limit/tests/support/redis_server.rs"]
+mod redis_server;
+
+use std::time::{Duration, Instant};
+
+use http::StatusCode;
+
+use self::redis_server::RedisServer;
+use super::{error_of, kitchen, metric, order, post};
+
+const STORE_REDIS: &str = "kitchen_rate_limit_store{store=\"redis\"}";
+const STORE_FALLBACK: &str = "kitchen_rate_limit_store{store=\"fallback\"}";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_share_redis_limits_fall_back_while_it_is_down_and_return() {
+    let mut redis = RedisServer::start();
+    let url = redis.url();
+    // Three requests a minute per client, shared by both replicas; no token limit.
+    let flags = [
+        "--redis",
+        url.as_str(),
+        "--redis-replicas",
+        "2",
+        "--requests-per-min",
+        "3",
+        "--tokens-per-min",
+        "0",
+        "--tokens",
+        "2",
+        "--ttft-ms",
+        "0",
+        "--token-ms",
+        "0",
+    ];
+    let a = kitchen(&flags).await;
+    let b = kitchen(&flags).await;
+    for replica in [a.addr, b.addr] {
+        assert_eq!(metric(replica, STORE_REDIS).await, 1.0);
+    }
+
+    // The quota is shared: three admitted across both replicas, the fourth refused by either.
+    let body = order("hello", false);
+    for (i, replica) in [a.addr, b.addr, a.addr].into_iter().enumerate() {
+        let response = post(replica, &body, &[]).await;
+        assert_eq!(response.status(), StatusCode::OK, "request {i}");
+        let remaining = response.headers()["x-ratelimit-remaining-requests"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        assert_eq!(remaining, (2 - i).to_string(), "request {i}");
+    }
+    let refused = post(b.addr, &body, &[]).await;
+    assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(refused.headers().contains_key("retry-after"));
+    assert_eq!(error_of(refused).await["code"], "rate_limit_exceeded");
+    let refused = post(a.addr, &body, &[]).await;
+    assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+
+    // The first connect counted as a switch (a limiter starts on its fallback).
+    let switches = metric(a.addr, "kitchen_rate_limit_store_switches_total").await;
+    assert_eq!(switches, 1.0);
+
+    // Redis goes away: the next call answers within the call timeout, from the local
+    // fallback, which gives each of the two replicas half the quota (one request).
+    redis.stop();
+    let started = Instant::now();
+    let response = post(a.addr, &body, &[]).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "the fallback answered after {:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        response.headers()["x-ratelimit-limit-requests"],
+        "1",
+        "the local fallback's share of the quota"
+    );
+    assert_eq!(
+        post(a.addr, &body, &[]).await.status(),
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    assert_eq!(metric(a.addr, STORE_FALLBACK).await, 1.0);
+    assert_eq!(metric(a.addr, STORE_REDIS).await, 0.0);
+    assert_eq!(
+        metric(a.addr, "kitchen_rate_limit_store_switches_total").await,
+        switches + 1.0
+    );
+
+    // Redis returns (empty: it keeps nothing on disk); a probe after the probe interval
+    // (one second) brings each replica back to it. B had not called during the outage: its
+    // next call finds the dead connection, answers from its fallback, and probes too.
+    redis.restart();
+    for replica in [a.addr, b.addr] {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let _ = post(replica, &body, &[]).await;
+            if metric(replica, STORE_REDIS).await == 1.0 {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{replica} never went back to Redis"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    assert_eq!(
+        metric(a.addr, "kitchen_rate_limit_store_switches_total").await,
+        switches + 2.0
+    );
+    // Back on the shared quota: the limit reads three again, on either replica.
+    let response = post(b.addr, &body, &[]).await;
+    assert_eq!(response.headers()["x-ratelimit-limit-requests"], "3");
+}
