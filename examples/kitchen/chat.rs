@@ -314,7 +314,7 @@ fn cancelled_error(app: &App, reason: &CancelReason) -> ApiError {
 pub(crate) fn parse(bytes: &[u8], default_max_tokens: u32) -> Result<ChatRequest, ApiError> {
     let body: Value = serde_json::from_slice(bytes)
         .map_err(|e| ApiError::invalid(format!("malformed JSON: {e}")))?;
-    let Value::Object(body) = body else {
+    let Value::Object(mut body) = body else {
         return Err(ApiError::invalid("the body must be a JSON object"));
     };
     let model = match body.get("model") {
@@ -391,10 +391,12 @@ pub(crate) fn parse(bytes: &[u8], default_max_tokens: u32) -> Result<ChatRequest
         },
         Some(_) => return Err(ApiError::invalid("`stream_options` must be an object")),
     };
+    // Moved out, not cloned: the messages are kept whole for a proxied upstream.
+    let messages = body.remove("messages").unwrap_or_default();
     Ok(ChatRequest {
         order: Order {
             model,
-            messages: Value::Array(messages.clone()),
+            messages,
             prompt,
             max_tokens,
         },

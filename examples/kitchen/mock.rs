@@ -2,11 +2,14 @@
 //! and a time per token on tokio's clock, and seeded fault injection (failures before the first
 //! token, failures mid-stream, stalls).
 
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use futures::Stream;
+use tokio::time::{Instant, Sleep, sleep_until};
 
 use crate::config::Config;
 
@@ -120,13 +123,7 @@ impl Mock {
 
     /// The answer to `prompt`: the same tokens every time.
     pub(crate) fn answer(prompt: &str, n: u32) -> Vec<Token> {
-        let mut state = fnv1a(prompt.as_bytes());
-        (0..n)
-            .map(|i| {
-                let word = WORDS[(splitmix(&mut state) % WORDS.len() as u64) as usize];
-                Token::Borrowed(if i == 0 { &word[1..] } else { word })
-            })
-            .collect()
+        Words::new(prompt, n).collect()
     }
 
     /// A uniform draw in [0, 1), from the seeded generator shared by all requests.
@@ -147,53 +144,132 @@ impl Mock {
     pub(crate) fn open(&self, order: &Order) -> TokenStream {
         self.attempts.fetch_add(1, Ordering::Relaxed);
         let n = self.tokens.min(order.max_tokens);
-        let words = Self::answer(&order.prompt, n);
+        let words = Words::new(&order.prompt, n);
         let stall = self.fault(&self.faults.stall);
         let fail = self.fault(&self.faults.fail);
         // A mid-stream failure comes after the first token, at a drawn position.
         let fail_at = (n > 1 && self.fault(&self.faults.mid_stream))
             .then(|| 1 + (self.draw() * f64::from(n - 1)) as u32);
-        let ttft = self.ttft;
-        let interval = self.token_interval;
-        Box::pin(futures::stream::unfold(
-            (0u32, words.into_iter()),
-            move |(i, mut words)| async move {
-                if i == 0 {
-                    pause(ttft).await;
-                    if stall {
-                        std::future::pending::<()>().await;
-                    }
-                    if fail {
-                        return Some((
-                            Err(CookError::retryable(
-                                "injected failure before the first token",
-                            )),
-                            (u32::MAX, words),
-                        ));
-                    }
-                } else if i == u32::MAX {
-                    return None;
-                } else {
-                    pause(interval).await;
-                }
-                if fail_at == Some(i) {
-                    return Some((
-                        Err(CookError::retryable("injected failure mid-stream")),
-                        (u32::MAX, words),
-                    ));
-                }
-                let word = words.next()?;
-                Some((Ok(word), (i + 1, words)))
-            },
-        ))
+        Box::pin(Cooking {
+            words,
+            next: 0,
+            ttft: self.ttft,
+            interval: self.token_interval,
+            stall,
+            fail,
+            fail_at,
+            timer: None,
+            armed: false,
+            over: false,
+        })
     }
 }
 
-/// Sleeps on tokio's clock; no timer at all for zero (a zero sleep still waits for the
-/// timer's next tick, about a millisecond).
-async fn pause(duration: Duration) {
-    if !duration.is_zero() {
-        tokio::time::sleep(duration).await;
+/// The words of an answer, drawn one at a time from the prompt's hash.
+#[derive(Debug)]
+struct Words {
+    state: u64,
+    left: u32,
+    first: bool,
+}
+
+impl Words {
+    fn new(prompt: &str, n: u32) -> Self {
+        Self {
+            state: fnv1a(prompt.as_bytes()),
+            left: n,
+            first: true,
+        }
+    }
+}
+
+impl Iterator for Words {
+    type Item = Token;
+
+    fn next(&mut self) -> Option<Token> {
+        self.left = self.left.checked_sub(1)?;
+        let word = WORDS[(splitmix(&mut self.state) % WORDS.len() as u64) as usize];
+        let first = std::mem::replace(&mut self.first, false);
+        Some(Token::Borrowed(if first { &word[1..] } else { word }))
+    }
+}
+
+/// The token stream of one attempt: before each token (and before the end) a pause, the time
+/// to first token then the time per token, on one timer reset each time; then the faults drawn
+/// for the attempt. No allocation per token, and no timer at all when the pauses are zero.
+struct Cooking {
+    words: Words,
+    /// The index of the next token.
+    next: u32,
+    ttft: Duration,
+    interval: Duration,
+    stall: bool,
+    fail: bool,
+    fail_at: Option<u32>,
+    /// Made on the first pause that is not zero, then reset for each.
+    timer: Option<Pin<Box<Sleep>>>,
+    /// Whether the timer is set for the pause before `next`.
+    armed: bool,
+    /// After an error or the last word.
+    over: bool,
+}
+
+impl Stream for Cooking {
+    type Item = Result<Token, CookError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        if this.over {
+            return Poll::Ready(None);
+        }
+        let pause = if this.next == 0 {
+            this.ttft
+        } else {
+            this.interval
+        };
+        if !pause.is_zero() {
+            if !this.armed {
+                let wake = Instant::now() + pause;
+                match &mut this.timer {
+                    Some(timer) => timer.as_mut().reset(wake),
+                    None => this.timer = Some(Box::pin(sleep_until(wake))),
+                }
+                this.armed = true;
+            }
+            if let Some(timer) = &mut this.timer {
+                ready!(timer.as_mut().poll(cx));
+            }
+        }
+        this.armed = false;
+        if this.next == 0 {
+            if this.stall {
+                // Stalled for good: never woken; the caller's deadline or cancel drops it.
+                this.armed = true;
+                return Poll::Pending;
+            }
+            if this.fail {
+                this.over = true;
+                return Poll::Ready(Some(Err(CookError::retryable(
+                    "injected failure before the first token",
+                ))));
+            }
+        }
+        if this.fail_at == Some(this.next) {
+            this.over = true;
+            return Poll::Ready(Some(Err(CookError::retryable(
+                "injected failure mid-stream",
+            ))));
+        }
+        match this.words.next() {
+            Some(word) => {
+                this.next += 1;
+                Poll::Ready(Some(Ok(word)))
+            }
+            None => {
+                this.over = true;
+                Poll::Ready(None)
+            }
+        }
     }
 }
 

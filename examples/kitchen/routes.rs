@@ -130,8 +130,6 @@ impl App {
         let route = route_name(request.uri().path());
         let span = tracing::info_span!("request", id, route, method = %request.method());
         let log = LogLine {
-            id,
-            route,
             start,
             span: span.clone(),
         };
@@ -265,18 +263,15 @@ pub(crate) fn json_body(status: StatusCode, body: impl Into<Bytes>) -> Response<
 /// The one log line of a request, written when it ends.
 #[derive(Debug)]
 pub(crate) struct LogLine {
-    id: u64,
-    route: &'static str,
     start: Instant,
     span: tracing::Span,
 }
 
 impl LogLine {
     pub(crate) fn finish(&self, status: u16, tokens: u32) {
+        // The request id, route and method are the span's fields, printed with the line.
         tracing::info!(
             parent: &self.span,
-            id = self.id,
-            route = self.route,
             status,
             // Whole microseconds: an integer formats several times faster than a float.
             latency_us = u64::try_from(self.start.elapsed().as_micros()).unwrap_or(u64::MAX),
