@@ -175,7 +175,7 @@ pub(crate) async fn chat(
         slot: Some(slot),
         log: LogSlot::default(),
         log_tokens: chat.stream,
-        token_head: None,
+        chunk_tail: None,
     };
     app.metrics.streams_in_flight.inc();
 
@@ -444,25 +444,39 @@ struct Generation {
     reserved: Option<Reserved>,
     slot: Option<Slot>,
     log: LogSlot,
-    /// The JSON of a content chunk before and after the content string.
-    token_head: Option<(String, String)>,
+    /// What every chunk's JSON ends with (`"created":…,"object":"chat.completion.chunk"}`),
+    /// and what a content chunk's has after its content: written once per answer.
+    chunk_tail: Option<(String, String)>,
     /// Whether dropping writes the log line (a streamed answer) or the handler does.
     log_tokens: bool,
 }
 
 impl Generation {
-    fn chunk(&self, delta: &Value, finish_reason: Option<&str>) -> Event {
-        Event::default().data(self.chunk_json(delta, finish_reason).to_string())
+    /// The chunk JSON's tails (see `chunk_tail`), made on first use. The keys are in the order
+    /// serde_json writes a `json!` object: sorted.
+    fn tails(&mut self) -> &(String, String) {
+        let (id, created, model) = (&self.id, self.created, &self.model);
+        self.chunk_tail.get_or_insert_with(|| {
+            let mut end = String::with_capacity(96 + id.len() + model.len());
+            end.push_str("\"created\":");
+            end.push_str(&created.to_string());
+            end.push_str(",\"id\":");
+            push_json_str(&mut end, id);
+            end.push_str(",\"model\":");
+            push_json_str(&mut end, model);
+            end.push_str(",\"object\":\"chat.completion.chunk\"}");
+            let content_end = format!("}},\"finish_reason\":null,\"index\":0}}],{end}");
+            (end, content_end)
+        })
     }
 
-    fn chunk_json(&self, delta: &Value, finish_reason: Option<&str>) -> Value {
-        json!({
-            "id": self.id,
-            "object": "chat.completion.chunk",
-            "created": self.created,
-            "model": self.model,
-            "choices": [{ "index": 0, "delta": delta, "finish_reason": finish_reason }],
-        })
+    /// A chunk whose JSON starts with `head` (the `choices` member and its comma).
+    fn chunk(&mut self, head: &str) -> Event {
+        let end = &self.tails().0;
+        let mut data = String::with_capacity(head.len() + end.len());
+        data.push_str(head);
+        data.push_str(end);
+        Event::default().data(data)
     }
 
     fn usage(&self) -> Value {
@@ -474,25 +488,16 @@ impl Generation {
     }
 
     /// A content chunk, written without building a JSON tree (the hot path): the same bytes
-    /// as `chunk(&json!({ "content": text }), None)`.
+    /// as a `json!` chunk with `"delta": {"content": text}`.
     fn token(&mut self, text: &str) -> Event {
+        const HEAD: &str = "{\"choices\":[{\"delta\":{\"content\":";
         self.completion_tokens += 1;
         self.metrics_app.metrics.tokens.inc();
-        if self.token_head.is_none() {
-            let probe = self
-                .chunk_json(&json!({ "content": "\u{0}" }), None)
-                .to_string();
-            let at = probe
-                .find("\"\\u0000\"")
-                .expect("the probe is in the chunk");
-            self.token_head = Some((probe[..at].to_owned(), probe[at + 8..].to_owned()));
-        }
-        let head = self.token_head.as_ref().expect("set above");
-        let content = serde_json::to_string(text).expect("a string serializes");
-        let mut data = String::with_capacity(head.0.len() + content.len() + head.1.len());
-        data.push_str(&head.0);
-        data.push_str(&content);
-        data.push_str(&head.1);
+        let end = &self.tails().1;
+        let mut data = String::with_capacity(HEAD.len() + text.len() + 2 + end.len());
+        data.push_str(HEAD);
+        push_json_str(&mut data, text);
+        data.push_str(end);
         Event::default().data(data)
     }
 
@@ -639,17 +644,29 @@ impl Stream for Generation {
             match this.phase {
                 Phase::Role => {
                     this.phase = Phase::Tokens;
-                    let event = this.chunk(&json!({ "role": "assistant", "content": "" }), None);
+                    let event = this.chunk(
+                        "{\"choices\":[{\"delta\":{\"content\":\"\",\"role\":\"assistant\"},\
+                         \"finish_reason\":null,\"index\":0}],",
+                    );
                     return Poll::Ready(Some(Ok(event)));
                 }
                 Phase::Tokens => {
                     if let Some(first) = this.first.take() {
                         return Poll::Ready(Some(Ok(this.token(&first))));
                     }
-                    if let Poll::Ready(reason) = this.cancelled.as_mut().poll(cx) {
+                    // The cancel is checked with one atomic load before each token, and
+                    // waited for (a lock) only when the line cook has nothing ready.
+                    let next = if this.scope.is_cancelled() {
+                        Poll::Pending
+                    } else {
+                        this.tokens.as_mut().poll_next(cx)
+                    };
+                    if next.is_pending()
+                        && let Poll::Ready(reason) = this.cancelled.as_mut().poll(cx)
+                    {
                         return Poll::Ready(this.stopped(&reason).map(Ok));
                     }
-                    match this.tokens.as_mut().poll_next(cx) {
+                    match next {
                         Poll::Ready(Some(Ok(token))) => {
                             return Poll::Ready(Some(Ok(this.token(&token))));
                         }
@@ -674,7 +691,12 @@ impl Stream for Generation {
                     } else {
                         "stop"
                     };
-                    return Poll::Ready(Some(Ok(this.chunk(&json!({}), Some(reason)))));
+                    let head = if reason == "length" {
+                        "{\"choices\":[{\"delta\":{},\"finish_reason\":\"length\",\"index\":0}],"
+                    } else {
+                        "{\"choices\":[{\"delta\":{},\"finish_reason\":\"stop\",\"index\":0}],"
+                    };
+                    return Poll::Ready(Some(Ok(this.chunk(head))));
                 }
                 Phase::Usage => {
                     this.phase = Phase::Done;
@@ -761,4 +783,35 @@ struct Usage {
     prompt_tokens: u32,
     completion_tokens: u32,
     total_tokens: u32,
+}
+
+/// Appends `text` as a JSON string literal (quotes included), escaped as serde_json does.
+pub(crate) fn push_json_str(out: &mut String, text: &str) {
+    out.push('"');
+    let mut start = 0;
+    for (i, byte) in text.bytes().enumerate() {
+        let escape = match byte {
+            b'"' => "\\\"",
+            b'\\' => "\\\\",
+            b'\n' => "\\n",
+            b'\r' => "\\r",
+            b'\t' => "\\t",
+            0x08 => "\\b",
+            0x0c => "\\f",
+            0x00..=0x1f => "",
+            _ => continue,
+        };
+        out.push_str(&text[start..i]);
+        if escape.is_empty() {
+            const HEX: &[u8; 16] = b"0123456789abcdef";
+            out.push_str("\\u00");
+            out.push(char::from(HEX[usize::from(byte >> 4)]));
+            out.push(char::from(HEX[usize::from(byte & 0xf)]));
+        } else {
+            out.push_str(escape);
+        }
+        start = i + 1;
+    }
+    out.push_str(&text[start..]);
+    out.push('"');
 }

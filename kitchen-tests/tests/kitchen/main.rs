@@ -805,3 +805,53 @@ async fn idle_stream_gets_keep_alive_comments_between_tokens() {
         "{frames:?}"
     );
 }
+
+#[test]
+fn hand_written_json_strings_match_serde_json() {
+    let mut cases: Vec<String> = (0_u8..0x20)
+        .map(|b| format!("a{}b", char::from(b)))
+        .collect();
+    cases.extend(
+        [
+            "",
+            "plain",
+            "quote \" and backslash \\",
+            "\u{7f} del",
+            "é, 漢字, 🍳",
+            "\"\\\n\r\t",
+            "</script>",
+        ]
+        .map(str::to_owned),
+    );
+    for case in cases {
+        let mut out = String::new();
+        chat::push_json_str(&mut out, &case);
+        assert_eq!(out, serde_json::to_string(&case).unwrap(), "{case:?}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn chunks_stay_valid_json_with_an_awkward_model_name() {
+    let kitchen = kitchen(&["--tokens", "3"]).await;
+    let model = "we\"ird\\model\n\u{1}🍳";
+    let mut body = order("hi", true);
+    body["model"] = json!(model);
+    body["max_tokens"] = json!(3);
+    let response = post(kitchen.addr, &body, &[]).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let data = sse_data(&text(response).await);
+    let chunks: Vec<Value> = data
+        .iter()
+        .filter(|d| d.as_str() != "[DONE]")
+        .map(|d| serde_json::from_str(d).unwrap())
+        .collect();
+    // The role chunk, three tokens, the finish chunk.
+    assert_eq!(chunks.len(), 5, "{data:?}");
+    for chunk in &chunks {
+        assert_eq!(chunk["model"], model);
+        assert_eq!(chunk["object"], "chat.completion.chunk");
+    }
+    assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
+    assert_eq!(chunks[4]["choices"][0]["finish_reason"], "length");
+    assert_eq!(chunks[4]["choices"][0]["delta"], json!({}));
+}
