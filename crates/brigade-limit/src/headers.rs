@@ -113,9 +113,8 @@ fn push_u64(out: &mut String, mut n: u64) {
             break;
         }
     }
-    for &digit in &buf[at..] {
-        out.push(char::from(digit));
-    }
+    // ASCII digits only: one copy, not a `push` (and its UTF-8 encoding) per digit.
+    out.push_str(std::str::from_utf8(&buf[at..]).unwrap_or_default());
 }
 
 /// Which header fields to write; a small value type with chained setters.
@@ -188,7 +187,8 @@ impl RateLimitHeaders {
         I: Iterator<Item = LimitStatus>,
     {
         if self.ietf {
-            let mut buf = String::with_capacity(64);
+            // Room for two limits with ten-digit quotas: no regrowth on the usual path.
+            let mut buf = String::with_capacity(128);
             for (i, s) in limits().enumerate() {
                 if i > 0 {
                     buf.push_str(", ");
@@ -229,20 +229,24 @@ impl RateLimitHeaders {
     }
 }
 
+const OPENAI_REQUESTS: [HeaderName; 3] = [
+    HeaderName::from_static("x-ratelimit-limit-requests"),
+    HeaderName::from_static("x-ratelimit-remaining-requests"),
+    HeaderName::from_static("x-ratelimit-reset-requests"),
+];
+const OPENAI_TOKENS: [HeaderName; 3] = [
+    HeaderName::from_static("x-ratelimit-limit-tokens"),
+    HeaderName::from_static("x-ratelimit-remaining-tokens"),
+    HeaderName::from_static("x-ratelimit-reset-tokens"),
+];
+
 /// `x-ratelimit-{limit,remaining,reset}-<name>`: static for the names OpenAI uses, built
 /// otherwise; `None` for a name that is not a valid header name.
 fn openai_names(name: &str) -> Option<[HeaderName; 3]> {
     match name {
-        "requests" => Some([
-            HeaderName::from_static("x-ratelimit-limit-requests"),
-            HeaderName::from_static("x-ratelimit-remaining-requests"),
-            HeaderName::from_static("x-ratelimit-reset-requests"),
-        ]),
-        "tokens" => Some([
-            HeaderName::from_static("x-ratelimit-limit-tokens"),
-            HeaderName::from_static("x-ratelimit-remaining-tokens"),
-            HeaderName::from_static("x-ratelimit-reset-tokens"),
-        ]),
+        // Constants, so that the names are checked when compiling, not on every call.
+        "requests" => Some(OPENAI_REQUESTS),
+        "tokens" => Some(OPENAI_TOKENS),
         _ => {
             let build = |what: &str| {
                 let mut field = String::with_capacity(24 + name.len());
