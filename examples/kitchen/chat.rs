@@ -25,6 +25,7 @@ use futures::{Stream, StreamExt};
 use http::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE};
 use http::{HeaderMap, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
+use serde_json::value::RawValue;
 use serde_json::{Value, json};
 
 use crate::error::{ApiError, error_json};
@@ -183,7 +184,7 @@ pub(crate) async fn chat(
         let response = generation.collect_json().await;
         let _ = guard.disarm();
         return response.map(|mut response| {
-            response.headers_mut().extend(limit_headers);
+            with_headers(&mut response, limit_headers);
             response
         });
     }
@@ -199,10 +200,17 @@ pub(crate) async fn chat(
         .into_response()
         .map(|body| PermitBody::new(DisconnectBody::new(body, scope), slot).boxed_unsync());
     let _ = guard.disarm();
-    response.headers_mut().extend(limit_headers);
+    with_headers(&mut response, limit_headers);
     response.extensions_mut().insert(Streaming);
     response.extensions_mut().insert(log);
     Ok(response)
+}
+
+/// Adds the rate-limit fields to a response: the response's few fields are moved into the
+/// rate-limit map (eight fields), rather than the other way round.
+fn with_headers<B>(response: &mut Response<B>, mut headers: HeaderMap) {
+    std::mem::swap(response.headers_mut(), &mut headers);
+    response.headers_mut().extend(headers);
 }
 
 /// The rate-limit key: the API key, or the client's address when no keys are configured.
@@ -312,97 +320,320 @@ fn cancelled_error(app: &App, reason: &CancelReason) -> ApiError {
 }
 
 pub(crate) fn parse(bytes: &[u8], default_max_tokens: u32) -> Result<ChatRequest, ApiError> {
-    let body: Value = serde_json::from_slice(bytes)
-        .map_err(|e| ApiError::invalid(format!("malformed JSON: {e}")))?;
-    let Value::Object(mut body) = body else {
-        return Err(ApiError::invalid("the body must be a JSON object"));
+    // A well-formed request is read in one typed pass (the messages in a second), strings
+    // borrowed; anything that does not fit is read again field by field, to name the field.
+    parse_fast(bytes, default_max_tokens)
+        .map_or_else(|| parse_checked(bytes, default_max_tokens), Ok)
+}
+
+/// The typed pass: `None` for anything it does not accept, valid or not.
+fn parse_fast(bytes: &[u8], default_max_tokens: u32) -> Option<ChatRequest> {
+    #[derive(serde::Deserialize)]
+    struct Request<'a> {
+        #[serde(borrow)]
+        model: std::borrow::Cow<'a, str>,
+        #[serde(borrow)]
+        messages: &'a RawValue,
+        #[serde(default)]
+        stream: Option<bool>,
+        #[serde(default)]
+        max_tokens: Option<u32>,
+        #[serde(default)]
+        max_completion_tokens: Option<u32>,
+        #[serde(borrow, default)]
+        stream_options: Option<&'a RawValue>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Options {
+        #[serde(default)]
+        include_usage: Option<bool>,
+    }
+    /// A message: an object only (a derived struct would also read `["user", "hi"]`).
+    struct Message<'a> {
+        role: std::borrow::Cow<'a, str>,
+        content: Option<&'a RawValue>,
+    }
+    impl<'de> serde::Deserialize<'de> for Message<'de> {
+        fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+            struct Visitor;
+            impl<'de> serde::de::Visitor<'de> for Visitor {
+                type Value = Message<'de>;
+                fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                    f.write_str("a message object")
+                }
+                fn visit_map<A: serde::de::MapAccess<'de>>(
+                    self,
+                    mut map: A,
+                ) -> Result<Message<'de>, A::Error> {
+                    use serde::de::Error as _;
+                    let (mut role, mut content) = (None, None);
+                    while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+                        match &*key {
+                            "role" if role.is_none() => role = Some(map.next_value()?),
+                            "content" if content.is_none() => content = Some(map.next_value()?),
+                            "role" | "content" => return Err(A::Error::custom("duplicate field")),
+                            _ => {
+                                map.next_value::<serde::de::IgnoredAny>()?;
+                            }
+                        }
+                    }
+                    Ok(Message {
+                        role: role.ok_or_else(|| A::Error::missing_field("role"))?,
+                        content: content.flatten(),
+                    })
+                }
+            }
+            deserializer.deserialize_map(Visitor)
+        }
+    }
+
+    // A struct also reads from an array: only objects go this way.
+    if first_byte(bytes) != Some(b'{') {
+        return None;
+    }
+    let request: Request<'_> = serde_json::from_slice(bytes).ok()?;
+    if request.model.is_empty() || !request.messages.get().starts_with('[') {
+        return None;
+    }
+    let messages: Vec<Message<'_>> = serde_json::from_str(request.messages.get()).ok()?;
+    if messages.is_empty() {
+        return None;
+    }
+    let mut prompt = String::new();
+    for message in &messages {
+        if !matches!(
+            &*message.role,
+            "system" | "user" | "assistant" | "tool" | "developer" | "function"
+        ) {
+            return None;
+        }
+        match message.content.map(text_of) {
+            None => {}
+            Some(Some(text)) => push_text(&mut prompt, &text),
+            // Parts, or an error: the checked pass knows.
+            Some(None) => return None,
+        }
+    }
+    // An object only, as for a message.
+    let include_usage = match request.stream_options {
+        None => false,
+        Some(raw) if raw.get().starts_with('{') => serde_json::from_str::<Options>(raw.get())
+            .ok()?
+            .include_usage
+            .unwrap_or(false),
+        Some(_) => return None,
     };
-    let model = match body.get("model") {
-        Some(Value::String(model)) if !model.is_empty() => model.clone(),
-        Some(_) => return Err(ApiError::invalid("`model` must be a non-empty string")),
+    let mut max_tokens = default_max_tokens;
+    for n in [request.max_tokens, request.max_completion_tokens]
+        .into_iter()
+        .flatten()
+    {
+        if n == 0 {
+            return None;
+        }
+        max_tokens = n;
+    }
+    Some(ChatRequest {
+        order: Order {
+            model: request.model.into_owned(),
+            messages: request.messages.to_owned(),
+            prompt,
+            max_tokens,
+        },
+        stream: request.stream.unwrap_or(false),
+        include_usage,
+    })
+}
+
+/// The field-by-field pass, which names what is wrong.
+pub(crate) fn parse_checked(
+    bytes: &[u8],
+    default_max_tokens: u32,
+) -> Result<ChatRequest, ApiError> {
+    // One pass over the body finds the fields and checks the JSON (each field kept as its raw
+    // text, nothing allocated); each field is then read on its own, so an error names it.
+    let body: Fields<'_> = match serde_json::from_slice(bytes) {
+        Ok(body) if first_byte(bytes) == Some(b'{') => body,
+        Ok(_) => return Err(ApiError::invalid("the body must be a JSON object")),
+        Err(e) => {
+            // A valid JSON value that is not an object fails the struct, not the syntax; an
+            // object fails it only by its syntax or a repeated field.
+            return Err(
+                if first_byte(bytes) != Some(b'{')
+                    && serde_json::from_slice::<serde::de::IgnoredAny>(bytes).is_ok()
+                {
+                    ApiError::invalid("the body must be a JSON object")
+                } else {
+                    ApiError::invalid(format!("malformed JSON: {e}"))
+                },
+            );
+        }
+    };
+    let model = match body.model {
         None => return Err(ApiError::invalid("`model` is required")),
+        Some(raw) => match serde_json::from_str::<String>(raw.get()) {
+            Ok(model) if !model.is_empty() => model,
+            _ => return Err(ApiError::invalid("`model` must be a non-empty string")),
+        },
     };
-    let messages = match body.get("messages") {
-        Some(Value::Array(messages)) if !messages.is_empty() => messages,
-        Some(_) => return Err(ApiError::invalid("`messages` must be a non-empty array")),
-        None => return Err(ApiError::invalid("`messages` is required")),
+    let Some(messages_raw) = body.messages else {
+        return Err(ApiError::invalid("`messages` is required"));
+    };
+    let messages: Vec<&RawValue> = match serde_json::from_str(messages_raw.get()) {
+        Ok(messages) if !Vec::is_empty(&messages) => messages,
+        _ => return Err(ApiError::invalid("`messages` must be a non-empty array")),
     };
     let mut prompt = String::new();
     for (i, message) in messages.iter().enumerate() {
-        let Value::Object(message) = message else {
-            return Err(ApiError::invalid(format!(
-                "`messages[{i}]` must be an object"
-            )));
+        // A struct also reads from an array (`[role, content]`): only an object will do.
+        let parsed = match message.get().starts_with('{') {
+            true => serde_json::from_str::<MessageFields<'_>>(message.get()).ok(),
+            false => None,
         };
-        match message.get("role").and_then(Value::as_str) {
-            Some("system" | "user" | "assistant" | "tool" | "developer" | "function") => {}
+        let message = match parsed {
+            Some(message) => message,
+            None => {
+                return Err(ApiError::invalid(format!(
+                    "`messages[{i}]` must be an object"
+                )));
+            }
+        };
+        match message.role.map(text_of) {
+            Some(Some(role))
+                if matches!(
+                    &*role,
+                    "system" | "user" | "assistant" | "tool" | "developer" | "function"
+                ) => {}
             _ => {
                 return Err(ApiError::invalid(format!(
                     "`messages[{i}].role` must be one of system, user, assistant, tool, developer"
                 )));
             }
         }
-        match message.get("content") {
-            Some(Value::String(text)) => push_text(&mut prompt, text),
-            Some(Value::Array(parts)) => {
-                for part in parts {
-                    if let Some(text) = part.get("text").and_then(Value::as_str) {
-                        push_text(&mut prompt, text);
-                    }
-                }
+        let Some(content) = message.content else {
+            continue;
+        };
+        if let Some(text) = text_of(content) {
+            push_text(&mut prompt, &text);
+        } else if let Ok(parts) = serde_json::from_str::<Vec<Part<'_>>>(content.get()) {
+            for text in parts
+                .iter()
+                .filter_map(|part| part.text)
+                .filter_map(text_of)
+            {
+                push_text(&mut prompt, &text);
             }
-            Some(Value::Null) | None => {}
-            Some(_) => {
+        } else {
+            return Err(ApiError::invalid(format!(
+                "`messages[{i}].content` must be a string or an array of parts"
+            )));
+        }
+    }
+    let stream = match body
+        .stream
+        .map(|raw| serde_json::from_str::<bool>(raw.get()))
+    {
+        None => false,
+        Some(Ok(stream)) => stream,
+        Some(Err(_)) => return Err(ApiError::invalid("`stream` must be a boolean")),
+    };
+    let mut max_tokens = default_max_tokens;
+    for (field, raw) in [
+        ("max_tokens", body.max_tokens),
+        ("max_completion_tokens", body.max_completion_tokens),
+    ] {
+        let Some(raw) = raw else { continue };
+        match serde_json::from_str::<u32>(raw.get()) {
+            Ok(n) if n > 0 => max_tokens = n,
+            _ => {
                 return Err(ApiError::invalid(format!(
-                    "`messages[{i}].content` must be a string or an array of parts"
+                    "`{field}` must be a positive integer"
                 )));
             }
         }
     }
-    let stream = match body.get("stream") {
-        None | Some(Value::Null) => false,
-        Some(Value::Bool(stream)) => *stream,
-        Some(_) => return Err(ApiError::invalid("`stream` must be a boolean")),
-    };
-    let mut max_tokens = default_max_tokens;
-    for field in ["max_tokens", "max_completion_tokens"] {
-        match body.get(field) {
-            None | Some(Value::Null) => {}
-            Some(value) => match value.as_u64().and_then(|n| u32::try_from(n).ok()) {
-                Some(n) if n > 0 => max_tokens = n,
-                _ => {
-                    return Err(ApiError::invalid(format!(
-                        "`{field}` must be a positive integer"
-                    )));
-                }
+    let include_usage = match body.stream_options {
+        None => false,
+        Some(raw) => match serde_json::from_str::<StreamOptions<'_>>(raw.get()) {
+            Ok(options) if raw.get().starts_with('{') => match options.include_usage {
+                None => false,
+                Some(raw) => match serde_json::from_str::<bool>(raw.get()) {
+                    Ok(include) => include,
+                    Err(_) => {
+                        return Err(ApiError::invalid(
+                            "`stream_options.include_usage` must be a boolean",
+                        ));
+                    }
+                },
             },
-        }
-    }
-    let include_usage = match body.get("stream_options") {
-        None | Some(Value::Null) => false,
-        Some(Value::Object(options)) => match options.get("include_usage") {
-            None | Some(Value::Null) => false,
-            Some(Value::Bool(include)) => *include,
-            Some(_) => {
-                return Err(ApiError::invalid(
-                    "`stream_options.include_usage` must be a boolean",
-                ));
-            }
+            _ => return Err(ApiError::invalid("`stream_options` must be an object")),
         },
-        Some(_) => return Err(ApiError::invalid("`stream_options` must be an object")),
     };
-    // Moved out, not cloned: the messages are kept whole for a proxied upstream.
-    let messages = body.remove("messages").unwrap_or_default();
     Ok(ChatRequest {
         order: Order {
             model,
-            messages,
+            // Kept as received (one copy of its text) for a proxied upstream.
+            messages: messages_raw.to_owned(),
             prompt,
             max_tokens,
         },
         stream,
         include_usage,
     })
+}
+
+/// The fields of a chat request the kitchen reads, each as its raw JSON text (a JSON `null`
+/// reads as absent); every other field is skipped.
+#[derive(serde::Deserialize)]
+struct Fields<'a> {
+    #[serde(borrow, default)]
+    model: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    messages: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    stream: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    max_tokens: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    max_completion_tokens: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    stream_options: Option<&'a RawValue>,
+}
+
+#[derive(serde::Deserialize)]
+struct MessageFields<'a> {
+    #[serde(borrow, default)]
+    role: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    content: Option<&'a RawValue>,
+}
+
+#[derive(serde::Deserialize)]
+struct Part<'a> {
+    #[serde(borrow, default)]
+    text: Option<&'a RawValue>,
+}
+
+#[derive(serde::Deserialize)]
+struct StreamOptions<'a> {
+    #[serde(borrow, default)]
+    include_usage: Option<&'a RawValue>,
+}
+
+/// A JSON string's text: borrowed when it has no escapes. `None` if it is not a string.
+fn text_of(raw: &RawValue) -> Option<std::borrow::Cow<'_, str>> {
+    let text = raw.get();
+    if !text.starts_with('"') {
+        return None;
+    }
+    match serde_json::from_str::<&str>(text) {
+        Ok(text) => Some(text.into()),
+        Err(_) => serde_json::from_str::<String>(text).ok().map(Into::into),
+    }
+}
+
+fn first_byte(bytes: &[u8]) -> Option<u8> {
+    bytes.iter().copied().find(|b| !b.is_ascii_whitespace())
 }
 
 fn push_text(prompt: &mut String, text: &str) {
@@ -612,10 +843,11 @@ impl Generation {
                 total_tokens: self.prompt_tokens + self.completion_tokens,
             },
         };
-        let mut response = crate::routes::json_body(
-            StatusCode::OK,
-            serde_json::to_vec(&completion).unwrap_or_default(),
-        );
+        // Sized up front: grown from empty, the buffer is reallocated and copied five times.
+        let mut json = Vec::with_capacity(320 + text.len() + self.id.len() + self.model.len());
+        // Writing into a Vec cannot fail, and the fields are plain strings and integers.
+        let _ = serde_json::to_writer(&mut json, &completion);
+        let mut response = crate::routes::json_body(StatusCode::OK, json);
         response
             .extensions_mut()
             .insert(Tokens(self.completion_tokens));

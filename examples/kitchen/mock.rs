@@ -44,8 +44,8 @@ pub(crate) type Token = std::borrow::Cow<'static, str>;
 #[derive(Clone, Debug)]
 pub(crate) struct Order {
     pub(crate) model: String,
-    /// The request's `messages`, as received.
-    pub(crate) messages: serde_json::Value,
+    /// The request's `messages`, as received (their JSON text).
+    pub(crate) messages: Box<serde_json::value::RawValue>,
     /// Every message's text, joined (the mock's seed).
     pub(crate) prompt: String,
     pub(crate) max_tokens: u32,

@@ -41,15 +41,24 @@ impl Upstream {
 
     /// Sends the order (always streaming) and yields the upstream's tokens.
     pub(crate) async fn open(&self, order: &Order) -> Result<TokenStream, CookError> {
-        let body = serde_json::json!({
-            "model": order.model,
-            "messages": order.messages,
-            "max_tokens": order.max_tokens,
-            "stream": true,
-        });
+        // The messages go out as they came in, byte for byte.
+        #[derive(serde::Serialize)]
+        struct Upstream<'a> {
+            model: &'a str,
+            messages: &'a serde_json::value::RawValue,
+            max_tokens: u32,
+            stream: bool,
+        }
+        let body = serde_json::to_vec(&Upstream {
+            model: &order.model,
+            messages: &order.messages,
+            max_tokens: order.max_tokens,
+            stream: true,
+        })
+        .map_err(|e| CookError::retryable(format!("could not write the upstream request: {e}")))?;
         let mut request = Request::post(self.uri.clone())
             .header(CONTENT_TYPE, "application/json")
-            .body(Full::new(Bytes::from(body.to_string())))
+            .body(Full::new(Bytes::from(body)))
             .expect("a valid request");
         if let Some(key) = &self.key {
             let value = format!("Bearer {key}")

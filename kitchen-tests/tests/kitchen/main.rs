@@ -21,6 +21,9 @@ mod jobs;
 #[path = "../../../examples/kitchen/limits.rs"]
 mod limits;
 #[allow(dead_code, reason = "the tests use part of the server's code")]
+#[path = "../../../examples/kitchen/logfmt.rs"]
+mod logfmt;
+#[allow(dead_code, reason = "the tests use part of the server's code")]
 #[path = "../../../examples/kitchen/metrics.rs"]
 mod metrics;
 #[allow(dead_code, reason = "the tests use part of the server's code")]
@@ -828,6 +831,55 @@ fn hand_written_json_strings_match_serde_json() {
         chat::push_json_str(&mut out, &case);
         assert_eq!(out, serde_json::to_string(&case).unwrap(), "{case:?}");
     }
+}
+
+/// The typed fast path of the request parser reads every request the checked path accepts the
+/// same way, and leaves every one it does not to the checked path (which names the field).
+#[test]
+fn the_fast_parse_agrees_with_the_checked_parse() {
+    let bodies = [
+        r#"{"model":"m","messages":[{"role":"user","content":"hi"}]}"#,
+        r#"{"model":"m","messages":[{"role":"system","content":"be brief"},{"role":"user","content":"a\"b\u00e9"}],"stream":true,"stream_options":{"include_usage":true},"max_tokens":7}"#,
+        r#"{"model":"m","messages":[{"role":"user","content":[{"type":"text","text":"one"},{"type":"image_url"},{"text":"two"}]}],"max_completion_tokens":3}"#,
+        r#"{"model":"m","messages":[{"role":"assistant","content":null}],"stream":null,"max_tokens":null,"stream_options":null}"#,
+        r#"{"messages":[{"role":"user","content":"hi"}],"model":"m","temperature":0.2,"user":"u","tools":[{"x":[1,2,{"y":null}]}]}"#,
+        r#"  {"model":"m","messages":[{"role":"user","content":"hi"}]}  "#,
+        r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"max_tokens":5,"max_completion_tokens":9}"#,
+        // Rejected, each for its own reason.
+        r#"{"model":"","messages":[{"role":"user","content":"hi"}]}"#,
+        r#"{"model":"m","messages":[]}"#,
+        r#"{"model":"m","messages":{}}"#,
+        r#"{"model":"m","messages":[["user","hi"]]}"#,
+        r#"{"model":"m","messages":[{"role":"chef","content":"hi"}]}"#,
+        r#"{"model":"m","messages":[{"role":"user","content":7}]}"#,
+        r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"max_tokens":0}"#,
+        r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"max_tokens":-1}"#,
+        r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"stream":"yes"}"#,
+        r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"stream_options":{"include_usage":1}}"#,
+        r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"stream_options":[true]}"#,
+        r#"["m",[{"role":"user","content":"hi"}]]"#,
+        r#"{"model":7,"messages":[{"role":"user","content":"hi"}]}"#,
+        r#"{"model":"m","messages":[{"role":"user","content":"hi"}]"#,
+        r#"{"model":"m","model":"n","messages":[{"role":"user","content":"hi"}]}"#,
+        "",
+    ];
+    for body in bodies {
+        let fast = chat::parse(body.as_bytes(), 64);
+        let checked = chat::parse_checked(body.as_bytes(), 64);
+        assert_eq!(format!("{fast:?}"), format!("{checked:?}"), "{body}");
+    }
+    let accepted = bodies
+        .iter()
+        .filter(|body| chat::parse(body.as_bytes(), 64).is_ok())
+        .count();
+    assert_eq!(accepted, 7, "the first seven bodies are valid");
+    let repeated = format!("{:?}", chat::parse(bodies[bodies.len() - 2].as_bytes(), 64));
+    assert!(repeated.contains("duplicate field"), "{repeated}");
+    // The messages are kept byte for byte, for a proxied upstream.
+    let parsed = chat::parse(bodies[1].as_bytes(), 64).unwrap();
+    assert!(bodies[1].contains(parsed.order.messages.get()));
+    assert_eq!(parsed.order.prompt, "be brief\na\"bé");
+    assert_eq!(parsed.order.max_tokens, 7);
 }
 
 #[tokio::test(start_paused = true)]
