@@ -22,9 +22,9 @@ use brigade_limit::PermitBody;
 use brigade_retry::{Action, Attempt, RetryError, StopReason};
 use brigade_sse::{Event, KeepAlive, SseBody};
 use futures::{Stream, StreamExt};
-use http::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE};
+use http::header::AUTHORIZATION;
 use http::{HeaderMap, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Limited};
+use http_body_util::BodyExt;
 use serde_json::value::RawValue;
 use serde_json::{Value, json};
 
@@ -52,36 +52,8 @@ pub(crate) async fn chat(
 ) -> Result<Response<Body>, ApiError> {
     // Front desk.
     let key = authorize(&app, request.headers(), peer)?;
-    let is_json = request
-        .headers()
-        .get(CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(';').next())
-        .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"));
-    if !is_json {
-        return Err(ApiError::unsupported_media_type());
-    }
-    let limit = app.config.body_limit;
-    let declared = request
-        .headers()
-        .get(CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|len| len > limit as u64) {
-        return Err(ApiError::too_large(limit));
-    }
     let timeout = request_timeout(&app, request.headers());
-    let bytes = Limited::new(request.into_body(), limit)
-        .collect()
-        .await
-        .map_err(|e| {
-            if e.is::<http_body_util::LengthLimitError>() {
-                ApiError::too_large(limit)
-            } else {
-                ApiError::invalid(format!("could not read the body: {e}"))
-            }
-        })?
-        .to_bytes();
+    let bytes = crate::routes::json_request_body(&app, request).await?;
     let chat = parse(&bytes, app.config.default_max_tokens)?;
     if app.shutdown.is_draining() {
         return Err(ApiError::unavailable(

@@ -59,9 +59,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use brigade_cancel::{CancelReason, CancelScope, CancellationToken, Shutdown};
 use brigade_sse::{Event, KeepAlive, Replay, SseBody};
 use futures::{FutureExt, Stream, StreamExt};
-use http::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, HeaderValue, LOCATION};
+use http::header::{AUTHORIZATION, HeaderValue, LOCATION};
 use http::{HeaderMap, Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Limited};
+use http_body_util::BodyExt;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -432,35 +432,7 @@ async fn create(
     request: Request<hyper::body::Incoming>,
     caller: Option<String>,
 ) -> Result<Response<Body>, ApiError> {
-    let is_json = request
-        .headers()
-        .get(CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(';').next())
-        .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"));
-    if !is_json {
-        return Err(ApiError::unsupported_media_type());
-    }
-    let limit = app.config.body_limit;
-    let declared = request
-        .headers()
-        .get(CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|len| len > limit as u64) {
-        return Err(ApiError::too_large(limit));
-    }
-    let bytes = Limited::new(request.into_body(), limit)
-        .collect()
-        .await
-        .map_err(|e| {
-            if e.is::<http_body_util::LengthLimitError>() {
-                ApiError::too_large(limit)
-            } else {
-                ApiError::invalid(format!("could not read the body: {e}"))
-            }
-        })?
-        .to_bytes();
+    let bytes = crate::routes::json_request_body(app, request).await?;
     let (document, chunk_size) = parse(&bytes)?;
     let shelf = &app.jobs.inner;
     let chars = document.chars().count();

@@ -13,7 +13,7 @@ use brigade_cancel::Shutdown;
 use brigade_retry::{Backoff, Jitter, Retry};
 use bytes::Bytes;
 use futures::FutureExt;
-use http::header::{CONTENT_TYPE, HeaderValue};
+use http::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use http_body_util::combinators::UnsyncBoxBody;
@@ -258,6 +258,38 @@ pub(crate) fn json_body(status: StatusCode, body: impl Into<Bytes>) -> Response<
         .headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     response
+}
+
+/// A JSON request's body, read within the body limit: 415 unless the content type is
+/// `application/json`, 413 for a declared or an actual length over the limit, 400 for a body
+/// that cannot be read.
+pub(crate) async fn json_request_body(
+    app: &App,
+    request: Request<hyper::body::Incoming>,
+) -> Result<Bytes, ApiError> {
+    let header = |name| request.headers().get(name).and_then(|v| v.to_str().ok());
+    let is_json = header(CONTENT_TYPE)
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"));
+    if !is_json {
+        return Err(ApiError::unsupported_media_type());
+    }
+    let limit = app.config.body_limit;
+    let declared = header(CONTENT_LENGTH).and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > limit as u64) {
+        return Err(ApiError::too_large(limit));
+    }
+    let body = http_body_util::Limited::new(request.into_body(), limit)
+        .collect()
+        .await
+        .map_err(|e| {
+            if e.is::<http_body_util::LengthLimitError>() {
+                ApiError::too_large(limit)
+            } else {
+                ApiError::invalid(format!("could not read the body: {e}"))
+            }
+        })?;
+    Ok(body.to_bytes())
 }
 
 /// The one log line of a request, written when it ends.
