@@ -9,8 +9,11 @@
 //!
 //! 1. for 1 and 64 callers (tasks on a two-worker tokio runtime, sharing one limiter and so
 //!    one multiplexed connection), runs `$BRIGADE_BENCH_DECISIONS` (default 200,000)
-//!    decisions over 10,000 keys, timing each, and prints decisions per second, p50 and p99;
-//!    for a single-limit limiter and for a two-limit one (requests and tokens);
+//!    decisions over 10,000 keys, timing each, and prints decisions per second, p50, p99 and
+//!    decisions per `EVALSHA` (from `INFO commandstats`, through `redis-cli`); for a
+//!    single-limit limiter and for a two-limit one (requests and tokens).
+//!    `$BRIGADE_BENCH_BATCH` sets `max_batch` (default: the builder's), and
+//!    `$BRIGADE_BENCH_WORKERS` the runtime's workers (default 2);
 //! 2. runs `redis-benchmark -p PORT -t set -c 1|64 -n 200000 -q` against the same server, if
 //!    it is installed, and once more without `-q` for its latency summary (p99);
 //! 3. runs criterion on one caller's decision latency (`redis_decision/one_limit`).
@@ -33,8 +36,12 @@ use tokio::runtime::Runtime;
 const KEYS: u64 = 10_000;
 
 fn runtime() -> Runtime {
+    let workers = std::env::var("BRIGADE_BENCH_WORKERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2);
     tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(workers)
         .enable_all()
         .build()
         .unwrap()
@@ -47,15 +54,46 @@ fn limiter(server: &RedisServer, limits: usize) -> RedisRateLimiter<u64> {
         .limit(Limit::new("tokens", never_denies))
         .fallback(Fallback::FailClosed)
         .call_timeout(Duration::from_secs(1));
+    if let Some(max) = std::env::var("BRIGADE_BENCH_BATCH")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        builder = builder.max_batch(max);
+    }
     if limits == 2 {
         builder = builder.limit(Limit::per_request("requests", never_denies));
     }
     builder.build(server.url()).unwrap()
 }
 
-/// Runs `total` decisions over `callers` tasks; prints throughput and percentiles.
-fn measure(rt: &Runtime, limiter: &RedisRateLimiter<u64>, callers: u64, total: u64, label: &str) {
+/// `EVALSHA` calls the server has run (`INFO commandstats`).
+fn evalsha_calls(server: &RedisServer) -> u64 {
+    let out = Command::new("redis-cli")
+        .args(["-p", &server.port().to_string(), "INFO", "commandstats"])
+        .output();
+    out.ok()
+        .and_then(|o| {
+            String::from_utf8_lossy(&o.stdout).lines().find_map(|l| {
+                l.strip_prefix("cmdstat_evalsha:calls=")
+                    .and_then(|rest| rest.split(',').next())
+                    .and_then(|n| n.parse().ok())
+            })
+        })
+        .unwrap_or(0)
+}
+
+/// Runs `total` decisions over `callers` tasks; prints throughput, percentiles, and the
+/// decisions per `EVALSHA` (batches).
+fn measure(
+    rt: &Runtime,
+    server: &RedisServer,
+    limiter: &RedisRateLimiter<u64>,
+    callers: u64,
+    total: u64,
+    label: &str,
+) {
     let per_caller = total / callers;
+    let calls_before = evalsha_calls(server);
     let start = Instant::now();
     let mut latencies: Vec<u64> = rt.block_on(async {
         let tasks: Vec<_> = (0..callers)
@@ -80,17 +118,19 @@ fn measure(rt: &Runtime, limiter: &RedisRateLimiter<u64>, callers: u64, total: u
         all
     });
     let elapsed = start.elapsed();
+    let calls = evalsha_calls(server).saturating_sub(calls_before).max(1);
     latencies.sort_unstable();
     let pct = |p: f64| {
         let i = ((latencies.len() as f64 * p).ceil() as usize).clamp(1, latencies.len()) - 1;
         Duration::from_nanos(latencies[i])
     };
     println!(
-        "{label:<28} callers {callers:>2}: {:>9.0} decisions/s  p50 {:>9.1?}  p99 {:>9.1?}  max {:>9.1?}",
+        "{label:<28} callers {callers:>2}: {:>9.0} decisions/s  p50 {:>9.1?}  p99 {:>9.1?}  max {:>9.1?}  {:.1} per call",
         latencies.len() as f64 / elapsed.as_secs_f64(),
         pct(0.50),
         pct(0.99),
         pct(1.0),
+        latencies.len() as f64 / calls as f64,
     );
     assert_eq!(
         limiter.counters().fallback_decisions,
@@ -159,14 +199,14 @@ fn main() {
         let limiter = limiter(&server, limits);
         assert_eq!(rt.block_on(limiter.connect()).unwrap(), Backend::Lua);
         // Warm up: keys created, connection busy.
-        measure(&rt, &limiter, 64, total / 10, "(warm-up)");
+        measure(&rt, &server, &limiter, 64, total / 10, "(warm-up)");
         let label = if limits == 1 {
             "one limit"
         } else {
             "two limits"
         };
         for callers in [1, 64] {
-            measure(&rt, &limiter, callers, total, label);
+            measure(&rt, &server, &limiter, callers, total, label);
         }
     }
     for clients in [1, 64] {

@@ -43,6 +43,8 @@ pub enum InvalidConfig {
     BraceInRedisKey(String),
     /// The Redis URL does not parse; the message says why.
     RedisUrl(String),
+    /// A Redis batch size outside 1 to 1,024.
+    BatchSize(usize),
 }
 
 impl fmt::Display for InvalidConfig {
@@ -75,6 +77,7 @@ impl fmt::Display for InvalidConfig {
                 )
             }
             Self::RedisUrl(why) => write!(f, "invalid Redis URL: {why}"),
+            Self::BatchSize(n) => write!(f, "a Redis batch of {n} operations: from 1 to 1,024"),
         }
     }
 }

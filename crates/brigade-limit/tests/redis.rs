@@ -128,8 +128,15 @@ enum Step {
 }
 
 /// Runs `steps` on the in-process limiter (paused clock) and on Redis (a test clock moved by
-/// the same steps), and checks every decision is the same, header fields included.
+/// the same steps), and checks every decision is the same, header fields included; through
+/// the batching task and without it.
 fn same_decisions(limits: &[Limit], steps: &[Step]) -> (usize, usize) {
+    let batched = same_decisions_with(limits, steps, 16);
+    assert_eq!(same_decisions_with(limits, steps, 1), batched);
+    batched
+}
+
+fn same_decisions_with(limits: &[Limit], steps: &[Step], max_batch: usize) -> (usize, usize) {
     let server = RedisServer::start();
     let real = real_runtime();
     let paused = paused_runtime();
@@ -141,6 +148,7 @@ fn same_decisions(limits: &[Limit], steps: &[Step]) -> (usize, usize) {
             .fallback(Fallback::FailClosed)
             .call_timeout(Duration::from_secs(2))
             .test_clock(clock.clone())
+            .max_batch(max_batch)
             .build(server.url())
             .unwrap();
         assert_eq!(l.connect().await.unwrap(), Backend::Lua);
@@ -637,6 +645,106 @@ async fn a_key_holding_garbage_falls_back_for_that_call_only() {
     );
 }
 
+/// `INFO commandstats`' count of `EVALSHA` calls.
+async fn evalsha_calls(conn: &mut MultiplexedConnection) -> u64 {
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(conn)
+        .await
+        .unwrap();
+    info.lines()
+        .find_map(|l| l.strip_prefix("cmdstat_evalsha:calls="))
+        .and_then(|rest| rest.split(',').next())
+        .map_or(0, |n| n.parse().unwrap())
+}
+
+#[tokio::test]
+async fn concurrent_decisions_on_one_key_share_calls_and_admit_exactly_the_burst() {
+    let server = RedisServer::start();
+    let clock = TestClock::new(Duration::from_secs(1_700_000_000)); // still: nothing refills
+    let limiter: RedisRateLimiter<&'static str> = RedisRateLimiter::builder()
+        .limit(Limit::new(
+            "default",
+            Quota::per_minute(nz(1)).allow_burst(nz(50)),
+        ))
+        .fallback(Fallback::FailClosed)
+        .call_timeout(Duration::from_secs(2))
+        .test_clock(clock)
+        .build(server.url())
+        .unwrap();
+    limiter.connect().await.unwrap();
+    let mut conn = raw(&server.url()).await;
+    let before = evalsha_calls(&mut conn).await;
+    let calls: Vec<_> = (0..200)
+        .map(|_| {
+            let limiter = limiter.clone();
+            tokio::spawn(async move { limiter.try_acquire(&"k", 1).await })
+        })
+        .collect();
+    let mut remaining = Vec::new();
+    for call in calls {
+        match call.await.unwrap() {
+            Ok(admitted) => remaining.push(admitted.tightest().remaining()),
+            Err(AcquireError::Rejected(r)) => assert_eq!(r.limit().remaining(), 0),
+            Err(other) => panic!("{other:?}"),
+        }
+    }
+    // Each decision saw the ones before it in its batch: 50 admitted, each with its own
+    // remaining count.
+    remaining.sort_unstable();
+    assert_eq!(remaining, (0..50).collect::<Vec<_>>());
+    let sent = evalsha_calls(&mut conn).await - before;
+    assert!(sent <= 20, "200 decisions took {sent} calls");
+    assert_eq!(limiter.counters().redis_decisions, 200);
+}
+
+#[tokio::test]
+async fn a_key_holding_garbage_fails_its_own_decision_not_its_batch() {
+    let server = RedisServer::start();
+    let limiter: RedisRateLimiter<String> = RedisRateLimiter::builder()
+        .limit(Limit::new("default", Quota::per_second(nz(10))))
+        .key_prefix("g:")
+        .fallback(Fallback::FailClosed)
+        .call_timeout(Duration::from_secs(2))
+        .build(server.url())
+        .unwrap();
+    limiter.connect().await.unwrap();
+    let mut conn = raw(&server.url()).await;
+    let () = redis::cmd("SET")
+        .arg("g:{bad}:default")
+        .arg("12x")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let calls: Vec<_> = ["a", "bad", "b", "c"]
+        .into_iter()
+        .map(|key| {
+            let limiter = limiter.clone();
+            tokio::spawn(async move { limiter.try_acquire(&key.to_owned(), 1).await })
+        })
+        .collect();
+    let mut results = Vec::new();
+    for call in calls {
+        results.push(call.await.unwrap().is_ok());
+    }
+    // Fail-closed refuses the bad key's call; Redis admits the others of its batch.
+    assert_eq!(results, [true, false, true, true]);
+    assert_eq!(limiter.state(), State::Redis(Backend::Lua));
+    let c = limiter.counters();
+    assert_eq!(
+        (
+            c.redis_decisions,
+            c.fallback_decisions,
+            c.switches_to_fallback
+        ),
+        (3, 1, 0)
+    );
+    assert_eq!(
+        get(&mut conn, "g:{bad}:default").await.as_deref(),
+        Some("12x")
+    );
+}
+
 #[tokio::test]
 async fn a_burst_counts_cells_at_once_which_redis_cell_calls_max_burst_plus_one() {
     // Ours, on the script: a burst of 10 admits 10 and reports a limit of 10.
@@ -824,6 +932,12 @@ async fn invalid_configurations_fail_when_built() {
         ),
     ] {
         assert_eq!(build(b).unwrap_err(), InvalidConfig::ZeroDuration(setting));
+    }
+    for size in [0, 1025] {
+        assert_eq!(
+            build(builder(&[rpm]).max_batch(size)).unwrap_err(),
+            InvalidConfig::BatchSize(size)
+        );
     }
     assert_eq!(
         build(builder(&[rpm]).key_prefix("a{b")).unwrap_err(),

@@ -3,7 +3,7 @@ use std::fmt;
 
 /// Why a call to Redis did not give an answer (internal: the public face is
 /// [`RedisUnavailable`]).
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub(crate) enum Failure {
     /// No answer within the call (or connect) timeout.
     Timeout,

@@ -1,22 +1,30 @@
--- brigade-limit: GCRA over every limit of one key, all or nothing, on the server's clock.
+-- brigade-limit: GCRA over every limit of a key, all or nothing, on the server's clock; one
+-- call carries a batch of such operations, on the same or on different keys, done in order.
 --
--- KEYS[i]  limit i's theoretical arrival time (TAT), in nanoseconds since the Unix epoch, as
---          a decimal string. A missing key is idle: its TAT is in the past.
--- ARGV[1]  'a' to decide and charge, 's' to settle a reservation.
--- ARGV[2]  '' to read the server's clock (TIME), or a fixed time in nanoseconds (a test clock).
+-- ARGV[1]  '' to read the server's clock (TIME), or a fixed time in nanoseconds (a test clock).
+-- ARGV[2]  n, the number of limits: every operation names n keys.
+-- ARGV[3]  the first operation, then the next right after its last argument, and so on.
+-- KEYS     n keys per operation, in the operations' order: each limit's theoretical arrival
+--          time (TAT), in nanoseconds since the Unix epoch, as a decimal string. A missing key
+--          is idle: its TAT is in the past.
 --
--- 'a', per limit i, from ARGV[3]: slack, charge (nanoseconds)
+-- 'a', then per limit i: slack, charge (nanoseconds), to decide and charge:
 --     slack  = interval * (burst - cells), or '' if the call charges this limit nothing;
 --     charge = interval * cells.
 --     Admitted when TAT <= now + slack on every charged limit; each TAT then becomes
 --     max(TAT, now) + charge. Otherwise nothing is written.
---     Returns {1 admitted or 0 rejected, now, TAT_1, ..., TAT_n}, times as decimal strings.
--- 's', per limit i, from ARGV[3]: op, amount, until
+--     Replies {1 admitted or 0 rejected, now, TAT_1, ..., TAT_n}, times as decimal strings.
+-- 's', then per limit i: op, amount, until, to settle a reservation:
 --     op '+': TAT = max(TAT, now) + amount (an extra charge, past the burst if need be);
 --     op '-': TAT -= min(amount, until - now), never below min(now, TAT) (a refund of what the
 --             reservation, whose charge left the TAT at `until`, still owes);
 --     op '':  untouched.
---     Returns 1.
+--     Replies 1.
+-- An operation one of whose keys holds something other than a decimal string replies -1 and
+-- writes nothing; the others in the batch go on.
+--
+-- Returns one reply per operation, in order. Every operation of a batch sees the writes of the
+-- ones before it and the same now.
 --
 -- Lua numbers are doubles, exact only below 2^53, and nanoseconds since 1970 are near 2^61:
 -- every time is kept as two exact parts, whole milliseconds and the nanoseconds within.
@@ -38,6 +46,17 @@ local function parse(s)
     return 0, tonumber(s)
   end
   return tonumber(string.sub(s, 1, len - 6)), tonumber(string.sub(s, len - 5))
+end
+
+-- A stored TAT: nil if the key holds something other than digits.
+local function stored(s)
+  if not s then
+    return 0, 0
+  end
+  if not string.find(s, '^%d+$') then
+    return nil
+  end
+  return parse(s)
 end
 
 local function fmt(ms, ns)
@@ -69,13 +88,13 @@ local function less(ams, ans, bms, bns)
 end
 
 local now_ms, now_ns
-if ARGV[2] == '' then
+if ARGV[1] == '' then
   local time = redis.call('TIME')
   local us = tonumber(time[2])
   now_ms = tonumber(time[1]) * 1000 + math.floor(us / 1000)
   now_ns = (us % 1000) * 1000
 else
-  now_ms, now_ns = parse(ARGV[2])
+  now_ms, now_ns = parse(ARGV[1])
 end
 
 -- Writes a TAT with its expiry, or deletes the key if the TAT is not after now.
@@ -91,72 +110,90 @@ local function store(key, ms, ns)
   end
 end
 
-local n = #KEYS
-local found = redis.call('MGET', unpack(KEYS))
-local tms, tns = {}, {}
-for i = 1, n do
-  tms[i], tns[i] = parse(found[i])
-end
-
-if ARGV[1] == 'a' then
-  local admit = 1
+local n = tonumber(ARGV[2])
+local replies = {}
+local a, k = 3, 0 -- the operation's first argument, the keys before its own
+while a <= #ARGV do
+  local kind = ARGV[a]
+  local found = redis.call('MGET', unpack(KEYS, k + 1, k + n))
+  local tms, tns = {}, {}
+  local bad = false
   for i = 1, n do
-    local slack = ARGV[1 + 2 * i]
-    if slack ~= '' then
-      local lms, lns = add(now_ms, now_ns, parse(slack))
-      if less(lms, lns, tms[i], tns[i]) then
-        admit = 0
-      end
+    tms[i], tns[i] = stored(found[i])
+    if not tms[i] then
+      bad = true
     end
   end
-  local reply = { admit, fmt(now_ms, now_ns) }
-  for i = 1, n do
-    if admit == 1 and ARGV[1 + 2 * i] ~= '' then
-      local bms, bns = tms[i], tns[i]
-      if less(bms, bns, now_ms, now_ns) then
-        bms, bns = now_ms, now_ns
+  local reply
+  if bad then
+    reply = -1
+  elseif kind == 'a' then
+    local admit = 1
+    for i = 1, n do
+      local slack = ARGV[a + 2 * i - 1]
+      if slack ~= '' then
+        local lms, lns = add(now_ms, now_ns, parse(slack))
+        if less(lms, lns, tms[i], tns[i]) then
+          admit = 0
+        end
       end
-      tms[i], tns[i] = add(bms, bns, parse(ARGV[2 + 2 * i]))
-      store(KEYS[i], tms[i], tns[i])
     end
-    reply[2 + i] = fmt(tms[i], tns[i])
+    reply = { admit, fmt(now_ms, now_ns) }
+    for i = 1, n do
+      if admit == 1 and ARGV[a + 2 * i - 1] ~= '' then
+        local bms, bns = tms[i], tns[i]
+        if less(bms, bns, now_ms, now_ns) then
+          bms, bns = now_ms, now_ns
+        end
+        tms[i], tns[i] = add(bms, bns, parse(ARGV[a + 2 * i]))
+        store(KEYS[k + i], tms[i], tns[i])
+      end
+      reply[2 + i] = fmt(tms[i], tns[i])
+    end
+  else
+    for i = 1, n do
+      local op = ARGV[a + 3 * i - 2]
+      if op ~= '' then
+        local ms, ns = tms[i], tns[i]
+        if op == '+' then
+          if less(ms, ns, now_ms, now_ns) then
+            ms, ns = now_ms, now_ns
+          end
+          ms, ns = add(ms, ns, parse(ARGV[a + 3 * i - 1]))
+        else
+          local ums, uns = parse(ARGV[a + 3 * i])
+          local oms, ons = 0, 0
+          if less(now_ms, now_ns, ums, uns) then
+            oms, ons = sub(ums, uns, now_ms, now_ns)
+          end
+          local rms, rns = parse(ARGV[a + 3 * i - 1])
+          if less(oms, ons, rms, rns) then
+            rms, rns = oms, ons
+          end
+          local fms, fns = now_ms, now_ns
+          if less(ms, ns, fms, fns) then
+            fms, fns = ms, ns
+          end
+          if less(ms, ns, rms, rns) then
+            ms, ns = 0, 0
+          else
+            ms, ns = sub(ms, ns, rms, rns)
+          end
+          if less(ms, ns, fms, fns) then
+            ms, ns = fms, fns
+          end
+        end
+        store(KEYS[k + i], ms, ns)
+      end
+    end
+    reply = 1
   end
-  return reply
+  replies[#replies + 1] = reply
+  if kind == 'a' then
+    a = a + 1 + 2 * n
+  else
+    a = a + 1 + 3 * n
+  end
+  k = k + n
 end
-
-for i = 1, n do
-  local op = ARGV[3 * i]
-  if op ~= '' then
-    local ms, ns = tms[i], tns[i]
-    if op == '+' then
-      if less(ms, ns, now_ms, now_ns) then
-        ms, ns = now_ms, now_ns
-      end
-      ms, ns = add(ms, ns, parse(ARGV[3 * i + 1]))
-    else
-      local ums, uns = parse(ARGV[3 * i + 2])
-      local oms, ons = 0, 0
-      if less(now_ms, now_ns, ums, uns) then
-        oms, ons = sub(ums, uns, now_ms, now_ns)
-      end
-      local rms, rns = parse(ARGV[3 * i + 1])
-      if less(oms, ons, rms, rns) then
-        rms, rns = oms, ons
-      end
-      local fms, fns = now_ms, now_ns
-      if less(ms, ns, fms, fns) then
-        fms, fns = ms, ns
-      end
-      if less(ms, ns, rms, rns) then
-        ms, ns = 0, 0
-      else
-        ms, ns = sub(ms, ns, rms, rns)
-      end
-      if less(ms, ns, fms, fns) then
-        ms, ns = fms, fns
-      end
-    end
-    store(KEYS[i], ms, ns)
-  end
-end
-return 1
+return replies

@@ -35,6 +35,7 @@ use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, Client, Script, Value};
 use tokio::time::{Instant, timeout};
 
+use super::batch::Batcher;
 use super::error::Failure;
 use super::{Backend, Counters, State};
 
@@ -47,6 +48,8 @@ pub(crate) struct Live {
     pub(crate) conn: MultiplexedConnection,
     pub(crate) backend: Backend,
     generation: u64,
+    /// The connection's batching task, on the script path with batches of more than one.
+    pub(crate) batcher: Option<Batcher>,
 }
 
 /// Where a call goes.
@@ -220,6 +223,7 @@ impl Link {
                 conn,
                 backend,
                 generation: self.generation.fetch_add(1, Ordering::Relaxed) + 1,
+                batcher: None,
             })
         };
         timeout(self.connect_timeout, open)

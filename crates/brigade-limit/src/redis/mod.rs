@@ -43,6 +43,19 @@
 //! inside the same timeout. The connection is one multiplexed connection per limiter, shared
 //! by every caller.
 //!
+//! # Batches
+//!
+//! Most of what a script call costs Redis does not depend on how many keys it touches: the
+//! call itself, reading the clock, the reply. So concurrent decisions share calls: while a
+//! batch is on the wire (at most two at once per connection), the decisions that arrive wait
+//! for the next `EVALSHA`, which carries up to
+//! [`max_batch`](RedisRateLimiterBuilder::max_batch) of them (default 16), done in order, each
+//! all or nothing on its own key and each answered on its own. A lone caller waits for nobody:
+//! its batch holds its decision alone. A batch reads the clock once, so its decisions share one
+//! `now`. One batch touches the keys of several callers, which a Redis Cluster would refuse
+//! unless they share a slot: this limiter talks to one server (or a primary), not to a
+//! cluster; behind a proxy that routes scripts by slot, build with `max_batch(1)`.
+//!
 //! # Time is the server's
 //!
 //! The script reads Redis's clock (`TIME`; Redis 5 and later replicate a script's effects, so
@@ -53,7 +66,7 @@
 //!
 //! Limit `name` of key `k` is the Redis string `{prefix}{k}:{name}` (the prefix defaults to
 //! `brigade:limit:`; `k` is written with its `Display`). The key sits in a hash tag, so all
-//! the limits of one key share a cluster slot, as a multi-key script needs. The value is the
+//! the limits of one key share a cluster slot (see [Batches](#batches) for a batch's keys). The value is the
 //! TAT in nanoseconds since the Unix epoch, in decimal. Every write sets the key to expire
 //! (`PX`) when its TAT passes, the moment its state becomes a fresh key's: an idle key costs
 //! Redis nothing, and a key that expired decides exactly as before. Lua numbers are doubles,
@@ -126,6 +139,7 @@
 //! `set_quota`: the quota travels with every call, so replicas restarted with a new quota use
 //! it at once (each key's TAT carries over, unscaled).
 
+mod batch;
 mod error;
 mod link;
 mod native;
@@ -142,11 +156,12 @@ use std::time::Duration;
 use redis::{Client, IntoConnectionInfo, Script, Value};
 use tokio::time::timeout;
 
+use self::batch::{Batcher, Shape};
 use self::error::Failure;
 pub use self::error::RedisUnavailable;
 use self::link::{Link, Listener, Live, Route};
 pub use self::reservation::RedisReservation;
-use self::script::{Adjust, KeyArg, Limits};
+use self::script::{Adjust, KeyArg, Limits, Operation};
 use crate::gcra::Gcra;
 use crate::rate::Snapshot;
 use crate::{
@@ -309,6 +324,7 @@ pub struct RedisRateLimiterBuilder {
     native: NativeGcra,
     listener: Option<Listener>,
     clock: Option<TestClock>,
+    max_batch: usize,
 }
 
 impl fmt::Debug for RedisRateLimiterBuilder {
@@ -323,6 +339,7 @@ impl fmt::Debug for RedisRateLimiterBuilder {
             .field("native", &self.native)
             .field("listener", &self.listener.is_some())
             .field("clock", &self.clock)
+            .field("max_batch", &self.max_batch)
             .finish()
     }
 }
@@ -339,6 +356,7 @@ impl Default for RedisRateLimiterBuilder {
             native: NativeGcra::Auto,
             listener: None,
             clock: None,
+            max_batch: 16,
         }
     }
 }
@@ -397,6 +415,13 @@ impl RedisRateLimiterBuilder {
         self
     }
 
+    /// The most script operations (decisions, settles) sent in one `EVALSHA`, from 1 (no
+    /// batching) to 1,024. Default: 16. See [Batches](self#batches).
+    pub fn max_batch(mut self, max: usize) -> Self {
+        self.max_batch = max;
+        self
+    }
+
     /// Decides at `clock`'s time instead of Redis's: for tests only. Default: Redis's clock.
     pub fn test_clock(mut self, clock: TestClock) -> Self {
         self.clock = Some(clock);
@@ -436,6 +461,9 @@ impl RedisRateLimiterBuilder {
             if value.is_zero() {
                 return Err(InvalidConfig::ZeroDuration(setting));
             }
+        }
+        if !(1..=MAX_BATCH).contains(&self.max_batch) {
+            return Err(InvalidConfig::BatchSize(self.max_batch));
         }
         let fallback = match self.fallback {
             Fallback::FailOpen => Fell::Open,
@@ -487,6 +515,7 @@ impl RedisRateLimiterBuilder {
                 native_args: native::Args::new(&gcra[0]),
                 fallback,
                 clock: self.clock,
+                max_batch: self.max_batch,
             }),
         })
     }
@@ -541,7 +570,11 @@ struct Shared<K> {
     native_args: native::Args,
     fallback: Fell<K>,
     clock: Option<TestClock>,
+    max_batch: usize,
 }
+
+/// The largest batch [`RedisRateLimiterBuilder::max_batch`] takes.
+const MAX_BATCH: usize = 1024;
 
 /// The fallback, built.
 enum Fell<K> {
@@ -614,7 +647,7 @@ impl<K: Hash + Eq + Clone + Display> RedisRateLimiter<K> {
             return Ok(backend);
         }
         let inner = &*self.inner;
-        match inner.link.open(inner.native, &inner.script).await {
+        match self.open().await {
             Ok(live) => {
                 let backend = live.backend;
                 inner.link.set_up(live);
@@ -790,7 +823,7 @@ impl<K: Hash + Eq + Clone + Display> RedisRateLimiter<K> {
                 Err(failure)
             }
             Route::Probe(probe) => {
-                let mut live = match link.open(inner.native, &inner.script).await {
+                let mut live = match self.open().await {
                     Ok(live) => live,
                     Err(failure) => {
                         probe.failed(&failure);
@@ -813,6 +846,56 @@ impl<K: Hash + Eq + Clone + Display> RedisRateLimiter<K> {
         }
     }
 
+    /// Opens a connection; on the script path with batches, starts its batching task.
+    async fn open(&self) -> Result<Live, Failure> {
+        let inner = &*self.inner;
+        let mut live = inner.link.open(inner.native, &inner.script).await?;
+        if live.backend == Backend::Lua && inner.max_batch > 1 {
+            let shape = Shape {
+                len: inner.len,
+                names: inner.names,
+                gcra: inner.gcra,
+                prefix: inner.prefix.clone(),
+            };
+            live.batcher = Some(Batcher::spawn(
+                live.conn.clone(),
+                inner.script.clone(),
+                shape,
+                inner.max_batch,
+            ));
+        }
+        Ok(live)
+    }
+
+    /// One script operation: alone if a slot is free (or batching is off), else with the
+    /// connection's next batch.
+    async fn script_call(&self, live: &mut Live, key: &K, op: Operation) -> Result<Value, Failure> {
+        let _slot = match &live.batcher {
+            Some(batcher) => match batcher.free_slot() {
+                Some(slot) => Some(slot),
+                None => return batcher.call(key.to_string(), op, self.clock()).await,
+            },
+            None => None,
+        };
+        let inner = &*self.inner;
+        let limits = Limits {
+            len: inner.len,
+            names: &inner.names,
+            gcra: &inner.gcra,
+        };
+        let ops = std::iter::once((key as &dyn Display, &op));
+        let cmd = script::command(
+            inner.script.get_hash(),
+            &limits,
+            &inner.prefix,
+            ops,
+            self.clock(),
+        );
+        let reply = script::run(&mut live.conn, &inner.script, &cmd).await?;
+        let mut replies = script::replies(reply, 1)?;
+        Ok(replies.pop().unwrap_or(Value::Nil))
+    }
+
     /// One round trip. A settle answers `Ok(Admitted)` of nothing (its value is unused).
     async fn run(
         &self,
@@ -820,22 +903,16 @@ impl<K: Hash + Eq + Clone + Display> RedisRateLimiter<K> {
         op: &Op<'_, K>,
     ) -> Result<Result<Admitted, Rejected>, Failure> {
         let inner = &*self.inner;
-        let limits = Limits {
-            len: inner.len,
-            names: &inner.names,
-            gcra: &inner.gcra,
-        };
-        let sha = inner.script.get_hash();
         match (live.backend, op) {
             (Backend::Lua, Op::Acquire(key, cells)) => {
-                let cmd = script::acquire(sha, &limits, &inner.prefix, *key, cells, self.clock());
-                let reply = script::run(&mut live.conn, &inner.script, &cmd).await?;
+                let op = Operation::Acquire(*cells);
+                let reply = self.script_call(live, *key, op).await?;
                 let decided = script::decided(&reply, inner.len)?;
                 Ok(self.outcome(&decided, cells))
             }
             (Backend::Lua, Op::Settle(key, adjust)) => {
-                let cmd = script::settle(sha, &limits, &inner.prefix, *key, adjust, self.clock());
-                script::run(&mut live.conn, &inner.script, &cmd).await?;
+                let op = Operation::Settle(*adjust);
+                script::settled(&self.script_call(live, *key, op).await?)?;
                 Ok(Ok(Admitted {
                     snapshot: Snapshot::new(0),
                     shadow: None,

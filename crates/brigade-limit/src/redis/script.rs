@@ -22,14 +22,14 @@ pub(crate) const SOURCE: &str = include_str!("gcra.lua");
 /// One limit's Redis key: `{prefix}{{{key}}}:{limit}`, with `:gcra` after it for the native
 /// command's keys (a different value format). The key sits in a hash tag so that every limit
 /// of one key lands on one cluster slot, as a multi-key script needs.
-pub(crate) struct KeyArg<'a, K> {
+pub(crate) struct KeyArg<'a, K: ?Sized> {
     pub(crate) prefix: &'a str,
     pub(crate) key: &'a K,
     pub(crate) limit: &'a str,
     pub(crate) native: bool,
 }
 
-impl<K: Display> ToRedisArgs for KeyArg<'_, K> {
+impl<K: Display + ?Sized> ToRedisArgs for KeyArg<'_, K> {
     fn write_redis_args<W>(&self, out: &mut W)
     where
         W: ?Sized + RedisWrite,
@@ -50,57 +50,13 @@ pub(crate) struct Limits<'a> {
     pub(crate) gcra: &'a [Gcra; MAX_LIMITS],
 }
 
-fn evalsha<K: Display>(
-    sha: &str,
-    limits: &Limits<'_>,
-    prefix: &str,
-    key: &K,
-    per_limit_args: usize,
-) -> Cmd {
-    let n = limits.len;
-    let key_bytes = prefix.len() + 48;
-    let mut cmd = Cmd::with_capacity(5 + n + per_limit_args * n, 64 + n * (key_bytes + 48));
-    cmd.arg("EVALSHA").arg(sha).arg(n);
-    for name in &limits.names[..n] {
-        cmd.arg(KeyArg {
-            prefix,
-            key,
-            limit: name,
-            native: false,
-        });
-    }
-    cmd
-}
-
-fn clock_arg(cmd: &mut Cmd, clock: Option<u64>) {
-    match clock {
-        Some(ns) => cmd.arg(ns),
-        None => cmd.arg(""),
-    };
-}
-
-/// `EVALSHA` deciding `cells[i]` cells on each limit.
-pub(crate) fn acquire<K: Display>(
-    sha: &str,
-    limits: &Limits<'_>,
-    prefix: &str,
-    key: &K,
-    cells: &[u32; MAX_LIMITS],
-    clock: Option<u64>,
-) -> Cmd {
-    let mut cmd = evalsha(sha, limits, prefix, key, 2);
-    cmd.arg("a");
-    clock_arg(&mut cmd, clock);
-    for (g, &n) in limits.gcra[..limits.len].iter().zip(cells) {
-        if n == 0 {
-            cmd.arg("").arg(0u8);
-        } else {
-            // `n <= burst` (checked by the caller) and `t × burst` fits (checked by `Gcra::new`).
-            cmd.arg(g.t * u64::from(g.burst - n))
-                .arg(g.t * u64::from(n));
-        }
-    }
-    cmd
+/// One operation of a script call, on every limit of one key.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Operation {
+    /// Decide and charge `cells[i]` cells on limit `i`.
+    Acquire([u32; MAX_LIMITS]),
+    /// Settle a reservation.
+    Settle([Adjust; MAX_LIMITS]),
 }
 
 /// What a settle does to one limit.
@@ -114,24 +70,79 @@ pub(crate) enum Adjust {
     Refund { amount: u64, until: u64 },
 }
 
-/// `EVALSHA` settling a reservation.
-pub(crate) fn settle<K: Display>(
+impl Operation {
+    fn args(&self, n: usize) -> usize {
+        match self {
+            Self::Acquire(_) => 1 + 2 * n,
+            Self::Settle(_) => 1 + 3 * n,
+        }
+    }
+
+    fn write(&self, cmd: &mut Cmd, limits: &Limits<'_>) {
+        match self {
+            Self::Acquire(cells) => {
+                cmd.arg("a");
+                for (g, &n) in limits.gcra[..limits.len].iter().zip(cells) {
+                    if n == 0 {
+                        cmd.arg("").arg(0u8);
+                    } else {
+                        // `n <= burst` (checked by the caller) and `t × burst` fits (checked
+                        // by `Gcra::new`).
+                        cmd.arg(g.t * u64::from(g.burst - n))
+                            .arg(g.t * u64::from(n));
+                    }
+                }
+            }
+            Self::Settle(adjust) => {
+                cmd.arg("s");
+                for a in &adjust[..limits.len] {
+                    match *a {
+                        Adjust::None => cmd.arg("").arg(0u8).arg(0u8),
+                        Adjust::Charge(ns) => cmd.arg("+").arg(ns).arg(0u8),
+                        Adjust::Refund { amount, until } => cmd.arg("-").arg(amount).arg(until),
+                    };
+                }
+            }
+        }
+    }
+}
+
+/// `EVALSHA` of a batch of operations, each on the key beside it, done in order. `ops` is
+/// walked twice: the keys go before every other argument.
+pub(crate) fn command<'a, I>(
     sha: &str,
     limits: &Limits<'_>,
     prefix: &str,
-    key: &K,
-    adjust: &[Adjust; MAX_LIMITS],
+    ops: I,
     clock: Option<u64>,
-) -> Cmd {
-    let mut cmd = evalsha(sha, limits, prefix, key, 3);
-    cmd.arg("s");
-    clock_arg(&mut cmd, clock);
-    for a in &adjust[..limits.len] {
-        match *a {
-            Adjust::None => cmd.arg("").arg(0u8).arg(0u8),
-            Adjust::Charge(ns) => cmd.arg("+").arg(ns).arg(0u8),
-            Adjust::Refund { amount, until } => cmd.arg("-").arg(amount).arg(until),
-        };
+) -> Cmd
+where
+    I: Iterator<Item = (&'a dyn Display, &'a Operation)> + Clone,
+{
+    let n = limits.len;
+    let (count, args) = ops
+        .clone()
+        .fold((0, 0), |(c, a), (_, op)| (c + 1, a + op.args(n)));
+    let key_bytes = prefix.len() + 48;
+    let mut cmd = Cmd::with_capacity(5 + count * n + args, 64 + count * n * (key_bytes + 48));
+    cmd.arg("EVALSHA").arg(sha).arg(count * n);
+    for (key, _) in ops.clone() {
+        for name in &limits.names[..n] {
+            cmd.arg(KeyArg {
+                prefix,
+                key,
+                limit: name,
+                native: false,
+            });
+        }
+    }
+    match clock {
+        Some(ns) => cmd.arg(ns),
+        None => cmd.arg(""),
+    };
+    cmd.arg(n);
+    for (_, op) in ops {
+        op.write(&mut cmd, limits);
     }
     cmd
 }
@@ -151,6 +162,27 @@ pub(crate) async fn run(
     }
 }
 
+/// The replies of a batch of `count` operations, in order.
+pub(crate) fn replies(reply: Value, count: usize) -> Result<Vec<Value>, Failure> {
+    match reply {
+        Value::Array(items) if items.len() == count => Ok(items),
+        Value::Array(_) => Err(Failure::Reply("script reply has the wrong length")),
+        _ => Err(Failure::Reply("script reply is not an array")),
+    }
+}
+
+/// The reply of an operation one of whose keys holds something that is not a time.
+const NOT_A_TIME: &str = "a key holds something other than a time";
+
+/// A settle's reply.
+pub(crate) fn settled(reply: &Value) -> Result<(), Failure> {
+    match reply {
+        Value::Int(1) => Ok(()),
+        Value::Int(-1) => Err(Failure::Reply(NOT_A_TIME)),
+        _ => Err(Failure::Reply("settle reply is not 1")),
+    }
+}
+
 /// An acquire's reply: admitted or not, the server's time, and each limit's TAT after the
 /// decision (nanoseconds since the Unix epoch).
 #[derive(Debug, PartialEq, Eq)]
@@ -161,6 +193,9 @@ pub(crate) struct Decided {
 }
 
 pub(crate) fn decided(reply: &Value, len: usize) -> Result<Decided, Failure> {
+    if matches!(reply, Value::Int(-1)) {
+        return Err(Failure::Reply(NOT_A_TIME));
+    }
     let Value::Array(items) = reply else {
         return Err(Failure::Reply("script reply is not an array"));
     };
@@ -224,12 +259,13 @@ mod tests {
             names: &names,
             gcra: &gcra,
         };
-        let cmd = acquire(
+        let op = Operation::Acquire([1, 0, 0, 0]);
+        let ops = [(&"alice" as &dyn Display, &op)];
+        let cmd = command(
             "sha",
             &limits,
             "rl:",
-            &"alice",
-            &[1, 0, 0, 0],
+            ops.iter().copied(),
             Some(1_700_000_000_000_000_000),
         );
         assert_eq!(
@@ -240,8 +276,9 @@ mod tests {
                 "2",
                 "rl:{alice}:requests",
                 "rl:{alice}:tokens",
-                "a",
                 "1700000000000000000",
+                "2",
+                "a",
                 "800000000",
                 "200000000",
                 "",
@@ -251,7 +288,7 @@ mod tests {
     }
 
     #[test]
-    fn a_settle_sends_charges_and_refunds() {
+    fn a_batch_puts_every_key_first_then_the_clock_then_each_operation() {
         let (names, gcra) = limits();
         let limits = Limits {
             len: 2,
@@ -267,26 +304,47 @@ mod tests {
             Adjust::None,
             Adjust::None,
         ];
-        let cmd = settle("sha", &limits, "rl:", &7u64, &adjust, None);
+        let settle = Operation::Settle(adjust);
+        let acquire = Operation::Acquire([1, 2, 0, 0]);
+        let ops = [
+            (&7u64 as &dyn Display, &settle),
+            (&"bob" as &dyn Display, &acquire),
+        ];
+        let cmd = command("sha", &limits, "rl:", ops.iter().copied(), None);
         assert_eq!(
-            args(&cmd)[3..],
+            args(&cmd)[2..],
             [
+                "4",
                 "rl:{7}:requests",
                 "rl:{7}:tokens",
-                "s",
+                "rl:{bob}:requests",
+                "rl:{bob}:tokens",
                 "",
+                "2",
+                "s",
                 "",
                 "0",
                 "0",
                 "-",
                 "5",
-                "9"
+                "9",
+                "a",
+                "800000000",
+                "200000000",
+                "600000000",
+                "400000000"
             ]
         );
     }
 
     #[test]
     fn a_reply_of_the_wrong_shape_is_an_error_not_a_panic() {
+        assert!(replies(Value::Nil, 1).is_err());
+        assert!(replies(Value::Array(vec![Value::Int(1)]), 2).is_err());
+        assert!(settled(&Value::Int(-1)).is_err());
+        assert!(settled(&Value::Nil).is_err());
+        assert!(settled(&Value::Int(1)).is_ok());
+        assert!(decided(&Value::Int(-1), 1).is_err());
         assert!(decided(&Value::Nil, 1).is_err());
         assert!(decided(&Value::Array(vec![Value::Int(1)]), 1).is_err());
         let bad = Value::Array(vec![
