@@ -1,4 +1,6 @@
-//! brigade-limit against raw governor: one decision, direct and over 10,000 keys.
+//! brigade-limit against raw governor: one decision, direct and over 10,000 keys; and the
+//! header fields of an admitted decision (`headers/admitted`: two limits, the IETF and the
+//! OpenAI fields, as the kitchen writes them; no peer).
 //!
 //! `cargo bench -p brigade-limit --bench limit -- --warm-up-time 1 --measurement-time 3`
 //!
@@ -10,6 +12,7 @@
 use std::hint::black_box;
 use std::num::NonZeroU32;
 
+use brigade_limit::headers::RateLimitHeaders;
 use brigade_limit::{Limit, Quota, RateLimiter};
 use criterion::{Criterion, criterion_group, criterion_main};
 
@@ -69,5 +72,26 @@ fn keyed(c: &mut Criterion) {
     );
 }
 
-criterion_group!(benches, direct, keyed);
+fn headers(c: &mut Criterion) {
+    let rpm = |n| Quota::per_minute(NonZeroU32::new(n).unwrap());
+    let limiter: RateLimiter<u64> = RateLimiter::builder()
+        .limit(Limit::per_request("requests", rpm(100_000)))
+        .limit(Limit::new("tokens", rpm(4_000_000)))
+        .build()
+        .unwrap();
+    let admitted = limiter.try_acquire(&7, 500).unwrap();
+    let fields = RateLimitHeaders::new().openai(true);
+    let mut map = http::HeaderMap::with_capacity(16);
+    let mut group = c.benchmark_group("headers");
+    group.bench_function("admitted", |b| {
+        b.iter(|| {
+            map.clear();
+            fields.admitted(black_box(&admitted), &mut map);
+            black_box(map.len())
+        });
+    });
+    group.finish();
+}
+
+criterion_group!(benches, direct, keyed, headers);
 criterion_main!(benches);

@@ -11,6 +11,7 @@
 //!   `x-ratelimit-reset-<name>` (reset as `1s`, `6m0s`, `20ms`), which clients written for
 //!   OpenAI already read when the limits are named `requests` and `tokens`.
 
+use std::cell::RefCell;
 use std::time::Duration;
 
 use http::header::{HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
@@ -180,53 +181,120 @@ impl RateLimitHeaders {
         self.write(|| rejected.limits(), headers);
     }
 
-    // No `format!` and no collection: one buffer for the two IETF fields, integers written by
-    // hand, and the OpenAI field names of the usual limits ("requests", "tokens") static.
+    // No `format!` and no collection: the fields are written into a buffer kept per thread,
+    // integers by hand, each value one allocation. The fields that are the same on every call of a limiter (the policy,
+    // the OpenAI limits of `requests` and `tokens`) reuse the value last written on this
+    // thread when it is the same: a reference count, not a new copy.
     fn write<I>(&self, limits: impl Fn() -> I, headers: &mut HeaderMap)
     where
         I: Iterator<Item = LimitStatus>,
     {
-        if self.ietf {
-            // Room for two limits with ten-digit quotas: no regrowth on the usual path.
-            let mut buf = String::with_capacity(128);
-            for (i, s) in limits().enumerate() {
-                if i > 0 {
-                    buf.push_str(", ");
+        let written = SCRATCH
+            .try_with(|cell| match cell.try_borrow_mut() {
+                Ok(mut scratch) => {
+                    self.write_with(&mut scratch, &limits, headers);
+                    true
                 }
-                sf_string(&mut buf, s.name());
-                buf.push_str(";q=");
-                push_u64(&mut buf, u64::from(s.limit()));
-                buf.push_str(";w=");
-                push_u64(&mut buf, retry_after_secs(s.window()).max(1));
-            }
-            insert(headers, RATELIMIT_POLICY, &buf);
+                Err(_) => false,
+            })
+            .unwrap_or(false);
+        if !written {
+            // The thread is ending: a scratch of this call's own.
+            self.write_with(&mut Scratch::new(), &limits, headers);
+        }
+    }
+
+    fn write_with<I>(&self, scratch: &mut Scratch, limits: &impl Fn() -> I, headers: &mut HeaderMap)
+    where
+        I: Iterator<Item = LimitStatus>,
+    {
+        let buf = &mut scratch.buf;
+        if self.ietf {
             buf.clear();
             for (i, s) in limits().enumerate() {
                 if i > 0 {
                     buf.push_str(", ");
                 }
-                sf_string(&mut buf, s.name());
-                buf.push_str(";r=");
-                push_u64(&mut buf, u64::from(s.remaining()));
-                buf.push_str(";t=");
-                push_u64(&mut buf, retry_after_secs(s.reset()));
+                sf_string(buf, s.name());
+                buf.push_str(";q=");
+                push_u64(buf, u64::from(s.limit()));
+                buf.push_str(";w=");
+                push_u64(buf, retry_after_secs(s.window()).max(1));
             }
-            insert(headers, RATELIMIT, &buf);
+            let policy = match &scratch.policy {
+                Some((text, value)) if text == buf => Some(value.clone()),
+                _ => HeaderValue::from_str(buf).ok().inspect(|value| {
+                    scratch.policy = Some((buf.clone(), value.clone()));
+                }),
+            };
+            if let Some(policy) = policy {
+                headers.insert(RATELIMIT_POLICY, policy);
+            }
+            buf.clear();
+            for (i, s) in limits().enumerate() {
+                if i > 0 {
+                    buf.push_str(", ");
+                }
+                sf_string(buf, s.name());
+                buf.push_str(";r=");
+                push_u64(buf, u64::from(s.remaining()));
+                buf.push_str(";t=");
+                push_u64(buf, retry_after_secs(s.reset()));
+            }
+            insert(headers, RATELIMIT, buf);
         }
         if self.openai {
-            let mut reset_value = String::with_capacity(12);
             for s in limits() {
-                let Some([limit, remaining, reset]) = openai_names(s.name()) else {
-                    continue;
+                let (slot, [limit, remaining, reset]) = match s.name() {
+                    // Constants, so that the names are checked when compiling, not on every
+                    // call.
+                    "requests" => (Some(0), OPENAI_REQUESTS),
+                    "tokens" => (Some(1), OPENAI_TOKENS),
+                    other => match openai_names(other) {
+                        Some(names) => (None, names),
+                        None => continue,
+                    },
                 };
-                headers.insert(limit, HeaderValue::from(s.limit()));
-                headers.insert(remaining, HeaderValue::from(s.remaining()));
-                reset_value.clear();
-                write_openai_duration(&mut reset_value, s.reset());
-                insert(headers, reset, &reset_value);
+                let value = match slot.map(|i| &mut scratch.limits[i]) {
+                    Some(Some((n, value))) if *n == s.limit() => value.clone(),
+                    Some(cached) => {
+                        let value = decimal(buf, s.limit());
+                        *cached = Some((s.limit(), value.clone()));
+                        value
+                    }
+                    None => decimal(buf, s.limit()),
+                };
+                headers.insert(limit, value);
+                headers.insert(remaining, decimal(buf, s.remaining()));
+                buf.clear();
+                write_openai_duration(buf, s.reset());
+                insert(headers, reset, buf);
             }
         }
     }
+}
+
+/// A buffer for the fields, and the values that repeat from call to call, per thread.
+struct Scratch {
+    buf: String,
+    /// The last `RateLimit-Policy` value, with the text it was made from.
+    policy: Option<(String, HeaderValue)>,
+    /// The last `x-ratelimit-limit-requests` and `x-ratelimit-limit-tokens` values.
+    limits: [Option<(u32, HeaderValue)>; 2],
+}
+
+impl Scratch {
+    const fn new() -> Self {
+        Self {
+            buf: String::new(),
+            policy: None,
+            limits: [None, None],
+        }
+    }
+}
+
+thread_local! {
+    static SCRATCH: RefCell<Scratch> = const { RefCell::new(Scratch::new()) };
 }
 
 const OPENAI_REQUESTS: [HeaderName; 3] = [
@@ -240,25 +308,18 @@ const OPENAI_TOKENS: [HeaderName; 3] = [
     HeaderName::from_static("x-ratelimit-reset-tokens"),
 ];
 
-/// `x-ratelimit-{limit,remaining,reset}-<name>`: static for the names OpenAI uses, built
-/// otherwise; `None` for a name that is not a valid header name.
+/// `x-ratelimit-{limit,remaining,reset}-<name>` for a name other than `requests` and
+/// `tokens` (whose names are constants); `None` for a name that is not a valid header name.
 fn openai_names(name: &str) -> Option<[HeaderName; 3]> {
-    match name {
-        // Constants, so that the names are checked when compiling, not on every call.
-        "requests" => Some(OPENAI_REQUESTS),
-        "tokens" => Some(OPENAI_TOKENS),
-        _ => {
-            let build = |what: &str| {
-                let mut field = String::with_capacity(24 + name.len());
-                field.push_str("x-ratelimit-");
-                field.push_str(what);
-                field.push('-');
-                field.push_str(name);
-                HeaderName::from_bytes(field.as_bytes()).ok()
-            };
-            Some([build("limit")?, build("remaining")?, build("reset")?])
-        }
-    }
+    let build = |what: &str| {
+        let mut field = String::with_capacity(24 + name.len());
+        field.push_str("x-ratelimit-");
+        field.push_str(what);
+        field.push('-');
+        field.push_str(name);
+        HeaderName::from_bytes(field.as_bytes()).ok()
+    };
+    Some([build("limit")?, build("remaining")?, build("reset")?])
 }
 
 fn sf_string(out: &mut String, name: &str) {
@@ -270,6 +331,13 @@ fn sf_string(out: &mut String, name: &str) {
         out.push(c);
     }
     out.push('"');
+}
+
+/// `n` as a header value: one allocation of its digits (`HeaderValue::from(n)` takes two).
+fn decimal(buf: &mut String, n: u32) -> HeaderValue {
+    buf.clear();
+    push_u64(buf, u64::from(n));
+    HeaderValue::from_str(buf).unwrap_or_else(|_| HeaderValue::from(n))
 }
 
 fn insert(headers: &mut HeaderMap, name: HeaderName, value: &str) {

@@ -164,3 +164,38 @@ proptest::proptest! {
         proptest::prop_assert_eq!(openai_duration(Duration::from_millis(ms)), reference);
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn limiters_of_different_quotas_on_one_thread_each_get_their_own_fields() {
+    // The policy and the OpenAI limits are reused from the last call on the thread when they
+    // are the same: alternating limiters must never see each other's.
+    let small = limiter();
+    let large: RateLimiter<&'static str> = RateLimiter::builder()
+        .limit(Limit::per_request("requests", Quota::per_minute(nz(600))))
+        .limit(Limit::new("tokens", Quota::per_minute(nz(90_000))))
+        .build()
+        .unwrap();
+    let fields = RateLimitHeaders::new().openai(true);
+    for _ in 0..3 {
+        for (limiter, policy, requests, tokens) in [
+            (
+                &small,
+                r#""requests";q=60;w=60, "tokens";q=10000;w=60"#,
+                "60",
+                "10000",
+            ),
+            (
+                &large,
+                r#""requests";q=600;w=60, "tokens";q=90000;w=60"#,
+                "600",
+                "90000",
+            ),
+        ] {
+            let mut headers = HeaderMap::new();
+            fields.admitted(&limiter.try_acquire(&"k", 1).unwrap(), &mut headers);
+            assert_eq!(headers["ratelimit-policy"], policy);
+            assert_eq!(headers["x-ratelimit-limit-requests"], requests);
+            assert_eq!(headers["x-ratelimit-limit-tokens"], tokens);
+        }
+    }
+}
