@@ -102,20 +102,10 @@ fn write_openai_duration(out: &mut String, d: Duration) {
     out.push('s');
 }
 
-/// Appends `n` in decimal.
-fn push_u64(out: &mut String, mut n: u64) {
-    let mut buf = [0_u8; 20];
-    let mut at = buf.len();
-    loop {
-        at -= 1;
-        buf[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    // ASCII digits only: one copy, not a `push` (and its UTF-8 encoding) per digit.
-    out.push_str(std::str::from_utf8(&buf[at..]).unwrap_or_default());
+/// Appends `n` in decimal (itoa: two digits at a time, and no UTF-8 check of the result, which
+/// safe code of our own would need).
+fn push_u64(out: &mut String, n: u64) {
+    out.push_str(itoa::Buffer::new().format(n));
 }
 
 /// Which header fields to write; a small value type with chained setters.
@@ -324,11 +314,15 @@ fn openai_names(name: &str) -> Option<[HeaderName; 3]> {
 
 fn sf_string(out: &mut String, name: &str) {
     out.push('"');
-    for c in name.chars() {
-        if c == '"' || c == '\\' {
-            out.push('\\');
+    if name.bytes().any(|b| b == b'"' || b == b'\\') {
+        for c in name.chars() {
+            if c == '"' || c == '\\' {
+                out.push('\\');
+            }
+            out.push(c);
         }
-        out.push(c);
+    } else {
+        out.push_str(name);
     }
     out.push('"');
 }

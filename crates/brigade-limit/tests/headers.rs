@@ -199,3 +199,15 @@ async fn limiters_of_different_quotas_on_one_thread_each_get_their_own_fields() 
         }
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_name_with_a_quote_or_a_backslash_is_escaped_in_the_ietf_fields() {
+    let limiter: RateLimiter<&'static str> = RateLimiter::builder()
+        .limit(Limit::new(r#"a"b\c"#, Quota::per_minute(nz(60))))
+        .build()
+        .unwrap();
+    let mut headers = HeaderMap::new();
+    RateLimitHeaders::new().admitted(&limiter.try_acquire(&"k", 1).unwrap(), &mut headers);
+    assert_eq!(headers["ratelimit-policy"], r#""a\"b\\c";q=60;w=60"#);
+    assert_eq!(headers["ratelimit"], r#""a\"b\\c";r=59;t=1"#);
+}

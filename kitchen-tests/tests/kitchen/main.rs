@@ -826,10 +826,71 @@ fn hand_written_json_strings_match_serde_json() {
         ]
         .map(str::to_owned),
     );
+    // Every escape at every offset of the eight-byte words, among ASCII and multi-byte text.
+    for escaped in ["\"", "\\", "\n", "\u{1f}", "\u{0}"] {
+        for offset in 0..18 {
+            cases.push(format!(
+                "{}{escaped}{}",
+                "a".repeat(offset),
+                "b".repeat(19 - offset)
+            ));
+            cases.push(format!(
+                "{}{escaped}é漢{}",
+                "é".repeat(offset),
+                "🍳".repeat(3)
+            ));
+        }
+    }
+    cases.push("clean text longer than a word, with no escape at all: é漢🍳".to_owned());
     for case in cases {
         let mut out = String::new();
         chat::push_json_str(&mut out, &case);
         assert_eq!(out, serde_json::to_string(&case).unwrap(), "{case:?}");
+    }
+}
+
+/// The hand-written JSON answer is the value serde_json would write for the same fields.
+#[test]
+fn the_json_answer_is_what_serde_json_writes() {
+    for (content, finish_reason, created, prompt, completion) in [
+        ("", "stop", 0, 0, 0),
+        ("Hello there", "length", 1_764_000_000, 12, 64),
+        (
+            "quote \" backslash \\ newline \n tab \t \u{1} é 漢字 🍳",
+            "stop",
+            u64::MAX,
+            u32::MAX,
+            7,
+        ),
+    ] {
+        let fields = chat::CompletionFields {
+            id: "chatcmpl-\"x\"",
+            created,
+            model: "mock-\\model",
+            content,
+            finish_reason,
+            prompt_tokens: prompt,
+            completion_tokens: completion,
+        };
+        let ours: serde_json::Value =
+            serde_json::from_slice(&chat::completion_json(&fields)).unwrap();
+        let theirs = serde_json::json!({
+            "id": fields.id,
+            "object": "chat.completion",
+            "created": created,
+            "model": fields.model,
+            "choices": [{
+                "index": 0,
+                "message": {"role": "assistant", "content": content},
+                "finish_reason": finish_reason,
+            }],
+            "usage": {
+                "prompt_tokens": prompt,
+                "completion_tokens": completion,
+                "total_tokens": u64::from(prompt) + u64::from(completion),
+            },
+        });
+        assert_eq!(ours, theirs, "{content:?}");
     }
 }
 
