@@ -190,7 +190,7 @@ fn is_bare(value: &str) -> bool {
 }
 
 /// `value` in decimal, written into the end of `digits`.
-fn decimal(mut value: u64, digits: &mut [u8; 20]) -> &str {
+pub(crate) fn decimal(mut value: u64, digits: &mut [u8; 20]) -> &str {
     let mut at = digits.len();
     loop {
         at -= 1;

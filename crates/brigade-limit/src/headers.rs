@@ -172,9 +172,9 @@ impl RateLimitHeaders {
     }
 
     // No `format!` and no collection: the fields are written into a buffer kept per thread,
-    // integers by hand, each value one allocation. The fields that are the same on every call of a limiter (the policy,
-    // the OpenAI limits of `requests` and `tokens`) reuse the value last written on this
-    // thread when it is the same: a reference count, not a new copy.
+    // each value one allocation. The fields that are the same on every call of a limiter
+    // (the policy, the OpenAI limits of `requests` and `tokens`) reuse the value last
+    // written on this thread when it is the same: a reference count, not a new copy.
     fn write<I>(&self, limits: impl Fn() -> I, headers: &mut HeaderMap)
     where
         I: Iterator<Item = LimitStatus>,
