@@ -716,7 +716,10 @@ async fn a_key_holding_garbage_fails_its_own_decision_not_its_batch() {
         .query_async(&mut conn)
         .await
         .unwrap();
-    let calls: Vec<_> = ["a", "bad", "b", "c"]
+    let before = evalsha_calls(&mut conn).await;
+    // The first two take the connection's two free slots and go alone; the bad key and the
+    // two after it wait, and share the next call.
+    let calls: Vec<_> = ["a", "b", "bad", "c", "d"]
         .into_iter()
         .map(|key| {
             let limiter = limiter.clone();
@@ -728,7 +731,8 @@ async fn a_key_holding_garbage_fails_its_own_decision_not_its_batch() {
         results.push(call.await.unwrap().is_ok());
     }
     // Fail-closed refuses the bad key's call; Redis admits the others of its batch.
-    assert_eq!(results, [true, false, true, true]);
+    assert_eq!(results, [true, true, false, true, true]);
+    assert_eq!(evalsha_calls(&mut conn).await - before, 3);
     assert_eq!(limiter.state(), State::Redis(Backend::Lua));
     let c = limiter.counters();
     assert_eq!(
@@ -737,7 +741,7 @@ async fn a_key_holding_garbage_fails_its_own_decision_not_its_batch() {
             c.fallback_decisions,
             c.switches_to_fallback
         ),
-        (3, 1, 0)
+        (4, 1, 0)
     );
     assert_eq!(
         get(&mut conn, "g:{bad}:default").await.as_deref(),
