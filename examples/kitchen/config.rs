@@ -131,6 +131,11 @@ pub(crate) struct Config {
     #[arg(long, default_value_t = 15)]
     pub(crate) keep_alive_secs: u64,
 
+    /// WebSocket: seconds between the server's pings. A connection that has sent nothing (no
+    /// pong either) by the next ping is closed, and so is one whose write takes longer.
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..))]
+    pub(crate) ws_ping_secs: u64,
+
     /// Keep the per-key rate limits in Redis, shared by every replica (needs the `redis`
     /// feature), e.g. `redis://127.0.0.1:6379/`.
     #[arg(long, value_name = "URL")]
@@ -159,6 +164,11 @@ pub(crate) struct Config {
 impl Config {
     pub(crate) fn grace(&self) -> Duration {
         Duration::from_secs(self.grace_secs)
+    }
+
+    /// The WebSocket ping interval, which is also the longest one write may take.
+    pub(crate) fn ws_ping(&self) -> Duration {
+        Duration::from_secs(self.ws_ping_secs)
     }
 
     pub(crate) fn deadline(&self) -> Option<Duration> {

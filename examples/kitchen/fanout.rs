@@ -8,11 +8,14 @@
 //!   off with reason `DeadlineExceeded` and reported as `"status":"timeout"`; the shutdown
 //!   cancels every call when its grace period is over (`"status":"cancelled"`); a client that
 //!   goes away drops the handler, and with it every call.
-//! - brigade-retry: a failed attempt is retried once after a short constant backoff, inside the
-//!   source's deadline (the deadline bounds the attempts and the backoff together).
+//! - brigade-retry: a failed attempt is retried after a short constant backoff
+//!   (`--fanout-attempts`, 2 by default; `--fanout-retry-ms`, 20), inside the source's
+//!   deadline (the deadline bounds the attempts and the backoff together).
 //! - brigade-breaker: one breaker per source. A source that keeps failing or timing out is
 //!   skipped at once (`"status":"circuit_open"`) instead of costing its whole timeout on every
-//!   request, and is probed again after the open period.
+//!   request, and is probed again after the open period (`--fanout-breaker-window`,
+//!   `--fanout-breaker-min-calls` and `--fanout-breaker-open-secs`: 10 calls, 5 of them before
+//!   it may trip at 50% failures, 10 s open).
 //!
 //! A source that fails, times out or is skipped makes the answer partial (`"partial": true`),
 //! never a failed request: the other sources' results are still worth returning.
@@ -45,16 +48,6 @@ use crate::error::ApiError;
 use crate::mock::Mock;
 use crate::routes::{App, Body};
 
-/// Attempts per source call, the first included.
-const ATTEMPTS: u32 = 2;
-/// The wait before the retry of a failed attempt.
-const RETRY_BACKOFF: Duration = Duration::from_millis(20);
-/// Breaker: calls in each source's window.
-const BREAKER_WINDOW: u32 = 10;
-/// Breaker: calls in the window before it may trip (at 50 % failures).
-const BREAKER_MIN_CALLS: u32 = 5;
-/// Breaker: how long a tripped source is skipped before a probe.
-const BREAKER_OPEN: Duration = Duration::from_secs(10);
 /// The longest latency or timeout a query may ask for, in milliseconds.
 const MAX_QUERY_MS: u64 = 60_000;
 
@@ -84,6 +77,26 @@ pub(crate) struct FanoutConfig {
     /// Fan-out: timeout of a chat call, retries included, in milliseconds.
     #[arg(long, default_value_t = 500)]
     pub(crate) fanout_chat_timeout_ms: u64,
+
+    /// Fan-out: attempts per source call, the first included (1: no retry).
+    #[arg(long, default_value_t = 2)]
+    pub(crate) fanout_attempts: u32,
+
+    /// Fan-out: the wait before retrying a failed source call, in milliseconds.
+    #[arg(long, default_value_t = 20)]
+    pub(crate) fanout_retry_ms: u64,
+
+    /// Fan-out: calls in each source's breaker window.
+    #[arg(long, default_value_t = 10)]
+    pub(crate) fanout_breaker_window: u32,
+
+    /// Fan-out: calls in the window before a source's breaker may trip (at 50% failures).
+    #[arg(long, default_value_t = 5)]
+    pub(crate) fanout_breaker_min_calls: u32,
+
+    /// Fan-out: how long a tripped source is skipped before a probe, in seconds.
+    #[arg(long, default_value_t = 10)]
+    pub(crate) fanout_breaker_open_secs: u64,
 }
 
 /// A source's answer and the attempts it took, or why retrying stopped.
@@ -117,10 +130,12 @@ impl Sources {
                 ));
             }
             let breaker = CircuitBreaker::builder()
-                .window(Window::count(BREAKER_WINDOW))
-                .minimum_calls(BREAKER_MIN_CALLS)
+                .window(Window::count(config.fanout_breaker_window))
+                .minimum_calls(config.fanout_breaker_min_calls)
                 .failure_rate_threshold(50.0)
-                .open_duration(OpenDuration::fixed(BREAKER_OPEN))
+                .open_duration(OpenDuration::fixed(Duration::from_secs(
+                    config.fanout_breaker_open_secs,
+                )))
                 .half_open_probes(1)
                 .half_open_successes(1)
                 .build()
@@ -133,8 +148,10 @@ impl Sources {
             })
         };
         let retry = Retry::builder()
-            .schedule(Backoff::constant(RETRY_BACKOFF))
-            .max_attempts(ATTEMPTS)
+            .schedule(Backoff::constant(Duration::from_millis(
+                config.fanout_retry_ms,
+            )))
+            .max_attempts(config.fanout_attempts)
             .build()
             .map_err(|e| format!("fan-out retry: {e}"))?;
         Ok(Self {

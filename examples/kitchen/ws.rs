@@ -39,11 +39,12 @@
 //! with the real count; a bulkhead slot for its length; a breaker permit; retries before the
 //! first token only. The request deadline (`--deadline-secs`) applies to each generation.
 //!
-//! Liveness: the server pings every [`PING_INTERVAL`]; a connection that has not answered (any
-//! frame counts) by the next ping is closed with 1008 (policy); one that stops reading, so that
-//! a write does not complete within that time, is dropped. On shutdown an idle connection is closed at once with 1001 (going away);
-//! one with a generation running lets it finish within the grace period (then it is cancelled
-//! with reason `shutdown`), and closes with 1001 after its last message.
+//! Liveness: the server pings every `--ws-ping-secs` (20 by default); a connection that has
+//! not answered (any frame counts) by the next ping is closed with 1008 (policy); one that
+//! stops reading, so that a write does not complete within that time, is dropped. On shutdown
+//! an idle connection is closed at once with 1001 (going away); one with a generation running
+//! lets it finish within the grace period (then it is cancelled with reason `shutdown`), and
+//! closes with 1001 after its last message.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -77,13 +78,6 @@ use crate::chat::ChatRequest;
 use crate::error::ApiError;
 use crate::mock::{Order, count_tokens};
 use crate::routes::{App, Body, full};
-
-/// How often the server pings; a connection that has sent nothing (no pong either) by the next
-/// ping is closed.
-pub(crate) const PING_INTERVAL: Duration = Duration::from_secs(20);
-
-/// How long one write to the socket may take before the client counts as gone.
-const SEND_TIMEOUT: Duration = PING_INTERVAL;
 
 /// How long the server waits for the client's answer to its close frame.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
@@ -346,7 +340,8 @@ impl Connection {
             .scope
             .clone()
             .drop_guard(CancelReason::ClientDisconnected);
-        let mut ping = tokio::time::interval_at(Instant::now() + PING_INTERVAL, PING_INTERVAL);
+        let every = app.config.ws_ping();
+        let mut ping = tokio::time::interval_at(Instant::now() + every, every);
         ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut answered = true;
         tracing::debug!(id = self.id, "WebSocket open");
@@ -450,10 +445,12 @@ impl Connection {
         );
     }
 
-    /// Writes one message; `false` if the socket is gone or the client stopped reading.
+    /// Writes one message; `false` if the socket is gone or the client stopped reading (the
+    /// write took longer than a ping interval).
     async fn send(&self, socket: &mut Socket, message: Message) -> bool {
         let data = matches!(message, Message::Text(_));
-        match tokio::time::timeout(SEND_TIMEOUT, socket.send(message)).await {
+        let limit = self.app.config.ws_ping();
+        match tokio::time::timeout(limit, socket.send(message)).await {
             Ok(Ok(())) => {
                 if data {
                     self.app.metrics.ws.message("out");

@@ -167,6 +167,64 @@ async fn fanout_breaker_skips_a_source_that_keeps_timing_out() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn fanout_retry_and_breaker_follow_their_flags() {
+    let flags = [
+        "--fanout-attempts",
+        "3",
+        "--fanout-retry-ms",
+        "50",
+        "--fanout-breaker-window",
+        "2",
+        "--fanout-breaker-min-calls",
+        "2",
+        "--fanout-breaker-open-secs",
+        "4",
+        "--fanout-image-timeout-ms",
+        "250",
+        "--fanout-chat-timeout-ms",
+        "1000",
+    ];
+    let kitchen = kitchen(&[&SOURCES[..], &flags[..]].concat()).await;
+    // Three attempts, 50 ms apart, not the default two 20 ms apart.
+    let body = fanout_json(kitchen.addr, "/v1/fanout?fail=chat").await;
+    let chat = &body["sources"]["chat"];
+    assert_eq!(chat["attempts"], 3, "{chat}");
+    assert_eq!(
+        chat["latency_ms"], 700.0,
+        "200 + 50 + 200 + 50 + 200: {chat}"
+    );
+
+    // That request's image call timed out too; one more timeout fills the two-call window and
+    // trips the breaker, which then skips the source for 4 s, not 10.
+    let body = fanout_json(kitchen.addr, "/v1/fanout").await;
+    assert_eq!(body["sources"]["image"]["status"], "timeout", "{body}");
+    let body = fanout_json(kitchen.addr, "/v1/fanout").await;
+    let image = &body["sources"]["image"];
+    assert_eq!(image["status"], "circuit_open", "{image}");
+    assert_eq!(image["retry_after_ms"], 4_000, "{image}");
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let body = fanout_json(kitchen.addr, "/v1/fanout?image_ms=100").await;
+    assert_eq!(body["sources"]["image"]["status"], "ok", "{body}");
+}
+
+#[tokio::test]
+async fn fanout_flags_out_of_range_fail_at_start_with_the_reason() {
+    for (flag, value, reason) in [
+        ("--fanout-attempts", "0", "fan-out retry"),
+        ("--fanout-breaker-window", "0", "fan-out breaker"),
+        ("--fanout-breaker-min-calls", "0", "fan-out breaker"),
+        ("--fanout-breaker-open-secs", "0", "fan-out breaker"),
+    ] {
+        let config = Config::parse_from(["kitchen", "--addr", "127.0.0.1:0", flag, value]);
+        let error = match server::start(config).await {
+            Ok(_) => panic!("{flag} {value} was accepted"),
+            Err(error) => error.to_string(),
+        };
+        assert!(error.starts_with(reason), "{flag} {value}: {error}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
 async fn fanout_bad_query_is_400_naming_the_parameter() {
     let kitchen = kitchen(&[]).await;
     for (query, named) in [

@@ -421,12 +421,14 @@ async fn ws_generations_share_the_chat_rate_limits() {
 
 #[tokio::test(start_paused = true)]
 async fn ws_ping_keeps_a_reading_client_and_drops_a_silent_one() {
-    let kitchen = kitchen(&["--tokens", "2"]).await;
+    // Not the default 20 s: the test also shows that the flag sets the interval.
+    let every = Duration::from_secs(7);
+    let kitchen = kitchen(&["--tokens", "2", "--ws-ping-secs", "7"]).await;
     // A client that reads answers the server's pings (tungstenite does it as it reads): after
     // three ping intervals the socket is still open and serves a generation; it keeps reading.
     let mut reading = connect(kitchen.addr).await;
     let mut pings = 0;
-    let until = tokio::time::Instant::now() + ws::PING_INTERVAL * 3 + Duration::from_secs(1);
+    let until = tokio::time::Instant::now() + every * 3 + Duration::from_secs(1);
     while let Ok(next) = tokio::time::timeout_at(until, reading.next()).await {
         match next {
             Some(Ok(Message::Ping(_))) => pings += 1,
@@ -444,7 +446,7 @@ async fn ws_ping_keeps_a_reading_client_and_drops_a_silent_one() {
 
     // A client that reads nothing answers no ping: at the second ping the server closes.
     let mut silent = connect(kitchen.addr).await;
-    tokio::time::sleep(ws::PING_INTERVAL * 2 + Duration::from_secs(1)).await;
+    tokio::time::sleep(every * 2 + Duration::from_secs(1)).await;
     let mut frames = Vec::new();
     while let Ok(Some(Ok(message))) =
         tokio::time::timeout(Duration::from_secs(5), silent.next()).await
