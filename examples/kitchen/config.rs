@@ -131,9 +131,10 @@ pub(crate) struct Config {
     #[arg(long, default_value_t = 15)]
     pub(crate) keep_alive_secs: u64,
 
-    /// WebSocket: seconds between the server's pings. A connection that has sent nothing (no
-    /// pong either) by the next ping is closed, and so is one whose write takes longer.
-    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..))]
+    /// WebSocket: seconds between the server's pings, from 1 to 86,400. A connection that has
+    /// sent nothing (no pong either) by the next ping is closed, and so is one whose write takes
+    /// longer.
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub(crate) ws_ping_secs: u64,
 
     /// Keep the per-key rate limits in Redis, shared by every replica (needs the `redis`

@@ -94,8 +94,9 @@ pub(crate) struct FanoutConfig {
     #[arg(long, default_value_t = 5)]
     pub(crate) fanout_breaker_min_calls: u32,
 
-    /// Fan-out: how long a tripped source is skipped before a probe, in seconds.
-    #[arg(long, default_value_t = 10)]
+    /// Fan-out: how long a tripped source is skipped before a probe, in seconds, from 1 to
+    /// 86,400.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub(crate) fanout_breaker_open_secs: u64,
 }
 

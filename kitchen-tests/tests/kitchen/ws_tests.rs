@@ -524,3 +524,15 @@ async fn ws_shutdown_closes_sockets_and_cancels_generations_after_the_grace() {
     );
     assert_eq!(kitchen.app.metrics.ws.connections_open.get(), 0);
 }
+
+#[test]
+fn ws_ping_flag_out_of_range_is_refused_when_parsed() {
+    let parse = |secs: &str| Config::try_parse_from(["kitchen", "--ws-ping-secs", secs]);
+    assert_eq!(
+        parse("86400").unwrap().ws_ping(),
+        Duration::from_secs(86_400)
+    );
+    for bad in ["0", "86401", "18446744073709551615", "soon"] {
+        assert!(parse(bad).is_err(), "--ws-ping-secs {bad} was accepted");
+    }
+}
