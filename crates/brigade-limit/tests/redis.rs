@@ -645,6 +645,57 @@ async fn a_key_holding_garbage_falls_back_for_that_call_only() {
     );
 }
 
+#[tokio::test]
+async fn a_settle_on_a_key_holding_a_far_time_fails_alone_not_its_batch() {
+    let server = RedisServer::start();
+    let limiter: RedisRateLimiter<String> = RedisRateLimiter::builder()
+        .limit(Limit::new("default", Quota::per_second(nz(10))))
+        .key_prefix("h:")
+        .fallback(Fallback::FailClosed)
+        .call_timeout(Duration::from_secs(2))
+        .build(server.url())
+        .unwrap();
+    limiter.connect().await.unwrap();
+    let reservation = limiter.try_reserve(&"s".to_owned(), 1).await.unwrap();
+    assert!(reservation.is_on_redis());
+    // 25 digits: a time thousands of years ahead. An extra charge on it would set an expiry
+    // Redis refuses, and an error inside the script would stop the whole batch, leaving the
+    // operations before it applied and failing those after it.
+    let far = "1234567890123456789012345";
+    let mut conn = raw(&server.url()).await;
+    let () = redis::cmd("SET")
+        .arg("h:{s}:default")
+        .arg(far)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let before = evalsha_calls(&mut conn).await;
+    // Two acquires take the free slots; the settle (3 cells for 1: an extra charge) and the
+    // two acquires after it share the next call.
+    let first: Vec<_> = ["a", "b"]
+        .into_iter()
+        .map(|key| {
+            let limiter = limiter.clone();
+            tokio::spawn(async move { limiter.try_acquire(&key.to_owned(), 1).await.is_ok() })
+        })
+        .collect();
+    let settle = tokio::spawn(reservation.settle(3));
+    let after: Vec<_> = ["c", "d"]
+        .into_iter()
+        .map(|key| {
+            let limiter = limiter.clone();
+            tokio::spawn(async move { limiter.try_acquire(&key.to_owned(), 1).await.is_ok() })
+        })
+        .collect();
+    for call in first.into_iter().chain(after) {
+        assert!(call.await.unwrap(), "an acquire of the batch was refused");
+    }
+    assert!(settle.await.unwrap().is_err(), "the settle could not apply");
+    assert_eq!(evalsha_calls(&mut conn).await - before, 3);
+    assert_eq!(limiter.state(), State::Redis(Backend::Lua));
+    assert_eq!(get(&mut conn, "h:{s}:default").await.as_deref(), Some(far));
+}
+
 /// `INFO commandstats`' count of `EVALSHA` calls.
 async fn evalsha_calls(conn: &mut MultiplexedConnection) -> u64 {
     let info: String = redis::cmd("INFO")
@@ -701,52 +752,73 @@ async fn concurrent_decisions_on_one_key_share_calls_and_admit_exactly_the_burst
 #[tokio::test]
 async fn a_key_holding_garbage_fails_its_own_decision_not_its_batch() {
     let server = RedisServer::start();
-    let limiter: RedisRateLimiter<String> = RedisRateLimiter::builder()
-        .limit(Limit::new("default", Quota::per_second(nz(10))))
-        .key_prefix("g:")
-        .fallback(Fallback::FailClosed)
-        .call_timeout(Duration::from_secs(2))
-        .build(server.url())
-        .unwrap();
-    limiter.connect().await.unwrap();
     let mut conn = raw(&server.url()).await;
-    let () = redis::cmd("SET")
-        .arg("g:{bad}:default")
-        .arg("12x")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    let before = evalsha_calls(&mut conn).await;
-    // The first two take the connection's two free slots and go alone; the bad key and the
-    // two after it wait, and share the next call.
-    let calls: Vec<_> = ["a", "b", "bad", "c", "d"]
+    // Not a time: letters; more digits than a time has (which would overflow the expiry of
+    // the key's next write, and fail the whole script); not a string at all.
+    for (case, garbage) in ["12x", "1234567890123456789012345", "a hash"]
         .into_iter()
-        .map(|key| {
-            let limiter = limiter.clone();
-            tokio::spawn(async move { limiter.try_acquire(&key.to_owned(), 1).await })
-        })
-        .collect();
-    let mut results = Vec::new();
-    for call in calls {
-        results.push(call.await.unwrap().is_ok());
+        .enumerate()
+    {
+        let prefix = format!("g{case}:");
+        let bad = format!("{prefix}{{bad}}:default");
+        let write = if garbage == "a hash" {
+            let mut cmd = redis::cmd("HSET");
+            cmd.arg(&bad).arg("field").arg("value");
+            cmd
+        } else {
+            let mut cmd = redis::cmd("SET");
+            cmd.arg(&bad).arg(garbage);
+            cmd
+        };
+        let _: redis::Value = write.query_async(&mut conn).await.unwrap();
+        let limiter: RedisRateLimiter<String> = RedisRateLimiter::builder()
+            .limit(Limit::new("default", Quota::per_second(nz(10))))
+            .key_prefix(prefix)
+            .fallback(Fallback::FailClosed)
+            .call_timeout(Duration::from_secs(2))
+            .build(server.url())
+            .unwrap();
+        limiter.connect().await.unwrap();
+        let before = evalsha_calls(&mut conn).await;
+        // The first two take the connection's two free slots and go alone; the bad key and the
+        // two after it wait, and share the next call.
+        let calls: Vec<_> = ["a", "b", "bad", "c", "d"]
+            .into_iter()
+            .map(|key| {
+                let limiter = limiter.clone();
+                tokio::spawn(async move { limiter.try_acquire(&key.to_owned(), 1).await })
+            })
+            .collect();
+        let mut results = Vec::new();
+        for call in calls {
+            results.push(call.await.unwrap().is_ok());
+        }
+        // Fail-closed refuses the bad key's call; Redis admits the others of its batch.
+        assert_eq!(results, [true, true, false, true, true], "{garbage}");
+        assert_eq!(evalsha_calls(&mut conn).await - before, 3, "{garbage}");
+        assert_eq!(limiter.state(), State::Redis(Backend::Lua));
+        let c = limiter.counters();
+        assert_eq!(
+            (
+                c.redis_decisions,
+                c.fallback_decisions,
+                c.switches_to_fallback
+            ),
+            (4, 1, 0),
+            "{garbage}"
+        );
+        // And the bad key is left as it was.
+        let kind: String = redis::cmd("TYPE")
+            .arg(&bad)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        if garbage == "a hash" {
+            assert_eq!(kind, "hash");
+        } else {
+            assert_eq!(get(&mut conn, &bad).await.as_deref(), Some(garbage));
+        }
     }
-    // Fail-closed refuses the bad key's call; Redis admits the others of its batch.
-    assert_eq!(results, [true, true, false, true, true]);
-    assert_eq!(evalsha_calls(&mut conn).await - before, 3);
-    assert_eq!(limiter.state(), State::Redis(Backend::Lua));
-    let c = limiter.counters();
-    assert_eq!(
-        (
-            c.redis_decisions,
-            c.fallback_decisions,
-            c.switches_to_fallback
-        ),
-        (4, 1, 0)
-    );
-    assert_eq!(
-        get(&mut conn, "g:{bad}:default").await.as_deref(),
-        Some("12x")
-    );
 }
 
 #[tokio::test]

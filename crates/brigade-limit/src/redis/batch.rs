@@ -1,7 +1,8 @@
 //! Batching: the script calls of concurrent decisions share one `EVALSHA`.
 //!
 //! Most of a script call's cost on the server is fixed (the call itself, its `TIME`, its
-//! reply), not per key. At most [`IN_FLIGHT`] calls are on the wire at once per connection.
+//! reply), not per key. At most [`IN_FLIGHT`] calls are awaited at once per connection (a call
+//! whose caller timed out may still be on the wire, unawaited, and is not counted).
 //! A caller that finds a free slot sends its operation alone, at once, itself: a lone caller
 //! pays nothing for batching. A caller that finds none queues its operation for the
 //! connection's task, which waits for the next free slot, takes every queued operation (up to
@@ -9,7 +10,8 @@
 //! grow with the load, and the slots keep Redis busy while the next batch forms.
 //!
 //! A caller that gave up (its call timed out, its future was dropped) before its batch was
-//! sent is left out of it, and so never charged.
+//! formed is left out of it, and so never charged; so is one that gave up before a batch that
+//! met `NOSCRIPT` is sent again.
 
 use std::fmt::{self, Display};
 use std::sync::Arc;
@@ -126,7 +128,8 @@ async fn drive(
             return;
         };
         // Operations queue while the task waits here. The semaphore is never closed, and is
-        // fair: a released slot goes to the task before any caller's `free_slot`.
+        // fair: once the task waits here, a released slot goes to it before any caller's
+        // `free_slot` (between the wake-up above and this wait, a caller may take it first).
         let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
             return;
         };
@@ -153,25 +156,44 @@ async fn drive(
     }
 }
 
-/// One round trip for the batch (the connection's response timeout bounds it).
+/// One round trip for the batch (the connection's response timeout bounds it); three on
+/// `NOSCRIPT`: the script is loaded, and the batch sent again without the callers that gave up
+/// meanwhile, so that they are not charged.
 async fn send(
     mut conn: MultiplexedConnection,
     script: &Script,
     shape: &Shape,
-    batch: Vec<Pending>,
+    mut batch: Vec<Pending>,
 ) {
-    let clock = batch.iter().filter_map(|p| p.clock).max();
-    let ops = batch.iter().map(|p| (&p.key as &dyn Display, &p.op));
-    let cmd = script::command(
-        script.get_hash(),
-        &shape.limits(),
-        &shape.prefix,
-        ops,
-        clock,
-    );
-    let replies = match script::run(&mut conn, script, &cmd).await {
+    let command = |batch: &[Pending]| {
+        let clock = batch.iter().filter_map(|p| p.clock).max();
+        let ops = batch.iter().map(|p| (&p.key as &dyn Display, &p.op));
+        script::command(
+            script.get_hash(),
+            &shape.limits(),
+            &shape.prefix,
+            ops,
+            clock,
+        )
+    };
+    let mut answer = command(&batch).query_async::<Value>(&mut conn).await;
+    if let Err(e) = &answer
+        && script::is_noscript(e)
+    {
+        answer = match script.load_async(&mut conn).await {
+            Ok(_) => {
+                batch.retain(|pending| !pending.reply.is_closed());
+                if batch.is_empty() {
+                    return;
+                }
+                command(&batch).query_async(&mut conn).await
+            }
+            Err(e) => Err(e),
+        };
+    }
+    let replies = match answer {
         Ok(reply) => script::replies(reply, batch.len()),
-        Err(failure) => Err(failure),
+        Err(e) => Err(Failure::from(e)),
     };
     match replies {
         Ok(replies) => {

@@ -20,8 +20,10 @@
 --             reservation, whose charge left the TAT at `until`, still owes);
 --     op '':  untouched.
 --     Replies 1.
--- An operation one of whose keys holds something other than a decimal string replies -1 and
--- writes nothing; the others in the batch go on.
+-- An operation one of whose keys holds something other than a time (a string of at most 19
+-- decimal digits: a time before the year 2286) or is not a string at all replies -1 and writes
+-- nothing; the others in the batch go on. No key the script reads can make a write fail, so a
+-- batch never stops halfway.
 --
 -- Returns one reply per operation, in order. Every operation of a batch sees the writes of the
 -- ones before it and the same now.
@@ -48,12 +50,14 @@ local function parse(s)
   return tonumber(string.sub(s, 1, len - 6)), tonumber(string.sub(s, len - 5))
 end
 
--- A stored TAT: nil if the key holds something other than digits.
+-- A stored TAT, read with GET under pcall: false for a missing key, an error table for a key
+-- that is not a string. nil if it is not a time: anything but 1 to 19 digits (more would
+-- overflow the reply's 64 bits, and the expiry of a SET).
 local function stored(s)
   if not s then
     return 0, 0
   end
-  if not string.find(s, '^%d+$') then
+  if type(s) ~= 'string' or #s > 19 or not string.find(s, '^%d+$') then
     return nil
   end
   return parse(s)
@@ -115,11 +119,10 @@ local replies = {}
 local a, k = 3, 0 -- the operation's first argument, the keys before its own
 while a <= #ARGV do
   local kind = ARGV[a]
-  local found = redis.call('MGET', unpack(KEYS, k + 1, k + n))
   local tms, tns = {}, {}
   local bad = false
   for i = 1, n do
-    tms[i], tns[i] = stored(found[i])
+    tms[i], tns[i] = stored(redis.pcall('GET', KEYS[k + i]))
     if not tms[i] then
       bad = true
     end

@@ -154,12 +154,17 @@ pub(crate) async fn run(
     cmd: &Cmd,
 ) -> Result<Value, Failure> {
     match cmd.query_async(conn).await {
-        Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
+        Err(e) if is_noscript(&e) => {
             script.load_async(conn).await?;
             Ok(cmd.query_async(conn).await?)
         }
         other => Ok(other?),
     }
+}
+
+/// Whether Redis answered `NOSCRIPT`: it does not have the script (restarted, flushed).
+pub(crate) fn is_noscript(e: &redis::RedisError) -> bool {
+    e.kind() == ErrorKind::Server(ServerErrorKind::NoScript)
 }
 
 /// The replies of a batch of `count` operations, in order.
