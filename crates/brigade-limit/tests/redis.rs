@@ -672,21 +672,13 @@ async fn a_settle_on_a_key_holding_a_far_time_fails_alone_not_its_batch() {
     let before = evalsha_calls(&mut conn).await;
     // Two acquires take the free slots; the settle (3 cells for 1: an extra charge) and the
     // two acquires after it share the next call.
-    let first: Vec<_> = ["a", "b"]
-        .into_iter()
-        .map(|key| {
-            let limiter = limiter.clone();
-            tokio::spawn(async move { limiter.try_acquire(&key.to_owned(), 1).await.is_ok() })
-        })
-        .collect();
+    let acquire = |key: &str| {
+        let (limiter, key) = (limiter.clone(), key.to_owned());
+        tokio::spawn(async move { limiter.try_acquire(&key, 1).await.is_ok() })
+    };
+    let first = [acquire("a"), acquire("b")];
     let settle = tokio::spawn(reservation.settle(3));
-    let after: Vec<_> = ["c", "d"]
-        .into_iter()
-        .map(|key| {
-            let limiter = limiter.clone();
-            tokio::spawn(async move { limiter.try_acquire(&key.to_owned(), 1).await.is_ok() })
-        })
-        .collect();
+    let after = [acquire("c"), acquire("d")];
     for call in first.into_iter().chain(after) {
         assert!(call.await.unwrap(), "an acquire of the batch was refused");
     }
