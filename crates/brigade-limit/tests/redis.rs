@@ -745,8 +745,9 @@ async fn concurrent_decisions_on_one_key_share_calls_and_admit_exactly_the_burst
 async fn a_key_holding_garbage_fails_its_own_decision_not_its_batch() {
     let server = RedisServer::start();
     let mut conn = raw(&server.url()).await;
-    // Not a time: letters; more digits than a time has (which would overflow the expiry of
-    // the key's next write, and fail the whole script); not a string at all.
+    // Not a time: letters; more digits than a time has (for a settle, whose write it would
+    // break, see `a_settle_on_a_key_holding_a_far_time_fails_alone_not_its_batch`); not a
+    // string at all (read as idle and overwritten before the script read keys with `GET`).
     for (case, garbage) in ["12x", "1234567890123456789012345", "a hash"]
         .into_iter()
         .enumerate()
