@@ -8,9 +8,15 @@
 //! - `brigade_no_budget`: the same as `brigade` with the budget turned off, to show what the
 //!   budget's deposit costs (a thread-local increment; one call in 32 adds the batch to the
 //!   shared window with one CAS and reads the clock); neither peer has a budget.
+//! - `floor`: no retry at all: the same closure awaited once in a plain `async fn`, with the
+//!   closure's own result type. What any retry built on async closures starts from here.
+//! - `floor_counted`: `floor` plus one increment of a thread-local counter, the least a
+//!   budget's deposit can cost (it counts calls, but not per budget or per window, and never
+//!   reaches a shared window).
 //!
 //! Run: `cargo bench -p brigade-retry --bench retry -- --warm-up-time 1 --measurement-time 3`
 
+use std::cell::Cell;
 use std::convert::Infallible;
 use std::future::{Ready, ready};
 use std::hint::black_box;
@@ -34,6 +40,27 @@ impl<Req: Clone, Res, E> tower::retry::Policy<Req, Res, E> for NeverRetry {
     fn clone_request(&mut self, req: &Req) -> Option<Req> {
         Some(req.clone())
     }
+}
+
+/// Stands in for the attempt handle the closure receives.
+struct Handle {
+    _number: u32,
+}
+
+/// The closure awaited once, without any retry state.
+async fn floor<T, E>(mut op: impl AsyncFnMut(&Handle) -> Result<T, E>) -> Result<T, E> {
+    let handle = Handle { _number: 1 };
+    op(&handle).await
+}
+
+thread_local! {
+    static CALLS: Cell<u64> = const { Cell::new(0) };
+}
+
+/// [`floor`] with a call counted in a thread-local.
+async fn floor_counted<T, E>(op: impl AsyncFnMut(&Handle) -> Result<T, E>) -> Result<T, E> {
+    CALLS.set(CALLS.get().wrapping_add(1));
+    floor(op).await
 }
 
 fn retry_success(c: &mut Criterion) {
@@ -88,6 +115,21 @@ fn retry_success(c: &mut Criterion) {
             }
         });
     });
+
+    group.bench_function("floor", |b| {
+        b.to_async(&runtime).iter(|| async {
+            let value = floor(async |_| Ok::<_, Infallible>(black_box(1_u32))).await;
+            black_box(value.unwrap_or_default())
+        });
+    });
+
+    group.bench_function("floor_counted", |b| {
+        b.to_async(&runtime).iter(|| async {
+            let value = floor_counted(async |_| Ok::<_, Infallible>(black_box(1_u32))).await;
+            black_box(value.unwrap_or_default())
+        });
+    });
+    black_box(CALLS.get());
 
     group.finish();
 }

@@ -1,5 +1,5 @@
-//! A call that succeeds on its first attempt allocates nothing: counted by a global allocator
-//! in this dedicated test binary.
+//! A call that succeeds on its first attempt allocates nothing, and a call that retries
+//! allocates once per retry: counted by a global allocator in this dedicated test binary.
 //!
 //! It runs without libtest's harness (`harness = false`), on the main thread: the harness
 //! allocates on its own thread while a test runs, which the global count would include.
@@ -8,7 +8,7 @@ use std::alloc::System;
 use std::convert::Infallible;
 use std::time::Duration;
 
-use brigade_retry::{Retry, RetryBudget};
+use brigade_retry::{Attempt, Backoff, Retry, RetryBudget};
 use stats_alloc::{INSTRUMENTED_SYSTEM, Region, StatsAlloc};
 use tokio_util::sync::CancellationToken;
 
@@ -18,6 +18,8 @@ static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
 fn main() {
     the_success_path_does_not_allocate();
     println!("test the_success_path_does_not_allocate ... ok");
+    each_retry_allocates_once();
+    println!("test each_retry_allocates_once ... ok");
 }
 
 fn the_success_path_does_not_allocate() {
@@ -50,6 +52,62 @@ fn the_success_path_does_not_allocate() {
         }
         let change = region.change();
         assert_eq!(change.allocations, 0, "{change:?}");
+        assert_eq!(change.reallocations, 0, "{change:?}");
+    });
+}
+
+/// Each retry boxes its wait (which keeps every call's future small): one allocation per
+/// retry, with or without a token and a deadline, and nothing else.
+fn each_retry_allocates_once() {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .start_paused(true)
+        .build()
+        .unwrap();
+    let unlimited = Retry::builder()
+        .schedule(Backoff::constant(Duration::from_millis(1)))
+        .max_attempts(4)
+        .budget(None)
+        .build()
+        .unwrap();
+    let limited = Retry::builder()
+        .schedule(Backoff::constant(Duration::from_millis(1)))
+        .max_attempts(4)
+        .deadline(Duration::from_secs(5))
+        .budget(None)
+        .build()
+        .unwrap();
+    let token = CancellationToken::new();
+    // Fails three times, then succeeds on the fourth attempt.
+    let flaky = async |attempt: &Attempt| {
+        if attempt.number() < 4 {
+            Err("busy")
+        } else {
+            Ok(attempt.number())
+        }
+    };
+
+    runtime.block_on(async {
+        // Warm up the timer wheel and anything else initialised on first use.
+        let _ = unlimited.run(flaky).await;
+        let _ = limited.call().cancel_on(token.clone()).run(flaky).await;
+
+        const CALLS: usize = 1_000;
+        const RETRIES: usize = 3;
+        let region = Region::new(GLOBAL);
+        for _ in 0..CALLS {
+            assert_eq!(unlimited.run(flaky).await.ok(), Some(4));
+        }
+        let change = region.change();
+        assert_eq!(change.allocations, CALLS * RETRIES, "{change:?}");
+
+        let region = Region::new(GLOBAL);
+        for _ in 0..CALLS {
+            let call = limited.call().cancel_on(token.clone()).run(flaky);
+            assert_eq!(call.await.ok(), Some(4));
+        }
+        let change = region.change();
+        assert_eq!(change.allocations, CALLS * RETRIES, "{change:?}");
         assert_eq!(change.reallocations, 0, "{change:?}");
     });
 }
