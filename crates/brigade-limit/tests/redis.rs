@@ -481,6 +481,67 @@ async fn a_redis_slower_than_the_call_timeout_hands_over_to_the_fallback() {
     }
 }
 
+/// Keeps Redis busy for `each` at a time, `times` times in a row, from a connection of its
+/// own: a script that spins on the server's clock (a script runs alone on the server).
+async fn hold_redis(url: String, each: Duration, times: u32) {
+    let mut conn = raw(&url).await;
+    let spin = redis::Script::new(
+        "local s = redis.call('TIME') local n repeat n = redis.call('TIME') \
+         until (n[1] - s[1]) * 1000000 + (n[2] - s[2]) >= tonumber(ARGV[1])",
+    );
+    for _ in 0..times {
+        let () = spin
+            .arg(each.as_micros() as u64)
+            .invoke_async(&mut conn)
+            .await
+            .unwrap();
+    }
+}
+
+#[tokio::test]
+async fn a_queue_deeper_than_the_call_timeout_falls_back_per_call_without_switching() {
+    // Redis is held for 0.2 s at a time, so it answers every batch within about 0.2 s of its
+    // sending, well within the 0.6 s call timeout; but 600 decisions at once queue behind
+    // two batches of 16 on the wire, so all but the first rounds run out of time waiting.
+    // Those are answered by the fallback, and the limiter stays on Redis: the queue is slow,
+    // not Redis.
+    let server = RedisServer::start();
+    let call_timeout = Duration::from_millis(600);
+    let limiter: RedisRateLimiter<u32> = RedisRateLimiter::builder()
+        .limit(Limit::new("default", Quota::per_second(nz(1_000_000))))
+        .call_timeout(call_timeout)
+        .fallback(Fallback::FailOpen)
+        .build(server.url())
+        .unwrap();
+    limiter.connect().await.unwrap();
+    let limiter = Arc::new(limiter);
+    let holder = tokio::spawn(hold_redis(server.url(), Duration::from_millis(200), 8));
+    // Let the first hold reach the server before the decisions do.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let calls: Vec<_> = (0..600_u32)
+        .map(|i| {
+            let limiter = Arc::clone(&limiter);
+            tokio::spawn(async move {
+                let start = Instant::now();
+                limiter.try_acquire(&i, 1).await.unwrap();
+                start.elapsed()
+            })
+        })
+        .collect();
+    for call in calls {
+        let took = call.await.unwrap();
+        assert!(took < call_timeout + Duration::from_millis(300), "{took:?}");
+    }
+    holder.await.unwrap();
+    let c = limiter.counters();
+    assert_eq!(c.switches_to_fallback, 0, "{c:?}");
+    assert_eq!((c.redis_errors, c.redis_timeouts), (0, 0), "{c:?}");
+    assert!(c.batch_wait_timeouts > 0, "{c:?}");
+    assert_eq!(c.redis_decisions + c.fallback_decisions, 600, "{c:?}");
+    assert_eq!(c.fallback_decisions, c.batch_wait_timeouts, "{c:?}");
+    assert_eq!(limiter.state(), State::Redis(Backend::Lua));
+}
+
 #[tokio::test]
 async fn a_server_that_never_answers_never_hangs_a_call() {
     // Accepts connections and never writes a byte.

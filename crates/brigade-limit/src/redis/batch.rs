@@ -12,6 +12,12 @@
 //! A caller that gave up (its call timed out, its future was dropped) before its batch was
 //! formed is left out of it, and so never charged; so is one that gave up before a batch that
 //! met `NOSCRIPT` is sent again.
+//!
+//! The task, not the callers, judges Redis by a batch: a batch that fails or times out (the
+//! connection's response timeout, the call timeout, counts from when the batch is sent) takes
+//! the connection down, as a call of its own would. A caller that runs out of time waiting for
+//! its batch, queued or on the wire, is answered by the fallback but switches nothing: with a
+//! deep queue, its wait is mostly the queue's, and says nothing of Redis.
 
 use std::fmt::{self, Display};
 use std::sync::Arc;
@@ -21,6 +27,7 @@ use redis::{Script, Value};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 
 use super::error::Failure;
+use super::link::Health;
 use super::script::{self, Limits, Operation};
 use crate::MAX_LIMITS;
 use crate::gcra::Gcra;
@@ -69,23 +76,24 @@ impl fmt::Debug for Batcher {
 }
 
 impl Batcher {
-    /// Starts the task for `conn`, on the current tokio runtime.
+    /// Starts the task for `conn`, on the current tokio runtime; `health` is how it reports a
+    /// batch that failed.
     pub(crate) fn spawn(
         conn: MultiplexedConnection,
         script: Script,
         shape: Shape,
         max_batch: usize,
+        health: Health,
     ) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
         let slots = Arc::new(Semaphore::new(IN_FLIGHT));
-        tokio::spawn(drive(
-            rx,
-            Arc::clone(&slots),
+        let task = Task {
             conn,
-            Arc::new(script),
-            Arc::new(shape),
-            max_batch,
-        ));
+            script,
+            shape,
+            health,
+        };
+        tokio::spawn(drive(rx, Arc::clone(&slots), Arc::new(task), max_batch));
         Self { tx, slots }
     }
 
@@ -95,7 +103,8 @@ impl Batcher {
         Arc::clone(&self.slots).try_acquire_owned().ok()
     }
 
-    /// Sends `op` on `key` with the next batch; its reply, or the failure of its batch.
+    /// Sends `op` on `key` with the next batch; its reply, or the failure of its batch (which
+    /// the task has already judged Redis by).
     pub(crate) async fn call(
         &self,
         key: String,
@@ -115,12 +124,18 @@ impl Batcher {
     }
 }
 
+/// What every batch of a connection is sent with.
+struct Task {
+    conn: MultiplexedConnection,
+    script: Script,
+    shape: Shape,
+    health: Health,
+}
+
 async fn drive(
     mut rx: mpsc::UnboundedReceiver<Pending>,
     slots: Arc<Semaphore>,
-    conn: MultiplexedConnection,
-    script: Arc<Script>,
-    shape: Arc<Shape>,
+    task: Arc<Task>,
     max_batch: usize,
 ) {
     loop {
@@ -148,9 +163,9 @@ async fn drive(
         if batch.is_empty() {
             continue;
         }
-        let (conn, script, shape) = (conn.clone(), Arc::clone(&script), Arc::clone(&shape));
+        let task = Arc::clone(&task);
         tokio::spawn(async move {
-            send(conn, &script, &shape, batch).await;
+            send(&task, batch).await;
             drop(slot);
         });
     }
@@ -158,13 +173,16 @@ async fn drive(
 
 /// One round trip for the batch (the connection's response timeout bounds it); three on
 /// `NOSCRIPT`: the script is loaded, and the batch sent again without the callers that gave up
-/// meanwhile, so that they are not charged.
-async fn send(
-    mut conn: MultiplexedConnection,
-    script: &Script,
-    shape: &Shape,
-    mut batch: Vec<Pending>,
-) {
+/// meanwhile, so that they are not charged. A failure of the whole batch is reported, then
+/// handed to each caller.
+async fn send(task: &Task, mut batch: Vec<Pending>) {
+    let Task {
+        conn,
+        script,
+        shape,
+        health,
+    } = task;
+    let mut conn = conn.clone();
     let command = |batch: &[Pending]| {
         let clock = batch.iter().filter_map(|p| p.clock).max();
         let ops = batch.iter().map(|p| (&p.key as &dyn Display, &p.op));
@@ -202,9 +220,98 @@ async fn send(
             }
         }
         Err(failure) => {
+            health.report(&failure);
             for pending in batch {
                 let _ = pending.reply.send(Err(failure.clone()));
             }
         }
+    }
+}
+
+// The tests' redis-server helper (a path inside an inline module would be resolved from a
+// directory that does not exist).
+#[cfg(test)]
+#[path = "../../tests/support/redis_server.rs"]
+mod redis_server;
+
+#[cfg(test)]
+mod tests {
+    use std::num::NonZeroU32;
+    use std::time::Duration;
+
+    use redis::{AsyncConnectionConfig, Client};
+
+    use super::redis_server::RedisServer;
+    use super::*;
+    use crate::Quota;
+    use crate::redis::State;
+    use crate::redis::link::Link;
+
+    /// A batch that Redis does not answer within the call timeout takes the connection down,
+    /// though every one of its callers has given up already: the task judges Redis by it.
+    #[tokio::test]
+    async fn a_batch_that_times_out_switches_to_the_fallback_with_no_caller_left() {
+        let server = RedisServer::start();
+        let call_timeout = Duration::from_millis(200);
+        let link = Arc::new(Link::new(
+            Client::open(server.url()).unwrap(),
+            call_timeout,
+            Duration::from_secs(2),
+            Duration::from_secs(60),
+            None,
+        ));
+        let script = Script::new(script::SOURCE);
+        let live = link.open(false, &script).await.unwrap();
+        link.set_up(live.clone());
+        let g = Gcra::new(Quota::per_second(NonZeroU32::new(10).unwrap())).unwrap();
+        let task = Task {
+            conn: live.conn.clone(),
+            script,
+            shape: Shape {
+                len: 1,
+                names: ["requests", "", "", ""],
+                gcra: [g; MAX_LIMITS],
+                prefix: "rl:".into(),
+            },
+            health: link.health(&live),
+        };
+
+        // Redis is busy for a second: a script that spins on the server's clock.
+        let patient =
+            AsyncConnectionConfig::new().set_response_timeout(Some(Duration::from_secs(5)));
+        let mut other = Client::open(server.url())
+            .unwrap()
+            .get_multiplexed_async_connection_with_config(&patient)
+            .await
+            .unwrap();
+        let hold = tokio::spawn(async move {
+            let spin = Script::new(
+                "local s = redis.call('TIME') local n repeat n = redis.call('TIME') \
+                 until (n[1] - s[1]) * 1000000 + (n[2] - s[2]) >= 1000000",
+            );
+            let () = spin.invoke_async(&mut other).await.unwrap();
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+
+        let (reply, answer) = oneshot::channel();
+        let pending = Pending {
+            key: "alice".into(),
+            op: Operation::Acquire([1, 0, 0, 0]),
+            clock: None,
+            reply,
+        };
+        // The caller stops waiting at once; the batch is sent all the same.
+        let sent = tokio::spawn(async move { send(&task, vec![pending]).await });
+        drop(answer);
+        sent.await.unwrap();
+
+        let c = link.counters();
+        assert_eq!(link.state(), State::Fallback);
+        assert_eq!(
+            (c.switches_to_fallback, c.redis_errors, c.redis_timeouts),
+            (1, 1, 1),
+            "{c:?}"
+        );
+        hold.await.unwrap();
     }
 }

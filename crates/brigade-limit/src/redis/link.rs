@@ -28,7 +28,7 @@
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::{Arc, PoisonError, RwLock, Weak};
 use std::time::Duration;
 
 use redis::aio::MultiplexedConnection;
@@ -107,6 +107,7 @@ pub(crate) struct AtomicCounters {
     to_redis: AtomicU64,
     errors: AtomicU64,
     timeouts: AtomicU64,
+    wait_timeouts: AtomicU64,
 }
 
 pub(crate) struct Link {
@@ -249,13 +250,13 @@ impl Link {
         }
     }
 
-    /// A call over the connection `live` failed: down, unless another call already took
-    /// that connection out.
-    pub(crate) fn set_down(&self, live: &Live, failure: &Failure) {
+    /// A call over the connection of `generation` failed: down, unless another call already
+    /// took that connection out.
+    fn set_down(&self, generation: u64, failure: &Failure) {
         self.count_failure(failure);
         {
             let mut slot = self.slot.write().unwrap_or_else(PoisonError::into_inner);
-            if slot.as_ref().map(|l| l.generation) != Some(live.generation) {
+            if slot.as_ref().map(|l| l.generation) != Some(generation) {
                 return;
             }
             *slot = None;
@@ -278,6 +279,36 @@ impl Link {
             .elapsed()
             .saturating_add(u64::try_from(self.probe_interval.as_nanos()).unwrap_or(u64::MAX));
         self.next_probe.store(at, Ordering::Release);
+    }
+
+    /// Judges Redis by a failed call over `live`: an error about the request only counts; any
+    /// other failure takes the connection down.
+    pub(crate) fn judge(&self, live: &Live, failure: &Failure) {
+        self.judge_at(live.generation, failure);
+    }
+
+    /// [`judge`](Self::judge), for the connection of `generation`.
+    fn judge_at(&self, generation: u64, failure: &Failure) {
+        if failure.is_about_the_request() {
+            self.count_failure(failure);
+        } else {
+            self.set_down(generation, failure);
+        }
+    }
+
+    /// What a connection's batching task judges Redis with: it holds the link weakly, as the
+    /// link holds the task's sender.
+    pub(crate) fn health(self: &Arc<Self>, live: &Live) -> Health {
+        Health {
+            link: Arc::downgrade(self),
+            generation: live.generation,
+        }
+    }
+
+    /// A call gave up waiting for its batch: the fallback answers it, and the batch's own
+    /// outcome judges Redis.
+    pub(crate) fn count_wait_timeout(&self) {
+        self.counters.wait_timeouts.fetch_add(1, Ordering::Relaxed);
     }
 
     pub(crate) fn count_failure(&self, failure: &Failure) {
@@ -314,6 +345,23 @@ impl Link {
             switches_to_redis: get(&c.to_redis),
             redis_errors: get(&c.errors),
             redis_timeouts: get(&c.timeouts),
+            batch_wait_timeouts: get(&c.wait_timeouts),
+        }
+    }
+}
+
+/// How a batching task reports a batch that failed or timed out, as a call of its own would.
+pub(crate) struct Health {
+    link: Weak<Link>,
+    generation: u64,
+}
+
+impl Health {
+    /// Judges Redis by a batch that failed (see [`Link::judge`]); nothing once the limiter
+    /// is gone.
+    pub(crate) fn report(&self, failure: &Failure) {
+        if let Some(link) = self.link.upgrade() {
+            link.judge_at(self.generation, failure);
         }
     }
 }

@@ -56,6 +56,12 @@
 //! unless they share a slot: this limiter talks to one server (or a primary), not to a
 //! cluster; behind a proxy that routes scripts by slot, build with `max_batch(1)`.
 //!
+//! A batch is judged as one call: bounded by the call timeout from when it is sent, and
+//! switching the limiter to its fallback if it fails or times out. A decision that runs out of
+//! its own call timeout while it waits for a batch (queued behind the two on the wire, or in
+//! one of them) is answered by the fallback, but switches nothing: under a deep queue its wait
+//! is the queue's, not Redis's. [`Counters::batch_wait_timeouts`] counts those.
+//!
 //! # Time is the server's
 //!
 //! The script reads Redis's clock (`TIME`; Redis 5 and later replicate a script's effects, so
@@ -107,10 +113,10 @@
 //! # When Redis is down
 //!
 //! Every call to Redis is bounded by the call timeout, and opening a connection by the
-//! connect timeout. The first call that fails or times out switches the limiter to its
-//! [`Fallback`] and is answered by it (an error about the request alone, such as a key
-//! overwritten with something the script cannot read, is answered by the fallback without
-//! switching):
+//! connect timeout. The first call (or [batch](#batches)) that fails or times out switches
+//! the limiter to its [`Fallback`] and is answered by it (an error about the request alone,
+//! such as a key overwritten with something the script cannot read, is answered by the
+//! fallback without switching):
 //!
 //! - [`Fallback::FailOpen`]: admit every call (reported as a fresh key's first call);
 //! - [`Fallback::FailClosed`]: refuse every call with [`AcquireError::Unavailable`], whose
@@ -243,6 +249,10 @@ pub struct Counters {
     pub redis_errors: u64,
     /// Of those, the ones that timed out.
     pub redis_timeouts: u64,
+    /// Calls that ran out of time waiting for their batch, queued or sent: the fallback
+    /// answered them, and they switch nothing (each batch is judged by its own timeout, from
+    /// when it was sent). Not in `redis_errors`. See [Batches](crate::redis#batches).
+    pub batch_wait_timeouts: u64,
 }
 
 /// A clock that replaces Redis's in the script: for deterministic tests only.
@@ -498,13 +508,13 @@ impl RedisRateLimiterBuilder {
         }
         Ok(RedisRateLimiter {
             inner: Arc::new(Shared {
-                link: Link::new(
+                link: Arc::new(Link::new(
                     client,
                     self.call_timeout,
                     self.connect_timeout,
                     self.probe_interval,
                     self.listener,
-                ),
+                )),
                 len,
                 names,
                 per_request,
@@ -558,7 +568,8 @@ impl<K> fmt::Debug for RedisRateLimiter<K> {
 }
 
 struct Shared<K> {
-    link: Link,
+    /// Shared with the batching tasks, which hold it weakly.
+    link: Arc<Link>,
     len: usize,
     names: [&'static str; MAX_LIMITS],
     per_request: [bool; MAX_LIMITS],
@@ -595,6 +606,19 @@ pub(crate) enum Decided<K> {
     Local(Admitted),
     LocalReserved(Reservation<K>),
     Open(Admitted),
+}
+
+/// How a call to Redis went out, which says who judges Redis by its failure.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Waited {
+    /// Sent by the caller: the caller judges.
+    Alone,
+    /// Queued for a batch: the batch's task judges Redis by the batch; a timeout of the
+    /// caller's only counts, an error in the caller's own reply is about the request, and a
+    /// task that is gone takes the connection down.
+    Batch,
+    /// Its batch failed, and the task has judged Redis by it already.
+    BatchFailed,
 }
 
 impl RedisRateLimiter<()> {
@@ -810,15 +834,23 @@ impl<K: Hash + Eq + Clone + Display> RedisRateLimiter<K> {
         let link = &inner.link;
         match link.route() {
             Route::Redis(mut live) => {
-                let failure = match timeout(link.call_timeout, self.run(&mut live, &op)).await {
+                let mut waited = Waited::Alone;
+                let call = self.run(&mut live, &op, &mut waited);
+                let failure = match timeout(link.call_timeout, call).await {
                     Ok(Ok(decision)) => return Ok((decision, live.backend)),
                     Ok(Err(failure)) => failure,
                     Err(_) => Failure::Timeout,
                 };
-                if failure.is_about_the_request() {
-                    link.count_failure(&failure);
-                } else {
-                    link.set_down(&live, &failure);
+                match waited {
+                    Waited::Alone => link.judge(&live, &failure),
+                    // The batch's task judges Redis by the batch (see `batch`).
+                    Waited::Batch if matches!(failure, Failure::Timeout) => {
+                        link.count_wait_timeout();
+                    }
+                    // An error in this call's own reply (about the request), or the task is
+                    // gone (the connection is of no more use).
+                    Waited::Batch => link.judge(&live, &failure),
+                    Waited::BatchFailed => {}
                 }
                 Err(failure)
             }
@@ -830,7 +862,11 @@ impl<K: Hash + Eq + Clone + Display> RedisRateLimiter<K> {
                         return Err(failure);
                     }
                 };
-                let failure = match timeout(link.call_timeout, self.run(&mut live, &op)).await {
+                // A new connection: its batching task has every slot free, so the probe's call
+                // goes alone, and the probe judges Redis by it.
+                let mut waited = Waited::Alone;
+                let call = self.run(&mut live, &op, &mut waited);
+                let failure = match timeout(link.call_timeout, call).await {
                     Ok(Ok(decision)) => {
                         let backend = live.backend;
                         probe.succeeded(live);
@@ -862,18 +898,33 @@ impl<K: Hash + Eq + Clone + Display> RedisRateLimiter<K> {
                 inner.script.clone(),
                 shape,
                 inner.max_batch,
+                inner.link.health(&live),
             ));
         }
         Ok(live)
     }
 
     /// One script operation: alone if a slot is free (or batching is off), else with the
-    /// connection's next batch.
-    async fn script_call(&self, live: &mut Live, key: &K, op: Operation) -> Result<Value, Failure> {
+    /// connection's next batch; `waited` says which.
+    async fn script_call(
+        &self,
+        live: &mut Live,
+        key: &K,
+        op: Operation,
+        waited: &mut Waited,
+    ) -> Result<Value, Failure> {
         let _slot = match &live.batcher {
             Some(batcher) => match batcher.free_slot() {
                 Some(slot) => Some(slot),
-                None => return batcher.call(key.to_string(), op, self.clock()).await,
+                None => {
+                    *waited = Waited::Batch;
+                    let reply = batcher.call(key.to_string(), op, self.clock()).await;
+                    // `Down`: the task is gone (its runtime ended) without judging anything.
+                    if reply.as_ref().is_err_and(|f| !matches!(f, Failure::Down)) {
+                        *waited = Waited::BatchFailed;
+                    }
+                    return reply;
+                }
             },
             None => None,
         };
@@ -901,18 +952,19 @@ impl<K: Hash + Eq + Clone + Display> RedisRateLimiter<K> {
         &self,
         live: &mut Live,
         op: &Op<'_, K>,
+        waited: &mut Waited,
     ) -> Result<Result<Admitted, Rejected>, Failure> {
         let inner = &*self.inner;
         match (live.backend, op) {
             (Backend::Lua, Op::Acquire(key, cells)) => {
                 let op = Operation::Acquire(*cells);
-                let reply = self.script_call(live, *key, op).await?;
+                let reply = self.script_call(live, *key, op, waited).await?;
                 let decided = script::decided(&reply, inner.len)?;
                 Ok(self.outcome(&decided, cells))
             }
             (Backend::Lua, Op::Settle(key, adjust)) => {
                 let op = Operation::Settle(*adjust);
-                script::settled(&self.script_call(live, *key, op).await?)?;
+                script::settled(&self.script_call(live, *key, op, waited).await?)?;
                 Ok(Ok(Admitted {
                     snapshot: Snapshot::new(0),
                     shadow: None,
