@@ -247,12 +247,9 @@ mod tests {
     use crate::redis::State;
     use crate::redis::link::Link;
 
-    /// A batch that Redis does not answer within the call timeout takes the connection down,
-    /// though every one of its callers has given up already: the task judges Redis by it.
-    #[tokio::test]
-    async fn a_batch_that_times_out_switches_to_the_fallback_with_no_caller_left() {
-        let server = RedisServer::start();
-        let call_timeout = Duration::from_millis(200);
+    /// A link that is up on `server`, and a batching task's state for its connection: one
+    /// limit of 10 a second, keys under `rl:`.
+    async fn connected(server: &RedisServer, call_timeout: Duration) -> (Arc<Link>, Task) {
         let link = Arc::new(Link::new(
             Client::open(server.url()).unwrap(),
             call_timeout,
@@ -275,6 +272,62 @@ mod tests {
             },
             health: link.health(&live),
         };
+        (link, task)
+    }
+
+    /// A queued acquire of one cell on `key`, and where its reply arrives.
+    fn acquire(key: &str) -> (Pending, oneshot::Receiver<Result<Value, Failure>>) {
+        let (reply, answer) = oneshot::channel();
+        let pending = Pending {
+            key: key.into(),
+            op: Operation::Acquire([1, 0, 0, 0]),
+            clock: None,
+            reply,
+        };
+        (pending, answer)
+    }
+
+    /// A batch that meets `NOSCRIPT` (the server lost the script) loads it and is sent again
+    /// without the callers that gave up meanwhile: they are never charged.
+    #[tokio::test]
+    async fn a_batch_sent_again_after_noscript_leaves_out_the_callers_that_gave_up() {
+        let server = RedisServer::start();
+        let (link, task) = connected(&server, Duration::from_secs(2)).await;
+        let mut conn = Client::open(server.url())
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap();
+        let () = redis::cmd("SCRIPT")
+            .arg("FLUSH")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+
+        let (stays, answer) = acquire("alice");
+        let (leaves, gone) = acquire("bob");
+        drop(gone);
+        send(&task, vec![stays, leaves]).await;
+
+        let reply = answer.await.unwrap().unwrap();
+        assert!(script::decided(&reply, 1).unwrap().admitted);
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg("rl:*")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(keys.len(), 1, "{keys:?}");
+        assert!(keys[0].contains("alice"), "{keys:?}");
+        let c = link.counters();
+        assert_eq!((c.redis_errors, c.switches_to_fallback), (0, 0), "{c:?}");
+    }
+
+    /// A batch that Redis does not answer within the call timeout takes the connection down,
+    /// though every one of its callers has given up already: the task judges Redis by it.
+    #[tokio::test]
+    async fn a_batch_that_times_out_switches_to_the_fallback_with_no_caller_left() {
+        let server = RedisServer::start();
+        let (link, task) = connected(&server, Duration::from_millis(200)).await;
 
         // Redis is busy for a second: a script that spins on the server's clock.
         let patient =
@@ -293,13 +346,7 @@ mod tests {
         });
         tokio::time::sleep(Duration::from_millis(50)).await;
 
-        let (reply, answer) = oneshot::channel();
-        let pending = Pending {
-            key: "alice".into(),
-            op: Operation::Acquire([1, 0, 0, 0]),
-            clock: None,
-            reply,
-        };
+        let (pending, answer) = acquire("alice");
         // The caller stops waiting at once; the batch is sent all the same.
         let sent = tokio::spawn(async move { send(&task, vec![pending]).await });
         drop(answer);
