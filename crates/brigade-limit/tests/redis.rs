@@ -28,6 +28,7 @@ use redis_server::RedisServer;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpListener;
 use tokio::runtime::Runtime;
+use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 fn nz(n: u32) -> NonZeroU32 {
@@ -481,26 +482,29 @@ async fn a_redis_slower_than_the_call_timeout_hands_over_to_the_fallback() {
     }
 }
 
-/// Keeps Redis busy for `each` at a time, `times` times in a row, from a connection of its
-/// own: a script that spins on the server's clock (a script runs alone on the server).
-async fn hold_redis(url: String, each: Duration, times: u32) {
+/// Pauses every client of Redis for `each`, `times` times in a row, from a connection of its
+/// own; `started` hears once the first pause is in effect (its reply says so).
+async fn hold_redis(url: String, each: Duration, times: u32, started: oneshot::Sender<()>) {
     let mut conn = raw(&url).await;
-    let spin = redis::Script::new(
-        "local s = redis.call('TIME') local n repeat n = redis.call('TIME') \
-         until (n[1] - s[1]) * 1000000 + (n[2] - s[2]) >= tonumber(ARGV[1])",
-    );
+    let mut started = Some(started);
     for _ in 0..times {
-        let () = spin
-            .arg(each.as_micros() as u64)
-            .invoke_async(&mut conn)
+        let () = redis::cmd("CLIENT")
+            .arg("PAUSE")
+            .arg(each.as_millis() as u64)
+            .arg("ALL")
+            .query_async(&mut conn)
             .await
             .unwrap();
+        if let Some(started) = started.take() {
+            let _ = started.send(());
+        }
+        tokio::time::sleep(each).await;
     }
 }
 
 #[tokio::test]
 async fn a_queue_deeper_than_the_call_timeout_falls_back_per_call_without_switching() {
-    // Redis is held for 0.2 s at a time, so it answers every batch within about 0.2 s of its
+    // Redis is paused for 0.2 s at a time, so it answers every batch within about 0.2 s of its
     // sending, well within the 0.6 s call timeout; but 600 decisions at once queue behind
     // two batches of 16 on the wire, so all but the first rounds run out of time waiting.
     // Those are answered by the fallback, and the limiter stays on Redis: the queue is slow,
@@ -515,9 +519,14 @@ async fn a_queue_deeper_than_the_call_timeout_falls_back_per_call_without_switch
         .unwrap();
     limiter.connect().await.unwrap();
     let limiter = Arc::new(limiter);
-    let holder = tokio::spawn(hold_redis(server.url(), Duration::from_millis(200), 8));
-    // Let the first hold reach the server before the decisions do.
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    let (started, paused) = oneshot::channel();
+    let holder = tokio::spawn(hold_redis(
+        server.url(),
+        Duration::from_millis(200),
+        8,
+        started,
+    ));
+    paused.await.unwrap();
     let calls: Vec<_> = (0..600_u32)
         .map(|i| {
             let limiter = Arc::clone(&limiter);
@@ -540,6 +549,62 @@ async fn a_queue_deeper_than_the_call_timeout_falls_back_per_call_without_switch
     assert_eq!(c.redis_decisions + c.fallback_decisions, 600, "{c:?}");
     assert_eq!(c.fallback_decisions, c.batch_wait_timeouts, "{c:?}");
     assert_eq!(limiter.state(), State::Redis(Backend::Lua));
+}
+
+#[tokio::test]
+async fn a_failed_batch_counts_once_however_many_callers_it_had() {
+    // Redis is paused while 40 decisions arrive: two go alone (the connection's two slots),
+    // 38 queue for batches. Then the server dies: the two lone calls fail, each judged by
+    // its caller; the queued ones go out in batches that fail, each judged once by the
+    // batching task, and their callers are answered by the fallback without judging again.
+    let mut server = RedisServer::start();
+    let limiter: RedisRateLimiter<u32> = RedisRateLimiter::builder()
+        .limit(Limit::new("default", Quota::per_second(nz(1_000_000))))
+        .call_timeout(Duration::from_secs(5))
+        .probe_interval(Duration::from_secs(60))
+        .fallback(Fallback::FailOpen)
+        .build(server.url())
+        .unwrap();
+    limiter.connect().await.unwrap();
+    let limiter = Arc::new(limiter);
+    let mut conn = raw(&server.url()).await;
+    let () = redis::cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(10_000)
+        .arg("ALL")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let calls: Vec<_> = (0..40_u32)
+        .map(|i| {
+            let limiter = Arc::clone(&limiter);
+            tokio::spawn(async move { limiter.try_acquire(&i, 1).await.is_ok() })
+        })
+        .collect();
+    // On this current-thread runtime, each call runs up to its wait for Redis before the
+    // test runs again.
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+    let start = Instant::now();
+    server.stop();
+    for call in calls {
+        assert!(call.await.unwrap()); // fail-open
+    }
+    assert!(
+        start.elapsed() < Duration::from_secs(4),
+        "the calls waited for their timeout"
+    );
+    let c = limiter.counters();
+    assert_eq!((c.redis_decisions, c.fallback_decisions), (0, 40), "{c:?}");
+    assert_eq!(
+        (c.switches_to_fallback, c.batch_wait_timeouts),
+        (1, 0),
+        "{c:?}"
+    );
+    // Two lone calls, and three batches (16, 16 and 6 decisions): one error each, not one
+    // per caller (that would be 43).
+    assert_eq!(c.redis_errors, 5, "{c:?}");
 }
 
 #[tokio::test]

@@ -13,18 +13,21 @@
 //! formed is left out of it, and so never charged; so is one that gave up before a batch that
 //! met `NOSCRIPT` is sent again.
 //!
-//! The task, not the callers, judges Redis by a batch: a batch that fails or times out (the
-//! connection's response timeout, the call timeout, counts from when the batch is sent) takes
-//! the connection down, as a call of its own would. A caller that runs out of time waiting for
-//! its batch, queued or on the wire, is answered by the fallback but switches nothing: with a
-//! deep queue, its wait is mostly the queue's, and says nothing of Redis.
+//! The task, not the callers, judges Redis by a batch, as a lone caller judges by its call: a
+//! batch that fails or times out takes the connection down (an error about the request only
+//! counts). The call timeout bounds the whole exchange from when the batch is first sent,
+//! `NOSCRIPT` and its resend included. A caller that runs out of time waiting for its batch,
+//! queued or on the wire, is answered by the fallback but switches nothing: with a deep queue,
+//! its wait is mostly the queue's, and says nothing of Redis.
 
 use std::fmt::{self, Display};
 use std::sync::Arc;
+use std::time::Duration;
 
 use redis::aio::MultiplexedConnection;
 use redis::{Script, Value};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
+use tokio::time::timeout;
 
 use super::error::Failure;
 use super::link::Health;
@@ -77,13 +80,14 @@ impl fmt::Debug for Batcher {
 
 impl Batcher {
     /// Starts the task for `conn`, on the current tokio runtime; `health` is how it reports a
-    /// batch that failed.
+    /// batch that failed, and `call_timeout` bounds each batch.
     pub(crate) fn spawn(
         conn: MultiplexedConnection,
         script: Script,
         shape: Shape,
         max_batch: usize,
         health: Health,
+        call_timeout: Duration,
     ) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
         let slots = Arc::new(Semaphore::new(IN_FLIGHT));
@@ -92,6 +96,7 @@ impl Batcher {
             script,
             shape,
             health,
+            call_timeout,
         };
         tokio::spawn(drive(rx, Arc::clone(&slots), Arc::new(task), max_batch));
         Self { tx, slots }
@@ -119,8 +124,8 @@ impl Batcher {
             reply,
         };
         // The task is gone only with its runtime: no call will be made on this connection.
-        self.tx.send(pending).map_err(|_| Failure::Down)?;
-        answer.await.unwrap_or(Err(Failure::Down))
+        self.tx.send(pending).map_err(|_| Failure::Gone)?;
+        answer.await.unwrap_or(Err(Failure::Gone))
     }
 }
 
@@ -130,6 +135,8 @@ struct Task {
     script: Script,
     shape: Shape,
     health: Health,
+    /// Bounds each batch, from when it is first sent.
+    call_timeout: Duration,
 }
 
 async fn drive(
@@ -181,6 +188,7 @@ async fn send(task: &Task, mut batch: Vec<Pending>) {
         script,
         shape,
         health,
+        call_timeout,
     } = task;
     let mut conn = conn.clone();
     let command = |batch: &[Pending]| {
@@ -194,25 +202,33 @@ async fn send(task: &Task, mut batch: Vec<Pending>) {
             clock,
         )
     };
-    let mut answer = command(&batch).query_async::<Value>(&mut conn).await;
-    if let Err(e) = &answer
-        && script::is_noscript(e)
-    {
-        answer = match script.load_async(&mut conn).await {
-            Ok(_) => {
-                batch.retain(|pending| !pending.reply.is_closed());
-                if batch.is_empty() {
-                    return;
+    // The whole exchange within the call timeout, from the first send: the connection bounds
+    // each command, and on `NOSCRIPT` a batch takes three.
+    let round_trips = async {
+        let mut answer = command(&batch).query_async::<Value>(&mut conn).await;
+        if let Err(e) = &answer
+            && script::is_noscript(e)
+        {
+            answer = match script.load_async(&mut conn).await {
+                Ok(_) => {
+                    batch.retain(|pending| !pending.reply.is_closed());
+                    if batch.is_empty() {
+                        return None;
+                    }
+                    command(&batch).query_async(&mut conn).await
                 }
-                command(&batch).query_async(&mut conn).await
-            }
-            Err(e) => Err(e),
-        };
-    }
-    let replies = match answer {
-        Ok(reply) => script::replies(reply, batch.len()),
-        Err(e) => Err(Failure::from(e)),
+                Err(e) => Err(e),
+            };
+        }
+        Some(answer)
     };
+    let answer = match timeout(*call_timeout, round_trips).await {
+        Ok(Some(answer)) => answer.map_err(Failure::from),
+        // Every caller gave up before the batch could be sent again.
+        Ok(None) => return,
+        Err(_) => Err(Failure::Timeout),
+    };
+    let replies = answer.and_then(|reply| script::replies(reply, batch.len()));
     match replies {
         Ok(replies) => {
             for (pending, reply) in batch.into_iter().zip(replies) {
@@ -239,7 +255,7 @@ mod tests {
     use std::num::NonZeroU32;
     use std::time::Duration;
 
-    use redis::{AsyncConnectionConfig, Client};
+    use redis::Client;
 
     use super::redis_server::RedisServer;
     use super::*;
@@ -271,6 +287,7 @@ mod tests {
                 prefix: "rl:".into(),
             },
             health: link.health(&live),
+            call_timeout,
         };
         (link, task)
     }
@@ -329,22 +346,19 @@ mod tests {
         let server = RedisServer::start();
         let (link, task) = connected(&server, Duration::from_millis(200)).await;
 
-        // Redis is busy for a second: a script that spins on the server's clock.
-        let patient =
-            AsyncConnectionConfig::new().set_response_timeout(Some(Duration::from_secs(5)));
+        // Redis stops answering for a second; its reply means the pause is in effect.
         let mut other = Client::open(server.url())
             .unwrap()
-            .get_multiplexed_async_connection_with_config(&patient)
+            .get_multiplexed_async_connection()
             .await
             .unwrap();
-        let hold = tokio::spawn(async move {
-            let spin = Script::new(
-                "local s = redis.call('TIME') local n repeat n = redis.call('TIME') \
-                 until (n[1] - s[1]) * 1000000 + (n[2] - s[2]) >= 1000000",
-            );
-            let () = spin.invoke_async(&mut other).await.unwrap();
-        });
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        let () = redis::cmd("CLIENT")
+            .arg("PAUSE")
+            .arg(1000)
+            .arg("ALL")
+            .query_async(&mut other)
+            .await
+            .unwrap();
 
         let (pending, answer) = acquire("alice");
         // The caller stops waiting at once; the batch is sent all the same.
@@ -359,6 +373,5 @@ mod tests {
             (1, 1, 1),
             "{c:?}"
         );
-        hold.await.unwrap();
     }
 }

@@ -13,6 +13,9 @@ pub(crate) enum Failure {
     Reply(&'static str),
     /// Redis is marked down and the next probe is not due: no call was made.
     Down,
+    /// The connection's batching task is gone (the runtime it was started on has ended): no
+    /// call was made.
+    Gone,
 }
 
 impl Failure {
@@ -25,7 +28,7 @@ impl Failure {
                     || e.code() == Some("WRONGTYPE")
             }
             Self::Reply(_) => true,
-            Self::Timeout | Self::Down => false,
+            Self::Timeout | Self::Down | Self::Gone => false,
         }
     }
 }
@@ -63,6 +66,9 @@ impl fmt::Display for Failure {
             Self::Redis(_) => f.write_str("redis call failed"),
             Self::Reply(what) => write!(f, "unexpected redis reply: {what}"),
             Self::Down => f.write_str("redis is down until the next probe"),
+            Self::Gone => f.write_str(
+                "the connection's batching task is gone (its runtime has ended); reconnecting at the next probe",
+            ),
         }
     }
 }

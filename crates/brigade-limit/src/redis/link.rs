@@ -6,7 +6,9 @@
 //!   bounded by the call timeout. The first call that fails or times out takes the
 //!   connection out of the slot (only if it is still the one that failed: `generation`
 //!   tells), clears `up`, schedules the next probe one `probe_interval` ahead, and is itself
-//!   answered by the fallback.
+//!   answered by the fallback. An error about the request only counts. Batched calls are
+//!   judged by their batch, in the batching task (through a [`Health`], which holds this link
+//!   weakly); a caller that gives up waiting for its batch only counts.
 //! - **down**: `slot` is empty. Decisions go to the fallback, except one: the first call
 //!   after `next_probe` that wins the `probing` flag opens a new connection (bounded by the
 //!   connect timeout) and sends its own decision over it (bounded by the call timeout). If

@@ -57,10 +57,18 @@
 //! cluster; behind a proxy that routes scripts by slot, build with `max_batch(1)`.
 //!
 //! A batch is judged as one call: bounded by the call timeout from when it is sent, and
-//! switching the limiter to its fallback if it fails or times out. A decision that runs out of
-//! its own call timeout while it waits for a batch (queued behind the two on the wire, or in
-//! one of them) is answered by the fallback, but switches nothing: under a deep queue its wait
-//! is the queue's, not Redis's. [`Counters::batch_wait_timeouts`] counts those.
+//! switching the limiter to its fallback if it fails or times out (see
+//! [When Redis is down](#when-redis-is-down)). A decision that runs out of its own call timeout
+//! while it waits for a batch (queued behind the two on the wire, or in one of them) is
+//! answered by the fallback, but switches nothing: under a deep queue its wait is the
+//! queue's, not Redis's. [`Counters::batch_wait_timeouts`] counts those.
+//!
+//! So under sustained overload, more decisions than two batches on the wire carry within a
+//! call timeout, the limiter stays on Redis: Redis decides what it can, and each decision
+//! beyond that waits the whole call timeout before the fallback answers it. One that gives up
+//! while its batch is on the wire may still be charged in Redis, as any call that timed out
+//! may. A `batch_wait_timeouts` that keeps growing says so: raise `max_batch`, shorten the call
+//! timeout, or add capacity.
 //!
 //! # Time is the server's
 //!
@@ -245,13 +253,15 @@ pub struct Counters {
     pub switches_to_fallback: u64,
     /// Switches from the fallback (or from not connected) to Redis.
     pub switches_to_redis: u64,
-    /// Calls to Redis (decisions, settles, connects, probes) that failed or timed out.
+    /// Calls to Redis (decisions, settles, connects, probes) that failed or timed out; a
+    /// failed [batch](crate::redis#batches) counts once, however many decisions it carried.
     pub redis_errors: u64,
     /// Of those, the ones that timed out.
     pub redis_timeouts: u64,
     /// Calls that ran out of time waiting for their batch, queued or sent: the fallback
-    /// answered them, and they switch nothing (each batch is judged by its own timeout, from
-    /// when it was sent). Not in `redis_errors`. See [Batches](crate::redis#batches).
+    /// answered them (a settle returned [`RedisUnavailable`], a timeout), and they switch
+    /// nothing (each batch is judged by its own timeout, from when it was sent). Not in
+    /// `redis_errors`. See [Batches](crate::redis#batches).
     pub batch_wait_timeouts: u64,
 }
 
@@ -899,6 +909,7 @@ impl<K: Hash + Eq + Clone + Display> RedisRateLimiter<K> {
                 shape,
                 inner.max_batch,
                 inner.link.health(&live),
+                inner.link.call_timeout,
             ));
         }
         Ok(live)
@@ -919,8 +930,8 @@ impl<K: Hash + Eq + Clone + Display> RedisRateLimiter<K> {
                 None => {
                     *waited = Waited::Batch;
                     let reply = batcher.call(key.to_string(), op, self.clock()).await;
-                    // `Down`: the task is gone (its runtime ended) without judging anything.
-                    if reply.as_ref().is_err_and(|f| !matches!(f, Failure::Down)) {
+                    // `Gone`: the task is gone (its runtime ended) without judging anything.
+                    if reply.as_ref().is_err_and(|f| !matches!(f, Failure::Gone)) {
                         *waited = Waited::BatchFailed;
                     }
                     return reply;
