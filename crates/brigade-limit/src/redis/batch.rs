@@ -292,6 +292,15 @@ mod tests {
         (link, task)
     }
 
+    /// A connection of the test's own, for commands to the server.
+    async fn plain(server: &RedisServer) -> redis::aio::MultiplexedConnection {
+        Client::open(server.url())
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap()
+    }
+
     /// A queued acquire of one cell on `key`, and where its reply arrives.
     fn acquire(key: &str) -> (Pending, oneshot::Receiver<Result<Value, Failure>>) {
         let (reply, answer) = oneshot::channel();
@@ -310,11 +319,7 @@ mod tests {
     async fn a_batch_sent_again_after_noscript_leaves_out_the_callers_that_gave_up() {
         let server = RedisServer::start();
         let (link, task) = connected(&server, Duration::from_secs(2)).await;
-        let mut conn = Client::open(server.url())
-            .unwrap()
-            .get_multiplexed_async_connection()
-            .await
-            .unwrap();
+        let mut conn = plain(&server).await;
         let () = redis::cmd("SCRIPT")
             .arg("FLUSH")
             .query_async(&mut conn)
@@ -347,11 +352,7 @@ mod tests {
         let (link, task) = connected(&server, Duration::from_millis(200)).await;
 
         // Redis stops answering for a second; its reply means the pause is in effect.
-        let mut other = Client::open(server.url())
-            .unwrap()
-            .get_multiplexed_async_connection()
-            .await
-            .unwrap();
+        let mut other = plain(&server).await;
         let () = redis::cmd("CLIENT")
             .arg("PAUSE")
             .arg(1000)
