@@ -551,6 +551,113 @@ async fn a_queue_deeper_than_the_call_timeout_falls_back_per_call_without_switch
     assert_eq!(limiter.state(), State::Redis(Backend::Lua));
 }
 
+/// A limiter of one limit that never denies, with a 1 s call timeout, failing open.
+async fn connected_with_batches(server: &RedisServer) -> Arc<RedisRateLimiter<u32>> {
+    let limiter = RedisRateLimiter::builder()
+        .limit(Limit::new("default", Quota::per_second(nz(1_000_000))))
+        .call_timeout(Duration::from_secs(1))
+        .fallback(Fallback::FailOpen)
+        .build(server.url())
+        .unwrap();
+    limiter.connect().await.unwrap();
+    Arc::new(limiter)
+}
+
+/// A decision on `i`, spawned; its task answers how long it took.
+fn decide(limiter: &Arc<RedisRateLimiter<u32>>, i: u32) -> tokio::task::JoinHandle<Duration> {
+    let limiter = Arc::clone(limiter);
+    tokio::spawn(async move {
+        let start = Instant::now();
+        limiter.try_acquire(&i, 1).await.unwrap();
+        start.elapsed()
+    })
+}
+
+/// Pauses every client of the server for `ms`; the reply means the pause is in effect.
+async fn pause(conn: &mut MultiplexedConnection, ms: u64) {
+    let () = redis::cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(ms)
+        .arg("ALL")
+        .query_async(conn)
+        .await
+        .unwrap();
+}
+
+/// On a current-thread runtime, lets every spawned call run up to its wait for Redis.
+async fn settle() {
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+}
+
+/// Teaches `limiter`'s batching task a round trip of at least 0.3 s: Redis is paused while
+/// two batches are on the wire. (Two lone calls take the connection's slots; dropping them
+/// hands the slots to the task, which sends the 18 decisions queued meanwhile.)
+async fn learn_a_slow_round_trip(limiter: &Arc<RedisRateLimiter<u32>>, url: &str) {
+    pause(&mut raw(url).await, 300).await;
+    let lone: Vec<_> = (0..2).map(|i| decide(limiter, i)).collect();
+    settle().await;
+    let queued: Vec<_> = (2..20).map(|i| decide(limiter, i)).collect();
+    settle().await;
+    lone.iter().for_each(|call| call.abort());
+    for call in queued {
+        call.await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn decisions_the_queue_would_keep_past_the_call_timeout_are_shed_at_once() {
+    let server = RedisServer::start();
+    let limiter = connected_with_batches(&server).await;
+    learn_a_slow_round_trip(&limiter, &server.url()).await;
+
+    // 200 decisions arrive during another pause. Two go alone; by round trips of 0.3 s or
+    // more, a queue of more than 2 rounds of 32 would keep a decision past the 1 s call
+    // timeout, so the rest are answered by the fallback at once, instead of a second later.
+    pause(&mut raw(&server.url()).await, 300).await;
+    let calls: Vec<_> = (100..300).map(|i| decide(&limiter, i)).collect();
+    let mut at_once = 0;
+    for call in calls {
+        if call.await.unwrap() < Duration::from_millis(100) {
+            at_once += 1;
+        }
+    }
+    let c = limiter.counters();
+    assert!(c.batch_sheds > 0, "{c:?}");
+    assert_eq!(at_once, c.batch_sheds, "{c:?}"); // Redis was paused for all the others
+    assert_eq!(c.fallback_decisions, c.batch_sheds, "{c:?}");
+    assert_eq!(c.redis_decisions, 18 + 200 - c.batch_sheds, "{c:?}");
+    assert_eq!(
+        (
+            c.switches_to_fallback,
+            c.redis_errors,
+            c.batch_wait_timeouts
+        ),
+        (0, 0, 0),
+        "{c:?}"
+    );
+}
+
+#[tokio::test]
+async fn lone_calls_bring_a_stale_round_trip_down_without_any_batch() {
+    let server = RedisServer::start();
+    let limiter = connected_with_batches(&server).await;
+    learn_a_slow_round_trip(&limiter, &server.url()).await;
+
+    // Redis is quick again. Lone calls teach the estimate so (each round trip weighs half),
+    // though no batch goes out: a burst of 100 is then queued, not shed.
+    for i in 300..310 {
+        decide(&limiter, i).await.unwrap();
+    }
+    let burst: Vec<_> = (400..500).map(|i| decide(&limiter, i)).collect();
+    for call in burst {
+        call.await.unwrap();
+    }
+    let c = limiter.counters();
+    assert_eq!((c.batch_sheds, c.redis_decisions), (0, 18 + 110), "{c:?}");
+}
+
 #[tokio::test]
 async fn a_failed_batch_counts_once_however_many_callers_it_had() {
     // Redis is paused while 40 decisions arrive: two go alone (the connection's two slots),

@@ -19,15 +19,21 @@
 //! `NOSCRIPT` and its resend included. A caller that runs out of time waiting for its batch,
 //! queued or on the wire, is answered by the fallback but switches nothing: with a deep queue,
 //! its wait is mostly the queue's, and says nothing of Redis.
+//!
+//! A caller does not queue at all when the queue ahead would outlast the call timeout, by a
+//! [`Gauge`] of the operations queued and the recent round trips (the batches' and the lone
+//! calls'; lone calls count so that a slow stretch cannot leave the estimate high while
+//! nothing is queued to correct it): it gets [`Failure::Shed`] at once.
 
 use std::fmt::{self, Display};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use redis::aio::MultiplexedConnection;
 use redis::{Script, Value};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
-use tokio::time::timeout;
+use tokio::time::{Instant, timeout};
 
 use super::error::Failure;
 use super::link::Health;
@@ -65,11 +71,36 @@ struct Pending {
     reply: oneshot::Sender<Result<Value, Failure>>,
 }
 
+/// What a caller reads to decide whether to queue at all.
+#[derive(Default)]
+struct Gauge {
+    /// Operations sent to the task and not yet taken into a batch (or left out of one).
+    queued: AtomicUsize,
+    /// A batch's round trip, in nanoseconds: the latest ones, each weighing half of what
+    /// came before. 0 until a batch has been answered.
+    round_trip: AtomicU64,
+}
+
+impl Gauge {
+    fn note_round_trip(&self, took: Duration) {
+        let took = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX).max(1);
+        let _ = self
+            .round_trip
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |old| {
+                Some(if old == 0 { took } else { old / 2 + took / 2 })
+            });
+    }
+}
+
 /// The sending side of a connection's batching task; the task ends when every clone is gone.
 #[derive(Clone)]
 pub(crate) struct Batcher {
     tx: mpsc::UnboundedSender<Pending>,
     slots: Arc<Semaphore>,
+    gauge: Arc<Gauge>,
+    /// Operations one round of batches carries: a batch in each slot.
+    per_round: usize,
+    call_timeout: u64,
 }
 
 impl fmt::Debug for Batcher {
@@ -91,15 +122,23 @@ impl Batcher {
     ) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
         let slots = Arc::new(Semaphore::new(IN_FLIGHT));
+        let gauge = Arc::new(Gauge::default());
         let task = Task {
             conn,
             script,
             shape,
             health,
             call_timeout,
+            gauge: Arc::clone(&gauge),
         };
         tokio::spawn(drive(rx, Arc::clone(&slots), Arc::new(task), max_batch));
-        Self { tx, slots }
+        Self {
+            tx,
+            slots,
+            gauge,
+            per_round: IN_FLIGHT * max_batch,
+            call_timeout: u64::try_from(call_timeout.as_nanos()).unwrap_or(u64::MAX),
+        }
     }
 
     /// A free slot, if there is one and the task is not waiting for it: the caller then sends
@@ -109,13 +148,17 @@ impl Batcher {
     }
 
     /// Sends `op` on `key` with the next batch; its reply, or the failure of its batch (which
-    /// the task has already judged Redis by).
+    /// the task has already judged Redis by). [`Failure::Shed`] at once, without queueing, when
+    /// the operations ahead would take longer than the call timeout by the last round trips.
     pub(crate) async fn call(
         &self,
         key: String,
         op: Operation,
         clock: Option<u64>,
     ) -> Result<Value, Failure> {
+        if self.would_outlast_the_timeout() {
+            return Err(Failure::Shed);
+        }
         let (reply, answer) = oneshot::channel();
         let pending = Pending {
             key,
@@ -123,9 +166,31 @@ impl Batcher {
             clock,
             reply,
         };
-        // The task is gone only with its runtime: no call will be made on this connection.
-        self.tx.send(pending).map_err(|_| Failure::Gone)?;
+        // Counted before it is sent, so that the task's count down never passes zero.
+        self.gauge.queued.fetch_add(1, Ordering::Relaxed);
+        if self.tx.send(pending).is_err() {
+            // The task is gone only with its runtime: no call will be made on this connection.
+            self.gauge.queued.fetch_sub(1, Ordering::Relaxed);
+            return Err(Failure::Gone);
+        }
         answer.await.unwrap_or(Err(Failure::Gone))
+    }
+
+    /// Counts the round trip of a call sent alone, as a batch's.
+    pub(crate) fn note_round_trip(&self, took: Duration) {
+        self.gauge.note_round_trip(took);
+    }
+
+    /// Whether an operation queued now would wait past the call timeout: the rounds of
+    /// batches ahead of it (the one on the wire, the queue's, its own), each a round trip.
+    fn would_outlast_the_timeout(&self) -> bool {
+        let round_trip = self.gauge.round_trip.load(Ordering::Relaxed);
+        if round_trip == 0 {
+            return false;
+        }
+        let ahead = self.gauge.queued.load(Ordering::Relaxed);
+        let rounds = u64::try_from(ahead / self.per_round).unwrap_or(u64::MAX) + 2;
+        rounds.saturating_mul(round_trip) > self.call_timeout
     }
 }
 
@@ -137,6 +202,7 @@ struct Task {
     health: Health,
     /// Bounds each batch, from when it is first sent.
     call_timeout: Duration,
+    gauge: Arc<Gauge>,
 }
 
 async fn drive(
@@ -158,6 +224,7 @@ async fn drive(
         let mut batch = Vec::with_capacity(max_batch.min(64));
         let mut next = Some(first);
         while let Some(pending) = next {
+            task.gauge.queued.fetch_sub(1, Ordering::Relaxed);
             if !pending.reply.is_closed() {
                 batch.push(pending);
             }
@@ -189,6 +256,7 @@ async fn send(task: &Task, mut batch: Vec<Pending>) {
         shape,
         health,
         call_timeout,
+        gauge,
     } = task;
     let mut conn = conn.clone();
     let command = |batch: &[Pending]| {
@@ -222,8 +290,13 @@ async fn send(task: &Task, mut batch: Vec<Pending>) {
         }
         Some(answer)
     };
+    let sent = Instant::now();
     let answer = match timeout(*call_timeout, round_trips).await {
-        Ok(Some(answer)) => answer.map_err(Failure::from),
+        Ok(Some(Ok(reply))) => {
+            gauge.note_round_trip(sent.elapsed());
+            Ok(reply)
+        }
+        Ok(Some(Err(e))) => Err(Failure::from(e)),
         // Every caller gave up before the batch could be sent again.
         Ok(None) => return,
         Err(_) => Err(Failure::Timeout),
@@ -288,6 +361,7 @@ mod tests {
             },
             health: link.health(&live),
             call_timeout,
+            gauge: Arc::default(),
         };
         (link, task)
     }

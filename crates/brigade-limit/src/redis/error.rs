@@ -16,6 +16,9 @@ pub(crate) enum Failure {
     /// The connection's batching task is gone (the runtime it was started on has ended): no
     /// call was made.
     Gone,
+    /// The queue for the next batches would have outlasted the call timeout: no call was
+    /// made.
+    Shed,
 }
 
 impl Failure {
@@ -28,7 +31,7 @@ impl Failure {
                     || e.code() == Some("WRONGTYPE")
             }
             Self::Reply(_) => true,
-            Self::Timeout | Self::Down | Self::Gone => false,
+            Self::Timeout | Self::Down | Self::Gone | Self::Shed => false,
         }
     }
 }
@@ -66,6 +69,9 @@ impl fmt::Display for Failure {
             Self::Redis(_) => f.write_str("redis call failed"),
             Self::Reply(what) => write!(f, "unexpected redis reply: {what}"),
             Self::Down => f.write_str("redis is down until the next probe"),
+            Self::Shed => f.write_str(
+                "the queue for redis batches would outlast the call timeout; not sent",
+            ),
             Self::Gone => f.write_str(
                 "the connection's batching task is gone (its runtime has ended); reconnecting at the next probe",
             ),

@@ -110,6 +110,7 @@ pub(crate) struct AtomicCounters {
     errors: AtomicU64,
     timeouts: AtomicU64,
     wait_timeouts: AtomicU64,
+    sheds: AtomicU64,
 }
 
 pub(crate) struct Link {
@@ -313,6 +314,11 @@ impl Link {
         self.counters.wait_timeouts.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// A call was not queued for a batch, the queue being too long: the fallback answers it.
+    pub(crate) fn count_shed(&self) {
+        self.counters.sheds.fetch_add(1, Ordering::Relaxed);
+    }
+
     pub(crate) fn count_failure(&self, failure: &Failure) {
         self.counters.errors.fetch_add(1, Ordering::Relaxed);
         if matches!(failure, Failure::Timeout) {
@@ -348,6 +354,7 @@ impl Link {
             redis_errors: get(&c.errors),
             redis_timeouts: get(&c.timeouts),
             batch_wait_timeouts: get(&c.wait_timeouts),
+            batch_sheds: get(&c.sheds),
         }
     }
 }

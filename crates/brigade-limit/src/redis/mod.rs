@@ -63,12 +63,16 @@
 //! answered by the fallback, but switches nothing: under a deep queue its wait is the
 //! queue's, not Redis's. [`Counters::batch_wait_timeouts`] counts those.
 //!
-//! So under sustained overload, more decisions than two batches on the wire carry within a
-//! call timeout, the limiter stays on Redis: Redis decides what it can, and each decision
-//! beyond that waits the whole call timeout before the fallback answers it. One that gives up
-//! while its batch is on the wire may still be charged in Redis, as any call that timed out
-//! may. A `batch_wait_timeouts` that keeps growing says so: raise `max_batch`, shorten the call
-//! timeout, or add capacity.
+//! A decision that would wait longer than that is not queued at all: when the batches ahead of
+//! it (the round on the wire, the queue's rounds of two batches, its own) would take longer
+//! than the call timeout by the recent round trips (each new one, a batch's or a lone call's,
+//! weighing half), the fallback answers it at once, uncharged in Redis.
+//! [`Counters::batch_sheds`] counts those. So under sustained overload the limiter stays on
+//! Redis, which decides what it can carry within the call timeout; the rest is decided by the
+//! fallback at once, or, when a burst outruns the estimate, after waiting out its call timeout.
+//! A decision that gives up while its batch is on the wire may still be charged in Redis, as
+//! any call that timed out may. A `batch_sheds` or `batch_wait_timeouts` that keeps growing
+//! says Redis is short of capacity: raise `max_batch` or add capacity.
 //!
 //! # Time is the server's
 //!
@@ -168,7 +172,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use redis::{Client, IntoConnectionInfo, Script, Value};
-use tokio::time::timeout;
+use tokio::time::{Instant, timeout};
 
 use self::batch::{Batcher, Shape};
 use self::error::Failure;
@@ -263,6 +267,10 @@ pub struct Counters {
     /// nothing (each batch is judged by its own timeout, from when it was sent). Not in
     /// `redis_errors`. See [Batches](crate::redis#batches).
     pub batch_wait_timeouts: u64,
+    /// Calls answered by the fallback at once, never queued and never charged: the batches
+    /// ahead of them would have taken longer than the call timeout, by the last round trips.
+    /// They switch nothing either. See [Batches](crate::redis#batches).
+    pub batch_sheds: u64,
 }
 
 /// A clock that replaces Redis's in the script: for deterministic tests only.
@@ -851,16 +859,15 @@ impl<K: Hash + Eq + Clone + Display> RedisRateLimiter<K> {
                     Ok(Err(failure)) => failure,
                     Err(_) => Failure::Timeout,
                 };
-                match waited {
-                    Waited::Alone => link.judge(&live, &failure),
+                match (waited, &failure) {
+                    (Waited::Alone, _) => link.judge(&live, &failure),
                     // The batch's task judges Redis by the batch (see `batch`).
-                    Waited::Batch if matches!(failure, Failure::Timeout) => {
-                        link.count_wait_timeout();
-                    }
+                    (Waited::Batch, Failure::Timeout) => link.count_wait_timeout(),
+                    (Waited::Batch, Failure::Shed) => link.count_shed(),
                     // An error in this call's own reply (about the request), or the task is
                     // gone (the connection is of no more use).
-                    Waited::Batch => link.judge(&live, &failure),
-                    Waited::BatchFailed => {}
+                    (Waited::Batch, _) => link.judge(&live, &failure),
+                    (Waited::BatchFailed, _) => {}
                 }
                 Err(failure)
             }
@@ -930,8 +937,12 @@ impl<K: Hash + Eq + Clone + Display> RedisRateLimiter<K> {
                 None => {
                     *waited = Waited::Batch;
                     let reply = batcher.call(key.to_string(), op, self.clock()).await;
-                    // `Gone`: the task is gone (its runtime ended) without judging anything.
-                    if reply.as_ref().is_err_and(|f| !matches!(f, Failure::Gone)) {
+                    // `Gone` (the task's runtime ended) and `Shed` (not queued): no batch,
+                    // so nothing was judged.
+                    if reply
+                        .as_ref()
+                        .is_err_and(|f| !matches!(f, Failure::Gone | Failure::Shed))
+                    {
                         *waited = Waited::BatchFailed;
                     }
                     return reply;
@@ -953,7 +964,13 @@ impl<K: Hash + Eq + Clone + Display> RedisRateLimiter<K> {
             ops,
             self.clock(),
         );
+        // With batches on, a lone call's round trip counts for the queue's estimate too, so
+        // that one slow stretch cannot leave it high while no batch goes out to correct it.
+        let sent = live.batcher.as_ref().map(|_| Instant::now());
         let reply = script::run(&mut live.conn, &inner.script, &cmd).await?;
+        if let (Some(batcher), Some(sent)) = (&live.batcher, sent) {
+            batcher.note_round_trip(sent.elapsed());
+        }
         let mut replies = script::replies(reply, 1)?;
         Ok(replies.pop().unwrap_or(Value::Nil))
     }
