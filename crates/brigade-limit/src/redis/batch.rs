@@ -20,10 +20,11 @@
 //! queued or on the wire, is answered by the fallback but switches nothing: with a deep queue,
 //! its wait is mostly the queue's, and says nothing of Redis.
 //!
-//! A caller does not queue at all when the queue ahead would outlast the call timeout, by a
+//! An acquire does not queue at all when the queue ahead would outlast the call timeout, by a
 //! [`Gauge`] of the operations queued and the recent round trips (the batches' and the lone
 //! calls'; lone calls count so that a slow stretch cannot leave the estimate high while
-//! nothing is queued to correct it): it gets [`Failure::Shed`] at once.
+//! nothing is queued to correct it): it gets [`Failure::Shed`] at once. A settle always
+//! queues: shed, an extra charge would be lost.
 
 use std::fmt::{self, Display};
 use std::sync::Arc;
@@ -148,15 +149,20 @@ impl Batcher {
     }
 
     /// Sends `op` on `key` with the next batch; its reply, or the failure of its batch (which
-    /// the task has already judged Redis by). [`Failure::Shed`] at once, without queueing, when
-    /// the operations ahead would take longer than the call timeout by the last round trips.
+    /// the task has already judged Redis by). An acquire gets [`Failure::Shed`] at once,
+    /// without queueing, when the operations ahead would take longer than the call timeout by
+    /// the recent round trips; a settle always queues (shed, an extra charge would be lost).
     pub(crate) async fn call(
         &self,
         key: String,
         op: Operation,
         clock: Option<u64>,
     ) -> Result<Value, Failure> {
-        if self.would_outlast_the_timeout() {
+        if self.tx.is_closed() {
+            // The task is gone only with its runtime: no call will be made on this connection.
+            return Err(Failure::Gone);
+        }
+        if matches!(op, Operation::Acquire(_)) && self.would_outlast_the_timeout() {
             return Err(Failure::Shed);
         }
         let (reply, answer) = oneshot::channel();
@@ -181,16 +187,21 @@ impl Batcher {
         self.gauge.note_round_trip(took);
     }
 
-    /// Whether an operation queued now would wait past the call timeout: the rounds of
-    /// batches ahead of it (the one on the wire, the queue's, its own), each a round trip.
+    /// Whether an operation queued now would, on average, wait past the call timeout: half a
+    /// round trip for the round on the wire, then one for each round of the queue ahead of it
+    /// (a batch in each slot), then its own. (The queue's count includes operations whose
+    /// callers gave up and that will be left out: after a burst of wait timeouts, it sheds a
+    /// little early until the task has drained them.)
     fn would_outlast_the_timeout(&self) -> bool {
         let round_trip = self.gauge.round_trip.load(Ordering::Relaxed);
         if round_trip == 0 {
             return false;
         }
         let ahead = self.gauge.queued.load(Ordering::Relaxed);
-        let rounds = u64::try_from(ahead / self.per_round).unwrap_or(u64::MAX) + 2;
-        rounds.saturating_mul(round_trip) > self.call_timeout
+        let rounds = u64::try_from(ahead / self.per_round).unwrap_or(u64::MAX);
+        // In half round trips: 1 for the wire, 2 per round ahead, 2 for its own.
+        let halves = rounds.saturating_mul(2).saturating_add(3);
+        halves.saturating_mul(round_trip / 2) > self.call_timeout
     }
 }
 

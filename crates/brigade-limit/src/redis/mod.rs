@@ -64,9 +64,10 @@
 //! queue's, not Redis's. [`Counters::batch_wait_timeouts`] counts those.
 //!
 //! A decision that would wait longer than that is not queued at all: when the batches ahead of
-//! it (the round on the wire, the queue's rounds of two batches, its own) would take longer
-//! than the call timeout by the recent round trips (each new one, a batch's or a lone call's,
-//! weighing half), the fallback answers it at once, uncharged in Redis.
+//! it (half a round trip for the round on the wire, then the queue's rounds of two batches,
+//! then its own) would take longer than the call timeout by the recent round trips (each new
+//! one, a batch's or a lone call's, weighing half), the fallback answers it at once, uncharged
+//! in Redis. Settles are never shed (an extra charge would be lost); they wait their turn.
 //! [`Counters::batch_sheds`] counts those. So under sustained overload the limiter stays on
 //! Redis, which decides what it can carry within the call timeout; the rest is decided by the
 //! fallback at once, or, when a burst outruns the estimate, after waiting out its call timeout.
@@ -267,9 +268,10 @@ pub struct Counters {
     /// nothing (each batch is judged by its own timeout, from when it was sent). Not in
     /// `redis_errors`. See [Batches](crate::redis#batches).
     pub batch_wait_timeouts: u64,
-    /// Calls answered by the fallback at once, never queued and never charged: the batches
-    /// ahead of them would have taken longer than the call timeout, by the last round trips.
-    /// They switch nothing either. See [Batches](crate::redis#batches).
+    /// Decisions answered by the fallback at once, never queued and never charged: the
+    /// batches ahead of them would have taken longer than the call timeout, by the recent
+    /// round trips. They switch nothing either; settles are never shed. See
+    /// [Batches](crate::redis#batches).
     pub batch_sheds: u64,
 }
 
