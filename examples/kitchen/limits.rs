@@ -107,6 +107,21 @@ impl Limits {
         })
     }
 
+    /// Copies the Redis limiter's counts into the metrics, when the limits live there.
+    #[cfg_attr(
+        not(feature = "redis"),
+        allow(
+            clippy::unused_self,
+            reason = "only a Redis limiter has counts to copy"
+        )
+    )]
+    pub(crate) fn export_counts(&self) {
+        #[cfg(feature = "redis")]
+        if let Some(Rate::Redis(limiter)) = &self.rate {
+            self.metrics.rate_store_counts.set(&limiter.counters());
+        }
+    }
+
     /// Connects to Redis now, when the limits live there, rather than on the first request.
     /// A Redis that is down is not fatal: the fallback answers until it comes back.
     pub(crate) async fn connect(&self) {

@@ -42,6 +42,12 @@ pub(crate) struct Metrics {
         allow(dead_code, reason = "counted by the Redis limiter's listener")
     )]
     pub(crate) rate_store_switches: Counter,
+    /// The Redis limiter's own counts, copied at each scrape.
+    #[cfg_attr(
+        not(feature = "redis"),
+        allow(dead_code, reason = "filled from the Redis limiter's counters")
+    )]
+    pub(crate) rate_store_counts: RateStoreCounts,
     /// The prep shelf's metrics.
     pub(crate) jobs: crate::jobs::JobMetrics,
     /// The WebSocket chat's metrics.
@@ -113,6 +119,7 @@ impl Metrics {
             "Switches between Redis and its fallback",
             rate_store_switches.clone(),
         );
+        let rate_store_counts = RateStoreCounts::register(&mut registry);
         let jobs = crate::jobs::JobMetrics::register(&mut registry);
         let ws = crate::ws::WsMetrics::register(&mut registry);
         Self {
@@ -128,6 +135,7 @@ impl Metrics {
             panics,
             rate_store,
             rate_store_switches,
+            rate_store_counts,
             jobs,
             ws,
         }
@@ -173,5 +181,74 @@ impl Metrics {
         let mut out = String::new();
         encode(&mut out, &self.registry).expect("writing to a String cannot fail");
         out
+    }
+}
+
+/// What the Redis limiter counts (`brigade_limit::redis::Counters`), as counters; zero when the
+/// limits live in memory.
+#[derive(Debug, Default)]
+pub(crate) struct RateStoreCounts {
+    /// Decisions by who made them: `redis` or `fallback`.
+    pub(crate) decisions: Family<Labels, Counter>,
+    /// Calls to Redis that failed or timed out (a failed batch counts once).
+    pub(crate) errors: Counter,
+    /// Of those, the ones that timed out.
+    pub(crate) timeouts: Counter,
+    /// Calls that ran out of time waiting for their batch (the fallback answered them).
+    pub(crate) batch_wait_timeouts: Counter,
+    /// Decisions the fallback answered at once, their batch queue being too long.
+    pub(crate) batch_sheds: Counter,
+}
+
+impl RateStoreCounts {
+    fn register(registry: &mut Registry) -> Self {
+        let counts = Self::default();
+        registry.register(
+            "rate_limit_decisions",
+            "Rate-limit decisions kept in Redis, by who made them: redis or fallback",
+            counts.decisions.clone(),
+        );
+        registry.register(
+            "rate_limit_redis_errors",
+            "Calls to Redis that failed or timed out (a failed batch counts once)",
+            counts.errors.clone(),
+        );
+        registry.register(
+            "rate_limit_redis_timeouts",
+            "Calls to Redis that timed out",
+            counts.timeouts.clone(),
+        );
+        registry.register(
+            "rate_limit_batch_wait_timeouts",
+            "Decisions that ran out of time waiting for their Redis batch (the fallback answered)",
+            counts.batch_wait_timeouts.clone(),
+        );
+        registry.register(
+            "rate_limit_batch_sheds",
+            "Decisions answered by the fallback at once, their Redis batch queue being too long",
+            counts.batch_sheds.clone(),
+        );
+        counts
+    }
+
+    /// Copies `counts` in (they only grow, as counters must).
+    #[cfg(feature = "redis")]
+    pub(crate) fn set(&self, counts: &brigade_limit::redis::Counters) {
+        use std::sync::atomic::Ordering;
+
+        let set = |counter: &Counter, value: u64| counter.inner().store(value, Ordering::Relaxed);
+        for (by, value) in [
+            ("redis", counts.redis_decisions),
+            ("fallback", counts.fallback_decisions),
+        ] {
+            set(
+                &self.decisions.get_or_create(&vec![("by", by.to_owned())]),
+                value,
+            );
+        }
+        set(&self.errors, counts.redis_errors);
+        set(&self.timeouts, counts.redis_timeouts);
+        set(&self.batch_wait_timeouts, counts.batch_wait_timeouts);
+        set(&self.batch_sheds, counts.batch_sheds);
     }
 }

@@ -196,6 +196,7 @@ impl App {
                 self.metrics
                     .bulkhead_queue
                     .set(i64::try_from(self.limits.queued()).unwrap_or(i64::MAX));
+                self.limits.export_counts();
                 let mut response = Response::new(full(self.metrics.encode()));
                 response.headers_mut().insert(
                     CONTENT_TYPE,

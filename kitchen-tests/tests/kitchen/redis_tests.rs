@@ -17,6 +17,9 @@ use super::{error_of, kitchen, metric, order, post};
 
 const STORE_REDIS: &str = "kitchen_rate_limit_store{store=\"redis\"}";
 const STORE_FALLBACK: &str = "kitchen_rate_limit_store{store=\"fallback\"}";
+const DECIDED_BY_REDIS: &str = "kitchen_rate_limit_decisions_total{by=\"redis\"}";
+const DECIDED_BY_FALLBACK: &str = "kitchen_rate_limit_decisions_total{by=\"fallback\"}";
+const REDIS_ERRORS: &str = "kitchen_rate_limit_redis_errors_total";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_share_redis_limits_fall_back_while_it_is_down_and_return() {
@@ -66,6 +69,10 @@ async fn replicas_share_redis_limits_fall_back_while_it_is_down_and_return() {
     // The first connect counted as a switch (a limiter starts on its fallback).
     let switches = metric(a.addr, "kitchen_rate_limit_store_switches_total").await;
     assert_eq!(switches, 1.0);
+    // The limiter's own counts: A's three decisions were Redis's.
+    assert!(metric(a.addr, DECIDED_BY_REDIS).await >= 3.0);
+    assert_eq!(metric(a.addr, DECIDED_BY_FALLBACK).await, 0.0);
+    assert_eq!(metric(a.addr, REDIS_ERRORS).await, 0.0);
 
     // Redis goes away: the next call answers within the call timeout, from the local
     // fallback, which gives each of the two replicas half the quota (one request).
@@ -89,6 +96,8 @@ async fn replicas_share_redis_limits_fall_back_while_it_is_down_and_return() {
     );
     assert_eq!(metric(a.addr, STORE_FALLBACK).await, 1.0);
     assert_eq!(metric(a.addr, STORE_REDIS).await, 0.0);
+    assert!(metric(a.addr, DECIDED_BY_FALLBACK).await >= 2.0);
+    assert!(metric(a.addr, REDIS_ERRORS).await >= 1.0);
     assert_eq!(
         metric(a.addr, "kitchen_rate_limit_store_switches_total").await,
         switches + 1.0
