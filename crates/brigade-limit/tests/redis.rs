@@ -454,14 +454,7 @@ async fn a_redis_slower_than_the_call_timeout_hands_over_to_the_fallback() {
         .build(server.url())
         .unwrap();
     limiter.connect().await.unwrap();
-    let mut conn = raw(&server.url()).await;
-    let () = redis::cmd("CLIENT")
-        .arg("PAUSE")
-        .arg(400)
-        .arg("ALL")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    pause(&mut raw(&server.url()).await, 400).await;
     let start = Instant::now();
     let admitted = limiter.try_acquire(&"k", 1).await.unwrap();
     let took = start.elapsed();
@@ -488,13 +481,7 @@ async fn hold_redis(url: String, each: Duration, times: u32, started: oneshot::S
     let mut conn = raw(&url).await;
     let mut started = Some(started);
     for _ in 0..times {
-        let () = redis::cmd("CLIENT")
-            .arg("PAUSE")
-            .arg(each.as_millis() as u64)
-            .arg("ALL")
-            .query_async(&mut conn)
-            .await
-            .unwrap();
+        pause(&mut conn, each.as_millis() as u64).await;
         if let Some(started) = started.take() {
             let _ = started.send(());
         }
@@ -680,14 +667,7 @@ async fn a_failed_batch_counts_once_however_many_callers_it_had() {
         .unwrap();
     limiter.connect().await.unwrap();
     let limiter = Arc::new(limiter);
-    let mut conn = raw(&server.url()).await;
-    let () = redis::cmd("CLIENT")
-        .arg("PAUSE")
-        .arg(10_000)
-        .arg("ALL")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    pause(&mut raw(&server.url()).await, 10_000).await;
     let calls: Vec<_> = (0..40_u32)
         .map(|i| {
             let limiter = Arc::clone(&limiter);
