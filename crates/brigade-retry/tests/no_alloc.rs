@@ -64,17 +64,15 @@ fn each_retry_allocates_once() {
         .start_paused(true)
         .build()
         .unwrap();
-    let unlimited = Retry::builder()
-        .schedule(Backoff::constant(Duration::from_millis(1)))
-        .max_attempts(4)
-        .budget(None)
-        .build()
-        .unwrap();
-    let limited = Retry::builder()
-        .schedule(Backoff::constant(Duration::from_millis(1)))
-        .max_attempts(4)
+    let four_attempts = || {
+        Retry::builder()
+            .schedule(Backoff::constant(Duration::from_millis(1)))
+            .max_attempts(4)
+            .budget(None)
+    };
+    let unlimited = four_attempts().build().unwrap();
+    let limited = four_attempts()
         .deadline(Duration::from_secs(5))
-        .budget(None)
         .build()
         .unwrap();
     let token = CancellationToken::new();

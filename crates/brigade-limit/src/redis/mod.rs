@@ -629,7 +629,7 @@ pub(crate) enum Decided<K> {
 }
 
 /// How a call to Redis went out, which says who judges Redis by its failure.
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy)]
 enum Waited {
     /// Sent by the caller: the caller judges.
     Alone,
