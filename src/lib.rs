@@ -17,6 +17,16 @@
 //! | `sse` | [`sse`] | `brigade-sse`: a spec-exact SSE encoder and decoder, a hyper body with keep-alive, `Last-Event-ID` replay |
 //! | `full` | all of the above | |
 //!
+//! The crates' own features are forwarded under the same names, so `brigade` alone reaches
+//! everything:
+//!
+//! | feature | turns on |
+//! | --- | --- |
+//! | `tower` | the tower `Layer`/`Service` pairs of `breaker`, `limit` and `retry`, for those turned on |
+//! | `serde` | `sse`'s `Event::json_data`, if `sse` is on |
+//! | `redis` | `limit`, and its Redis-backed limiter (`limit::redis`) |
+//! | `backoff` | `retry`, and its adapter for the `backoff` crate's schedules |
+//!
 //! Each crate can also be used on its own.
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
