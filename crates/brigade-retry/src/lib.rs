@@ -77,11 +77,11 @@
 //! # Performance
 //!
 //! A call that succeeds on its first attempt allocates nothing, takes no lock and (almost) never
-//! reads the clock: the budget deposit is a thread-local increment, and only one call in 32 per
-//! thread adds the batch to the shared window (one CAS) and reads the clock
+//! reads the clock: the budget deposit is a thread-local increment, and a thread that makes many
+//! calls adds them to the shared window in batches of 32, with one CAS and one clock read each
 //! ([batching](budget#deposits-are-batched-per-thread)); timers are armed only once an attempt
-//! actually waits. `docs/benchmarks.md` in the
-//! repository holds the figures against backon and tower.
+//! actually waits. `docs/benchmarks.md` in the repository holds the figures against backon and
+//! tower.
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
