@@ -89,6 +89,7 @@ pub mod budget;
 mod error;
 mod loom;
 mod policy;
+mod retry_after;
 mod rng;
 pub mod schedule;
 #[cfg(feature = "tower")]
@@ -100,6 +101,7 @@ pub use crate::error::{InvalidConfig, RetryError, StopReason};
 pub use crate::policy::{
     Action, Attempt, Call, Classify, Retry, RetryBuilder, RetryCause, RetryEvent, RetryOnError,
 };
+pub use crate::retry_after::RetryAfter;
 pub use crate::schedule::{Backoff, Jitter, Schedule};
 
 pub use tokio_util::sync::CancellationToken;
