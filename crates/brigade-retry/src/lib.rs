@@ -13,8 +13,9 @@
 //! - A [`deadline`](RetryBuilder::deadline) counts attempts and waits together, and no attempt
 //!   starts when its wait would end past the deadline.
 //! - A classifier ([`Classify`]) decides per outcome: retry, stop, or
-//!   [throttled](Action::Throttled) with the server's hint (a `Retry-After`), which the next wait
-//!   honours. An `Ok` can be a failure: an HTTP 503 is an `Ok` to hyper.
+//!   [throttled](Action::Throttled) with the server's hint (a `Retry-After`, which
+//!   [`RetryAfter`] parses), which the next wait honours. An `Ok` can be a failure: an HTTP 503
+//!   is an `Ok` to hyper.
 //! - [`Backoff`] schedules (constant, linear, exponential) with AWS's jitter variants, where the
 //!   cap holds after jitter and jitter does not vanish at the cap; any
 //!   `IntoIterator<Item = Duration>` is a schedule too. Jitter is seeded and repeatable.
@@ -59,7 +60,7 @@
 //!
 //! | feature | default | what it adds |
 //! | --- | --- | --- |
-//! | `tower` | no | [`RetryLayer`](tower::RetryLayer) / [`RetryService`](tower::RetryService) for cloneable requests, and [`buffer_request`](tower::buffer_request) to make an `http::Request` replayable |
+//! | `tower` | no | [`tower::RetryLayer`] / [`tower::Retry`] for cloneable requests, with a default classifier for HTTP responses that honours `Retry-After` on 429 and 503, and [`buffer_request`](tower::buffer_request) to make an `http::Request` replayable |
 //! | `backoff` | no | [`schedule::from_backoff`]: the unmaintained `backoff` crate's schedules, for migrations |
 //!
 //! # Cancel safety
