@@ -106,3 +106,7 @@ pub use crate::retry_after::RetryAfter;
 pub use crate::schedule::{Backoff, Jitter, Schedule};
 
 pub use tokio_util::sync::CancellationToken;
+
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+mod readme_doctests {}
