@@ -1,5 +1,6 @@
 //! The retry budget through the public API: a retry storm stays within the budget, the budget
-//! refills as the window moves, and concurrent use never over-allows.
+//! refills as the window moves, concurrent use never over-allows, stale counts never read as
+//! current after any idle spell, and calls made slowly count in the window they belong to.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
