@@ -5,9 +5,12 @@
 //!   budget on), running an async closure that returns `Ok`.
 //! - `backon`: `(|| async { Ok(1) }).retry(ExponentialBuilder::default())`.
 //! - `tower`: `tower::retry::Retry` with a policy that never retries, over a ready `service_fn`.
+//! - `tower_budget`: `tower::retry::Retry` with a policy that deposits into a
+//!   `tower::retry::budget::TpsBudget` (its defaults: 10 s, 10 retries per second, ratio 0.2)
+//!   on every success, as a budgeted tower stack must: the peer of `brigade`.
 //! - `brigade_no_budget`: the same as `brigade` with the budget turned off, to show what the
-//!   budget's deposit costs (a thread-local increment; one call in 32 adds the batch to the
-//!   shared window with one CAS and reads the clock); neither peer has a budget.
+//!   budget's deposit costs (a thread-local increment; on a busy thread one call in 32 adds
+//!   the batch to the shared window with one CAS and reads the clock); the peer of `tower`.
 //! - `floor`: no retry at all: the same closure awaited once in a plain `async fn`, with the
 //!   closure's own result type. What any retry built on async closures starts from here.
 //! - `floor_counted`: `floor` plus one increment of a thread-local counter, the least a
@@ -21,9 +24,12 @@ use std::convert::Infallible;
 use std::future::{Ready, ready};
 use std::hint::black_box;
 
+use std::sync::Arc;
+
 use backon::{ExponentialBuilder, Retryable};
 use brigade_retry::Retry;
 use criterion::{Criterion, criterion_group, criterion_main};
+use tower::retry::budget::{Budget, TpsBudget};
 use tower::{Service, ServiceExt, service_fn};
 
 /// A tower policy that never retries (but clones the request, as a retrying one must).
@@ -35,6 +41,31 @@ impl<Req: Clone, Res, E> tower::retry::Policy<Req, Res, E> for NeverRetry {
 
     fn retry(&mut self, _req: &mut Req, _result: &mut Result<Res, E>) -> Option<Self::Future> {
         None
+    }
+
+    fn clone_request(&mut self, req: &Req) -> Option<Req> {
+        Some(req.clone())
+    }
+}
+
+/// A tower policy with a retry budget, as tower's `budget` module shows it: every success
+/// deposits, every retry withdraws (none here: every call succeeds).
+#[derive(Clone, Debug)]
+struct Budgeted {
+    budget: Arc<TpsBudget>,
+}
+
+impl<Req: Clone, Res, E> tower::retry::Policy<Req, Res, E> for Budgeted {
+    type Future = Ready<()>;
+
+    fn retry(&mut self, _req: &mut Req, result: &mut Result<Res, E>) -> Option<Self::Future> {
+        match result {
+            Ok(_) => {
+                self.budget.deposit();
+                None
+            }
+            Err(_) => self.budget.withdraw().then(|| ready(())),
+        }
     }
 
     fn clone_request(&mut self, req: &Req) -> Option<Req> {
@@ -108,6 +139,23 @@ fn retry_success(c: &mut Criterion) {
     group.bench_function("tower", |b| {
         b.to_async(&runtime).iter(|| {
             let mut service = service.clone();
+            async move {
+                let ready = service.ready().await.unwrap_or_else(|e| match e {});
+                let value = ready.call(black_box(1_u32)).await;
+                black_box(value.unwrap_or_default())
+            }
+        });
+    });
+
+    let budgeted = tower::retry::Retry::new(
+        Budgeted {
+            budget: Arc::new(TpsBudget::default()),
+        },
+        service_fn(|x: u32| ready(Ok::<_, Infallible>(x))),
+    );
+    group.bench_function("tower_budget", |b| {
+        b.to_async(&runtime).iter(|| {
+            let mut service = budgeted.clone();
             async move {
                 let ready = service.ready().await.unwrap_or_else(|e| match e {});
                 let value = ready.call(black_box(1_u32)).await;

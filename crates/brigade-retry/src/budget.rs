@@ -23,37 +23,50 @@
 //!
 //! # Implementation and invariants
 //!
-//! The window is a ring of 10 slots, each one `AtomicU64` packing a tick stamp (24 bits), a
-//! count of calls (20 bits) and a count of retries (20 bits); a slot whose stamp is older than
-//! the window counts as empty and is reset by the next write. No locks: a write is one CAS loop
-//! on one slot. Counts saturate: a slot stops counting calls at 2^20 (fewer credits, never more)
-//! and refuses retries at 2^20.
+//! The window is a ring of 10 slots, one per tenth of the window (a *tick*). A slot has two
+//! `AtomicU64` counters, one for calls and one for retries, each packing the *lap* it counts
+//! for (the tick divided by 10, 41 bits) above its count (23 bits). A counter tagged with an
+//! older lap counts as empty and is reset by the next write; one tagged with a newer lap is
+//! left alone, as the write is older than the window. Laps are never truncated: the shortest
+//! tick is 1 ms, and the tick is computed from a `u64` of nanoseconds, so every lap fits in
+//! 41 bits, and a counter left idle for any length of time is still seen to be old (after
+//! 584 years the tick stops moving). No locks: a write is one CAS loop on one counter. Counts
+//! saturate: a slot stops counting calls at 2^23 (fewer credits, never more) and refuses
+//! retries at 2^23.
 //!
-//! Calls are stamped with a cached tick, refreshed from tokio's clock on every withdrawal and
-//! whenever a thread's batch of calls fills up (see below), so the success path almost never
-//! reads the clock. The cached tick never runs ahead of the real one, so a call
-//! can only be stamped *earlier* than it happened: its credit may expire early, never late. A
-//! withdrawal records the retry first and then checks the sum, undoing it if over: concurrent
-//! withdrawals can refuse each other, but never together exceed the budget.
+//! A withdrawal reads the clock, records the retry first and then checks the sum, undoing it
+//! if over: concurrent withdrawals can refuse each other, but never together exceed the
+//! budget. A withdrawal whose slot moves on to a newer lap before it is done (its thread
+//! stalled for a whole window) is refused. A counter's lap never goes back.
 //!
 //! # Deposits are batched per thread
 //!
-//! A shared atomic read-modify-write on every call would cost more than the rest of a call
-//! that succeeds at once, so each thread counts its calls in a thread-local batch and adds
-//! them to the window in one write, stamped with the tick the batch started in. A batch holds
-//! calls of one budget and one tick only, and is added to the window when it reaches
-//! 32 calls, when the cached tick moves on and the thread deposits again, when the thread
-//! withdraws from or reads ([`available`](RetryBudget::available)) that budget, when a
-//! thread uses more than 4 budgets and this one is the least recently used, and when the
-//! thread exits. So:
+//! A shared atomic read-modify-write and a clock read on every call would cost more than the
+//! rest of a call that succeeds at once, so each thread counts its calls in a thread-local
+//! batch and adds them to the window in one write. A batch holds calls of one budget; it
+//! starts with a clock read, and its calls are stamped with the tick of its first call. It is
+//! added to the window by the thread's next call once it is full or once the *cached tick*
+//! (the newest tick any thread has read from the clock for this budget) has moved on, and
+//! when the thread withdraws from or reads ([`available`](RetryBudget::available)) that
+//! budget, when a thread uses more than 4 budgets and this one is the least recently used,
+//! and when the thread exits.
+//!
+//! A batch holds 1 call at first, and twice as many as the last one (up to 32) when it
+//! starts in the same tick as the last one; otherwise 1 again. A thread that makes fewer than
+//! two calls per tick adds each call to the window as it makes it, stamped with its own tick;
+//! batches grow only where a thread makes many calls per tick, which is where one write and
+//! one clock read per 32 calls matter. So:
 //!
 //! - Batching can only **under-count** calls, never over-count them: a budget can only be
-//!   stricter than configured. At any moment, at most 31 calls per thread that deposited into
-//!   a budget are not yet counted (with 8 worker threads, at most 248 calls, that is
-//!   fewer than 50 retries at the default ratio of 0.2). A batch that is added after its tick has left the
-//!   window is dropped, as its calls would have expired anyway.
+//!   stricter than configured. A call is stamped with the tick its batch started in, never a
+//!   later one, so its credit may expire early, never late; the calls stamped early are those
+//!   a batch took after the clock moved on (at most 31 per batch, and the next batch starts
+//!   at 1 call again). At any moment, at most 32 calls per thread that deposited into a
+//!   budget are not yet counted (with 8 worker threads, at most 256 calls, that is fewer than
+//!   52 retries at the default ratio of 0.2). A batch that is added after its tick has left
+//!   the window counts for nothing, as its calls would have expired anyway.
 //! - A thread's own calls are always counted before it withdraws, so on one thread (a
-//!   current-thread runtime) the budget counts exactly what it counted without batching.
+//!   current-thread runtime) the budget misses only calls that a batch stamped early.
 //! - A thread's batch table keeps a weak reference to up to 4 budgets, which keeps their
 //!   memory (not their value) allocated until it is evicted or the thread exits.
 //! - The batches are plain thread-locals (no synchronization); only the shared window is
@@ -71,14 +84,14 @@ use crate::loom::{AtomicU64, Ordering};
 const SLOTS: u64 = 10;
 /// Units of credit per retry: ratios are kept in millionths.
 const SCALE: u128 = 1_000_000;
-const TICK_BITS: u32 = 24;
-const TICK_MASK: u64 = (1 << TICK_BITS) - 1;
-const COUNT_BITS: u32 = 20;
+/// Bits of a counter holding its count; the bits above hold its lap.
+const COUNT_BITS: u32 = 23;
 const COUNT_MASK: u64 = (1 << COUNT_BITS) - 1;
-const CALLS_SHIFT: u32 = COUNT_BITS;
-const RETRIES_SHIFT: u32 = 0;
-/// Calls a thread counts locally before adding them to the window; the clock is read once
-/// per full batch.
+/// The shortest tick the builder allows (a 10 ms window).
+const MIN_TICK_NANOS: u64 = 1_000_000;
+// The lap of the largest tick the clock can give fits above the count: laps never wrap.
+const _: () = assert!(u64::MAX / MIN_TICK_NANOS / SLOTS < 1 << (64 - COUNT_BITS));
+/// The most calls a thread's batch holds; a full batch is added to the window in one write.
 // Under loom, batching is compiled out (loom threads share the OS thread's locals).
 #[cfg_attr(loom, allow(dead_code))]
 const BATCH: u64 = 32;
@@ -125,11 +138,14 @@ pub struct RetryBudget {
 
 struct Shared {
     origin: Instant,
-    slot_nanos: u64,
+    tick_nanos: u64,
     /// The newest tick anyone has read from the clock; never ahead of the real one. Read by
-    /// every deposit, written about once per slot: kept off the slots' cache lines.
+    /// every deposit, written about once per tick: kept off the counters' cache lines.
     tick: CachePadded<AtomicU64>,
-    slots: [AtomicU64; SLOTS as usize],
+    /// Calls per slot: slot `t % SLOTS` counts the calls stamped with tick `t`.
+    calls: [AtomicU64; SLOTS as usize],
+    /// Retries per slot, as `calls`.
+    retries: [AtomicU64; SLOTS as usize],
     /// Credit per call, in millionths of a retry.
     per_call: u128,
     /// Credit always available within a window, in millionths of a retry.
@@ -206,15 +222,16 @@ impl RetryBudgetBuilder {
         let per_call = (self.ratio * SCALE as f64).round() as u128;
         let floor = (f64::from(self.min_per_sec) * self.window.as_secs_f64() * SCALE as f64).round()
             as u128;
-        // The window is at least 10 ms, so a slot is at least 1 ms.
-        let slot_nanos =
+        // The window is at least 10 ms, so a tick is at least `MIN_TICK_NANOS`.
+        let tick_nanos =
             u64::try_from(self.window.as_nanos() / u128::from(SLOTS)).unwrap_or(u64::MAX);
         Ok(RetryBudget {
             shared: Arc::new(Shared {
                 origin: Instant::now(),
-                slot_nanos,
+                tick_nanos,
                 tick: CachePadded(AtomicU64::new(0)),
-                slots: std::array::from_fn(|_| AtomicU64::new(0)),
+                calls: std::array::from_fn(|_| AtomicU64::new(0)),
+                retries: std::array::from_fn(|_| AtomicU64::new(0)),
                 per_call,
                 floor,
                 window: self.window,
@@ -243,9 +260,9 @@ impl RetryBudget {
 
     /// Records a call (not a retry). The retry policy calls this once per call.
     ///
-    /// Counted in a thread-local batch first, added to the window in one write per 32 calls
-    /// (or sooner: see [batching](crate::budget#deposits-are-batched-per-thread)). No lock, no
-    /// atomic read-modify-write on most calls, and one clock read per batch.
+    /// Counted in a thread-local batch first, added to the window in one write per batch of up
+    /// to 32 calls (see [batching](crate::budget#deposits-are-batched-per-thread)). No lock; on
+    /// most calls of a busy thread, no atomic read-modify-write and no clock read.
     #[inline]
     pub fn deposit(&self) {
         let shared = &*self.shared;
@@ -264,7 +281,8 @@ impl RetryBudget {
         if batch::add(&self.shared, tick) {
             return;
         }
-        // No batching (loom models, or a thread whose locals are gone): count it at once.
+        // No batching (loom models, or a thread whose locals are gone, where the clock may be
+        // gone too): count it at once, with the cached tick.
         self.shared.add_calls(tick, 1);
     }
 
@@ -276,17 +294,7 @@ impl RetryBudget {
     pub fn try_withdraw(&self) -> bool {
         self.flush();
         let shared = &*self.shared;
-        let tick = shared.now_tick();
-        if shared.bump(tick, RETRIES_SHIFT).is_none() {
-            return false;
-        }
-        let (calls, retries) = shared.sum(tick);
-        if shared.allowed(calls) >= retries {
-            true
-        } else {
-            shared.undo_retry(tick);
-            false
-        }
+        shared.withdraw(shared.now_tick())
     }
 
     /// Adds this thread's pending deposits into this budget to the window.
@@ -332,17 +340,33 @@ impl fmt::Debug for RetryBudget {
     }
 }
 
-const fn stamp(word: u64) -> u64 {
-    word >> (2 * COUNT_BITS)
+/// The slot of `tick`.
+const fn slot(tick: u64) -> usize {
+    (tick % SLOTS) as usize
 }
 
-const fn count(word: u64, shift: u32) -> u64 {
-    (word >> shift) & COUNT_MASK
+/// The lap of `tick`: which turn of the ring it falls in.
+const fn lap(tick: u64) -> u64 {
+    tick / SLOTS
 }
 
-/// How many ticks `older` is behind `newer`, in the 24-bit stamp space.
-const fn age(newer: u64, older: u64) -> u64 {
-    newer.wrapping_sub(older) & TICK_MASK
+const fn count(word: u64) -> u64 {
+    word & COUNT_MASK
+}
+
+/// The count `word` holds for `lap`: `Some(0)` when it counts for an older lap, `None` when it
+/// counts for a newer one.
+fn count_for(word: u64, lap: u64) -> Option<u64> {
+    match (word >> COUNT_BITS).cmp(&lap) {
+        std::cmp::Ordering::Equal => Some(count(word)),
+        std::cmp::Ordering::Less => Some(0),
+        std::cmp::Ordering::Greater => None,
+    }
+}
+
+/// A counter's word: `count` for `lap`.
+const fn word(lap: u64, count: u64) -> u64 {
+    lap << COUNT_BITS | count
 }
 
 impl Shared {
@@ -350,7 +374,7 @@ impl Shared {
     fn now_tick(&self) -> u64 {
         let elapsed = Instant::now().saturating_duration_since(self.origin);
         // In u64 (584 years of nanoseconds): a 128-bit division costs several times more.
-        let tick = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX) / self.slot_nanos;
+        let tick = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX) / self.tick_nanos;
         let cached = self.tick.0.load(Ordering::Relaxed);
         if tick <= cached {
             // Another thread got there first: no write, so no cache line taken from readers.
@@ -359,91 +383,97 @@ impl Shared {
         self.tick.0.fetch_max(tick, Ordering::Relaxed).max(tick)
     }
 
-    /// Adds one to a count of the slot for `tick`; returns the count before, or `None` when it
-    /// is saturated. A slot stamped with an older tick is reset first; one stamped with a newer
-    /// tick (another thread moved on) takes the count as is.
-    #[inline]
-    fn bump(&self, tick: u64, shift: u32) -> Option<u64> {
-        let slot = &self.slots[(tick % SLOTS) as usize];
-        let tag = tick & TICK_MASK;
-        let mut current = slot.load(Ordering::Relaxed);
+    /// Takes one retry at `tick`, if the window ending at `tick` has one left.
+    fn withdraw(&self, tick: u64) -> bool {
+        if !self.add_retry(tick) {
+            return false;
+        }
+        let (calls, retries) = self.sum(tick);
+        // The sum holds this retry unless a newer lap has taken its slot since (this thread
+        // stalled for a whole window): a counter's lap never goes back, so if the slot still
+        // counts this lap now, it did when it was summed.
+        let counted = self.retries[slot(tick)].load(Ordering::Acquire) >> COUNT_BITS == lap(tick);
+        if counted && self.allowed(calls) >= retries {
+            true
+        } else {
+            self.undo_retry(tick);
+            false
+        }
+    }
+
+    /// Records a retry at `tick`; `false` when its slot is saturated or has moved on to a
+    /// newer lap. A slot counting an older lap is reset first.
+    fn add_retry(&self, tick: u64) -> bool {
+        let counter = &self.retries[slot(tick)];
+        let lap = lap(tick);
+        let mut current = counter.load(Ordering::Relaxed);
         loop {
-            let behind = age(tag, stamp(current));
-            let base = if behind == 0 || behind >= 1 << (TICK_BITS - 1) {
-                current
-            } else {
-                tag << (2 * COUNT_BITS)
+            let Some(before) = count_for(current, lap) else {
+                return false;
             };
-            let before = count(base, shift);
             if before == COUNT_MASK {
-                return None;
+                return false;
             }
-            match slot.compare_exchange_weak(
+            match counter.compare_exchange_weak(
                 current,
-                base + (1 << shift),
+                word(lap, before + 1),
                 Ordering::AcqRel,
                 Ordering::Relaxed,
             ) {
-                Ok(_) => return Some(before),
+                Ok(_) => return true,
                 Err(actual) => current = actual,
             }
         }
     }
 
-    /// Adds `n` calls to the slot for `tick`. A slot stamped with an older tick is reset
-    /// first. When the slot has moved on to a newer tick, the calls are dropped: they belong
-    /// to a tick that has left the window (or is about to), and counting them under the newer
-    /// stamp would make their credit last too long. Saturates at 2^20 - 1 calls per slot.
+    /// Adds `n` calls at `tick`. A slot counting an older lap is reset first. When the slot
+    /// has moved on to a newer lap, the calls are dropped: they belong to a tick that has left
+    /// the window, and counting them in the newer lap would make their credit last too long.
+    /// Saturates at 2^23 - 1 calls per slot.
     fn add_calls(&self, tick: u64, n: u64) {
-        let slot = &self.slots[(tick % SLOTS) as usize];
-        let tag = tick & TICK_MASK;
-        let mut current = slot.load(Ordering::Relaxed);
+        let counter = &self.calls[slot(tick)];
+        let lap = lap(tick);
+        let mut current = counter.load(Ordering::Relaxed);
         loop {
-            let behind = age(tag, stamp(current));
-            let base = if behind == 0 {
-                current
-            } else if behind >= 1 << (TICK_BITS - 1) {
+            let Some(before) = count_for(current, lap) else {
                 return;
-            } else {
-                tag << (2 * COUNT_BITS)
             };
-            let add = n.min(COUNT_MASK - count(base, CALLS_SHIFT));
-            if add == 0 && base == current {
+            let new = word(lap, before + n.min(COUNT_MASK - before));
+            if new == current {
                 return;
             }
-            match slot.compare_exchange_weak(
-                current,
-                base + (add << CALLS_SHIFT),
-                Ordering::AcqRel,
-                Ordering::Relaxed,
-            ) {
+            match counter.compare_exchange_weak(current, new, Ordering::AcqRel, Ordering::Relaxed) {
                 Ok(_) => return,
                 Err(actual) => current = actual,
             }
         }
     }
 
-    /// Takes back a retry recorded for `tick`, unless its slot has moved on since.
+    /// Takes back a retry recorded at `tick`, unless its slot has moved on since.
     fn undo_retry(&self, tick: u64) {
-        let slot = &self.slots[(tick % SLOTS) as usize];
-        let tag = tick & TICK_MASK;
-        let _ = slot.fetch_update(Ordering::AcqRel, Ordering::Relaxed, |word| {
-            (stamp(word) == tag && count(word, RETRIES_SHIFT) > 0)
-                .then(|| word - (1 << RETRIES_SHIFT))
+        let lap = lap(tick);
+        let _ = self.retries[slot(tick)].fetch_update(Ordering::AcqRel, Ordering::Relaxed, |w| {
+            (w >> COUNT_BITS == lap && count(w) > 0).then(|| w - 1)
         });
     }
 
-    /// Calls and retries recorded within the window ending at `tick`.
+    /// Calls and retries recorded within the window ending at `tick`: the ticks
+    /// `tick - 9 ..= tick`, each read from its slot only if the slot counts its lap.
     fn sum(&self, tick: u64) -> (u128, u128) {
-        let tag = tick & TICK_MASK;
-        self.slots
-            .iter()
-            .map(|slot| slot.load(Ordering::Acquire))
-            .filter(|&word| age(tag, stamp(word)) < SLOTS)
-            .fold((0, 0), |(calls, retries), word| {
+        (0..SLOTS.min(tick + 1))
+            .map(|back| tick - back)
+            .fold((0, 0), |(calls, retries), t| {
+                let read = |counter: &AtomicU64| {
+                    let w = counter.load(Ordering::Acquire);
+                    if w >> COUNT_BITS == lap(t) {
+                        count(w)
+                    } else {
+                        0
+                    }
+                };
                 (
-                    calls + u128::from(count(word, CALLS_SHIFT)),
-                    retries + u128::from(count(word, RETRIES_SHIFT)),
+                    calls + u128::from(read(&self.calls[slot(t)])),
+                    retries + u128::from(read(&self.retries[slot(t)])),
                 )
             })
     }
@@ -456,11 +486,12 @@ impl Shared {
 
 /// The per-thread batches of deposits (see the module docs).
 ///
-/// Invariants: an entry's `pending` calls were all deposited into the budget whose `Shared`
-/// is at `key`, while its cached tick was `tick`; `budget` is a weak reference to that same
-/// budget whenever `pending > 0` or `key` is not null, which keeps the allocation (and so the
-/// key) from being reused by another budget while the entry exists. Entry 0 is the most
-/// recently used. Only the owning thread touches its table: no synchronization.
+/// Invariants: an entry's open batch (`tick != CLOSED`) holds `limit - left` calls, all
+/// deposited into the budget whose `Shared` is at `key` at or after the tick `tick` (read
+/// from the clock when the batch started); `budget` is a weak reference to that same budget
+/// whenever `key` is not null, which keeps the allocation (and so the key) from being reused
+/// by another budget while the entry exists. Entry 0 is the most recently used. Only the
+/// owning thread touches its table: no synchronization.
 #[cfg(not(loom))]
 mod batch {
     use std::cell::Cell;
@@ -471,11 +502,20 @@ mod batch {
 
     /// Budgets a thread batches for at once.
     const ENTRIES: usize = 4;
+    /// `Entry::tick` of an entry with no open batch: never a tick the clock gives.
+    const CLOSED: u64 = u64::MAX;
 
     struct Entry {
         key: Cell<*const Shared>,
+        /// The tick the open batch started in, or [`CLOSED`].
         tick: Cell<u64>,
-        pending: Cell<u64>,
+        /// The most calls the open batch holds.
+        limit: Cell<u64>,
+        /// Calls the open batch can still take: it holds `limit - left`. Counted down, so that
+        /// the fast path compares with zero.
+        left: Cell<u64>,
+        /// The tick the last batch started in, or [`CLOSED`].
+        last: Cell<u64>,
         budget: Cell<Weak<Shared>>,
     }
 
@@ -483,37 +523,41 @@ mod batch {
         const fn new() -> Self {
             Self {
                 key: Cell::new(ptr::null()),
-                tick: Cell::new(0),
-                pending: Cell::new(0),
+                tick: Cell::new(CLOSED),
+                limit: Cell::new(0),
+                left: Cell::new(0),
+                last: Cell::new(CLOSED),
                 budget: Cell::new(Weak::new()),
             }
         }
 
-        /// Adds the pending calls to their budget's window, if it still exists.
-        fn flush(&self) {
-            if self.pending.get() == 0 {
+        /// Adds the open batch to its budget's window, if the budget still exists.
+        fn close(&self) {
+            if self.tick.get() == CLOSED {
                 return;
             }
             let budget = self.budget.take();
             if let Some(shared) = budget.upgrade() {
-                self.flush_into(&shared);
+                self.close_into(&shared);
             }
-            self.pending.set(0);
+            self.tick.set(CLOSED);
             self.budget.set(budget);
         }
 
-        /// [`flush`](Self::flush), for a caller that holds the entry's budget.
-        fn flush_into(&self, shared: &Shared) {
-            let pending = self.pending.replace(0);
-            if pending > 0 {
-                shared.add_calls(self.tick.get(), pending);
+        /// [`close`](Self::close), for a caller that holds the entry's budget.
+        fn close_into(&self, shared: &Shared) {
+            let tick = self.tick.replace(CLOSED);
+            if tick != CLOSED {
+                shared.add_calls(tick, self.limit.get() - self.left.get());
             }
         }
 
         fn swap(&self, other: &Self) {
             self.key.swap(&other.key);
             self.tick.swap(&other.tick);
-            self.pending.swap(&other.pending);
+            self.limit.swap(&other.limit);
+            self.left.swap(&other.left);
+            self.last.swap(&other.last);
             self.budget.swap(&other.budget);
         }
     }
@@ -523,7 +567,7 @@ mod batch {
     impl Drop for Table {
         fn drop(&mut self) {
             for entry in &self.0 {
-                entry.flush();
+                entry.close();
             }
         }
     }
@@ -532,28 +576,31 @@ mod batch {
         static TABLE: Table = const { Table([const { Entry::new() }; ENTRIES]) };
     }
 
-    /// The fast path: one more call into the most recent batch, if it is this budget's, for
-    /// this tick, and not full. `false` when the caller must take [`add`].
+    /// The fast path: one more call into the most recent batch, if it is this budget's, was
+    /// started in the cached tick `tick`, and has room. `false` when the caller must take
+    /// [`add`].
     #[inline]
     pub(super) fn try_add(shared: &Arc<Shared>, tick: u64) -> bool {
         TABLE
             .try_with(|table| {
                 let entry = &table.0[0];
-                let pending = entry.pending.get();
+                let left = entry.left.get();
                 let fits = ptr::eq(entry.key.get(), Arc::as_ptr(shared))
                     && entry.tick.get() == tick
-                    && pending + 1 < BATCH;
+                    && left != 0;
                 if fits {
-                    entry.pending.set(pending + 1);
+                    entry.left.set(left - 1);
                 }
                 fits
             })
             .unwrap_or(false)
     }
 
-    /// One more call, the slow way: finds or makes this budget's entry, and adds a batch to
-    /// the window when it is full or its tick has passed. `false` when the thread's table is
-    /// gone (the thread is exiting): the caller counts the call itself.
+    /// One more call, the slow way: finds or makes this budget's entry and adds the call to
+    /// its open batch if that has room and was started in the cached tick `tick`; otherwise
+    /// adds the open batch to the window, reads the clock and starts a new batch with this
+    /// call. `false` when the thread's table is gone (the thread is exiting): the caller counts
+    /// the call itself.
     pub(super) fn add(shared: &Arc<Shared>, tick: u64) -> bool {
         TABLE
             .try_with(|table| {
@@ -568,40 +615,50 @@ mod batch {
                     }
                     None => {
                         let last = &entries[ENTRIES - 1];
-                        last.flush();
+                        last.close();
                         for j in (0..ENTRIES - 1).rev() {
                             entries[j].swap(&entries[j + 1]);
                         }
                         let entry = &entries[0];
                         entry.key.set(key);
-                        entry.tick.set(tick);
+                        entry.last.set(CLOSED);
                         entry.budget.set(Arc::downgrade(shared));
                     }
                 }
                 let entry = &entries[0];
-                if entry.tick.get() != tick {
-                    // The window moved on: the old batch goes in with its own tick.
-                    entry.flush_into(shared);
-                    entry.tick.set(tick);
+                let left = entry.left.get();
+                if entry.tick.get() == tick && left != 0 {
+                    // Another budget's batch was the most recent one: this one goes on.
+                    entry.left.set(left - 1);
+                    return;
                 }
-                let pending = entry.pending.get() + 1;
-                if pending < BATCH {
-                    entry.pending.set(pending);
+                entry.close_into(shared);
+                let now = shared.now_tick();
+                // Many calls per tick: grow. Otherwise (a new tick, or the first batch) this
+                // call goes to the window at once.
+                let limit = if entry.last.get() == now {
+                    (entry.limit.get() * 2).min(BATCH)
                 } else {
-                    entry.pending.set(0);
-                    shared.add_calls(tick, pending);
-                    shared.now_tick();
+                    1
+                };
+                entry.last.set(now);
+                entry.limit.set(limit);
+                if limit == 1 {
+                    shared.add_calls(now, 1);
+                } else {
+                    entry.tick.set(now);
+                    entry.left.set(limit - 1);
                 }
             })
             .is_ok()
     }
 
-    /// Adds this thread's pending calls into `shared` to its window.
+    /// Adds this thread's open batch of calls into `shared` to its window.
     pub(super) fn flush(shared: &Arc<Shared>) {
         let key = Arc::as_ptr(shared);
         let _ = TABLE.try_with(|table| {
             if let Some(entry) = table.0.iter().find(|e| ptr::eq(e.key.get(), key)) {
-                entry.flush_into(shared);
+                entry.close_into(shared);
             }
         });
     }
@@ -671,25 +728,29 @@ mod tests {
         assert_eq!(budget.available(), 2);
     }
 
-    /// Another thread's calls count once its batch fills or the thread exits; until then at
-    /// most `BATCH - 1` of them are missing, never extra.
-    #[test]
-    fn another_threads_batch_counts_when_full_or_at_exit() {
+    /// Another thread's calls count once its batch is added (by its next call, or at its
+    /// exit); until then at most `BATCH` of them are missing, never extra.
+    #[tokio::test(start_paused = true)]
+    async fn another_threads_batch_counts_when_added_or_at_exit() {
         use std::sync::Barrier;
 
         let budget = budget(1.0, 0);
         let (counted, exit) = (Arc::new(Barrier::new(2)), Arc::new(Barrier::new(2)));
+        let runtime = tokio::runtime::Handle::current();
         // Not a scoped thread: joining it waits for its thread-local destructors too.
         let thread = std::thread::spawn({
             let (budget, counted, exit) = (budget.clone(), Arc::clone(&counted), Arc::clone(&exit));
             move || {
+                let _entered = runtime.enter();
+                // All in one tick: batches of 1, 2, 4, 8 and 16 calls are added, and the
+                // open batch (room for 32) holds the last 9.
                 (0..40).for_each(|_| budget.deposit());
                 counted.wait();
                 exit.wait();
             }
         });
         counted.wait();
-        assert_eq!(budget.available(), BATCH);
+        assert_eq!(budget.available(), 31);
         exit.wait();
         thread.join().unwrap();
         assert_eq!(budget.available(), 40);
@@ -804,6 +865,49 @@ mod loom_tests {
             let granted = budget.try_withdraw();
             thread.join().unwrap();
             assert_eq!(budget.available() + u64::from(granted), 3);
+        });
+    }
+
+    /// A budget whose counters are driven at explicit ticks: a 10 s window, so tick `t` is
+    /// second `t`, and tick `SLOTS` is the same slot as tick 0, one lap later.
+    fn by_hand() -> RetryBudget {
+        RetryBudget::builder()
+            .ratio(1.0)
+            .min_per_sec(0)
+            .window(Duration::from_secs(10))
+            .build()
+            .unwrap()
+    }
+
+    /// A late batch for a slot's old lap racing a call in its new lap: whatever the order,
+    /// the old calls never count in the new lap.
+    #[test]
+    fn loom_a_late_batch_never_counts_in_a_newer_lap() {
+        model(|| {
+            let budget = by_hand();
+            budget.shared.add_calls(0, 2);
+            let other = budget.clone();
+            let thread = loom::thread::spawn(move || other.shared.add_calls(0, 3));
+            budget.shared.add_calls(SLOTS, 1);
+            thread.join().unwrap();
+            assert_eq!(budget.shared.sum(SLOTS), (1, 0));
+        });
+    }
+
+    /// A withdrawal in a slot's old lap racing one in its new lap: the old one finds no
+    /// credit, and neither its retry nor its undo ever touches the new lap's count.
+    #[test]
+    fn loom_a_late_withdrawal_never_touches_a_newer_lap() {
+        model(|| {
+            let budget = by_hand();
+            budget.shared.add_calls(SLOTS, 1);
+            let other = budget.clone();
+            let thread = loom::thread::spawn(move || other.shared.withdraw(0));
+            let granted = budget.shared.withdraw(SLOTS);
+            let late = thread.join().unwrap();
+            assert!(granted);
+            assert!(!late);
+            assert_eq!(budget.shared.sum(SLOTS), (1, 1));
         });
     }
 }

@@ -21,6 +21,9 @@ pub enum StopReason {
     /// The attempt had [committed](crate::Attempt::commit) and failed in a way that would
     /// otherwise have been retried: a committed attempt is never retried.
     Committed,
+    /// The tower middleware's inner service failed in `poll_ready` (feature `tower`): a
+    /// service that fails there is done, by tower's contract, so no attempt was made.
+    NotReady,
 }
 
 impl fmt::Display for StopReason {
@@ -32,6 +35,7 @@ impl fmt::Display for StopReason {
             Self::DeadlineExceeded => "deadline exceeded",
             Self::Cancelled => "cancelled",
             Self::Committed => "attempt committed",
+            Self::NotReady => "inner service failed to get ready",
         })
     }
 }
@@ -69,7 +73,21 @@ pub struct RetryError<T, E> {
 }
 
 impl<T, E> RetryError<T, E> {
-    /// Attempts started, the last one included.
+    /// The inner service's `poll_ready` failed with `error`, before any attempt.
+    #[cfg(feature = "tower")]
+    pub(crate) const fn not_ready(error: E) -> Self {
+        Self {
+            attempts: 0,
+            elapsed: Duration::ZERO,
+            stop: StopReason::NotReady,
+            last: Some(Err(error)),
+            timed_out: false,
+        }
+    }
+
+    /// Attempts started, the last one included (0 when the tower middleware's inner service
+    /// failed to get ready, [`StopReason::NotReady`]: [`last`](Self::last) then holds its
+    /// error).
     pub const fn attempts(&self) -> u32 {
         self.attempts
     }
@@ -99,7 +117,7 @@ impl<T, E> RetryError<T, E> {
 
     /// Whether the last attempt was cut short (by the attempt timeout or the deadline) before
     /// it finished; [`last`](Self::last) then holds the attempt before it, if any.
-    pub const fn timed_out(&self) -> bool {
+    pub const fn is_timed_out(&self) -> bool {
         self.timed_out
     }
 

@@ -13,8 +13,9 @@
 //! - A [`deadline`](RetryBuilder::deadline) counts attempts and waits together, and no attempt
 //!   starts when its wait would end past the deadline.
 //! - A classifier ([`Classify`]) decides per outcome: retry, stop, or
-//!   [throttled](Action::Throttled) with the server's hint (a `Retry-After`), which the next wait
-//!   honours. An `Ok` can be a failure: an HTTP 503 is an `Ok` to hyper.
+//!   [throttled](Action::Throttled) with the server's hint (a `Retry-After`, which
+//!   [`RetryAfter`] parses), which the next wait honours. An `Ok` can be a failure: an HTTP 503
+//!   is an `Ok` to hyper.
 //! - [`Backoff`] schedules (constant, linear, exponential) with AWS's jitter variants, where the
 //!   cap holds after jitter and jitter does not vanish at the cap; any
 //!   `IntoIterator<Item = Duration>` is a schedule too. Jitter is seeded and repeatable.
@@ -59,7 +60,7 @@
 //!
 //! | feature | default | what it adds |
 //! | --- | --- | --- |
-//! | `tower` | no | [`RetryLayer`](tower::RetryLayer) / [`RetryService`](tower::RetryService) for cloneable requests, and [`buffer_request`](tower::buffer_request) to make an `http::Request` replayable |
+//! | `tower` | no | [`tower::RetryLayer`] / [`tower::Retry`] for cloneable requests, with a default classifier for HTTP responses that honours `Retry-After` on 429 and 503, and [`buffer_request`](tower::buffer_request) to make an `http::Request` replayable |
 //! | `backoff` | no | [`schedule::from_backoff`]: the unmaintained `backoff` crate's schedules, for migrations |
 //!
 //! # Cancel safety
@@ -77,11 +78,11 @@
 //! # Performance
 //!
 //! A call that succeeds on its first attempt allocates nothing, takes no lock and (almost) never
-//! reads the clock: the budget deposit is a thread-local increment, and only one call in 32 per
-//! thread adds the batch to the shared window (one CAS) and reads the clock
+//! reads the clock: the budget deposit is a thread-local increment, and a thread that makes many
+//! calls adds them to the shared window in batches of 32, with one CAS and one clock read each
 //! ([batching](budget#deposits-are-batched-per-thread)); timers are armed only once an attempt
-//! actually waits. `docs/benchmarks.md` in the
-//! repository holds the figures against backon and tower.
+//! actually waits. `docs/benchmarks.md` in the repository holds the figures against backon and
+//! tower.
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
@@ -89,6 +90,7 @@ pub mod budget;
 mod error;
 mod loom;
 mod policy;
+mod retry_after;
 mod rng;
 pub mod schedule;
 #[cfg(feature = "tower")]
@@ -100,6 +102,11 @@ pub use crate::error::{InvalidConfig, RetryError, StopReason};
 pub use crate::policy::{
     Action, Attempt, Call, Classify, Retry, RetryBuilder, RetryCause, RetryEvent, RetryOnError,
 };
+pub use crate::retry_after::RetryAfter;
 pub use crate::schedule::{Backoff, Jitter, Schedule};
 
 pub use tokio_util::sync::CancellationToken;
+
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+mod readme_doctests {}

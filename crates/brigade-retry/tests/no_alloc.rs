@@ -28,6 +28,7 @@ fn the_success_path_does_not_allocate() {
         .build()
         .unwrap();
     let default = Retry::builder().build().unwrap();
+    let unbudgeted = Retry::builder().budget(None).build().unwrap();
     let limited = Retry::builder()
         .deadline(Duration::from_secs(5))
         .attempt_timeout(Duration::from_secs(1))
@@ -40,6 +41,8 @@ fn the_success_path_does_not_allocate() {
         // Warm up anything lazily initialised on first use (thread-locals, the budget's slots).
         let _ = default.run(async |_| Ok::<_, Infallible>(0)).await;
 
+        // With the budget (its batches filling, added to the window, and starting again) and
+        // without it, with limits and a token and without them.
         let region = Region::new(GLOBAL);
         for n in 0..10_000_u32 {
             let a = default.run(async |_| Ok::<_, Infallible>(n)).await;
@@ -48,7 +51,8 @@ fn the_success_path_does_not_allocate() {
                 .cancel_on(token.clone())
                 .run(async |attempt| Ok::<_, Infallible>(attempt.number()))
                 .await;
-            assert_eq!((a.ok(), b.ok()), (Some(n), Some(1)));
+            let c = unbudgeted.run(async |_| Ok::<_, Infallible>(n)).await;
+            assert_eq!((a.ok(), b.ok(), c.ok()), (Some(n), Some(1), Some(n)));
         }
         let change = region.change();
         assert_eq!(change.allocations, 0, "{change:?}");

@@ -81,7 +81,7 @@ async fn stop_exhausted_after_max_attempts() {
     assert_eq!(err.stop(), StopReason::Exhausted);
     assert_eq!(err.elapsed(), MS * 200);
     assert_eq!(err.error(), Some(&Upstream("reset")));
-    assert!(!err.timed_out());
+    assert!(!err.is_timed_out());
 }
 
 #[tokio::test(start_paused = true)]
@@ -181,7 +181,7 @@ async fn stop_deadline_counts_attempt_time() {
     assert_eq!(err.attempts(), 2);
     assert_eq!(start.elapsed(), MS * 900);
     assert_eq!(err.elapsed(), MS * 900);
-    assert!(!err.timed_out());
+    assert!(!err.is_timed_out());
     assert_eq!(err.error(), Some(&Upstream("slow failure")));
 }
 
@@ -200,7 +200,7 @@ async fn stop_deadline_cuts_a_running_attempt() {
         .unwrap_err();
     assert_eq!(err.stop(), StopReason::DeadlineExceeded);
     assert_eq!(err.attempts(), 2);
-    assert!(err.timed_out());
+    assert!(err.is_timed_out());
     // The deadline counts from the first failure here: the first attempt never waited.
     assert_eq!(start.elapsed(), SEC);
     assert_eq!(err.error(), Some(&Upstream("reset")));
@@ -242,7 +242,7 @@ async fn attempt_timeouts_until_exhausted_report_timed_out() {
         .await
         .unwrap_err();
     assert_eq!(err.stop(), StopReason::Exhausted);
-    assert!(err.timed_out());
+    assert!(err.is_timed_out());
     assert!(err.last().is_none());
     assert_eq!(err.elapsed(), MS * 600);
 }

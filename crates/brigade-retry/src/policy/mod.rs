@@ -410,11 +410,12 @@ impl<'a, S: Schedule, C> Call<'a, S, C> {
     /// `op` is called once per attempt with the attempt's [`Attempt`].
     ///
     /// The classifier is called once per finished attempt. The path of a call that succeeds at
-    /// once allocates nothing, takes no lock and reads no clock (one deposit into the budget, a
-    /// thread-local increment that adds a batch to the shared window and reads the clock once
-    /// in 32 calls: see [batching](crate::budget#deposits-are-batched-per-thread)); the clock
-    /// is read when an attempt first waits, and on failures. Each retry allocates once: its wait is boxed, which keeps the future of
-    /// every call small.
+    /// once allocates nothing, takes no lock and, on a busy thread, reads no clock (one deposit
+    /// into the budget, a thread-local increment; a thread that makes many calls adds them to
+    /// the shared window and reads the clock once per 32 calls: see
+    /// [batching](crate::budget#deposits-are-batched-per-thread)); the clock is read when an
+    /// attempt first waits, and on failures. Each retry allocates once: its wait is boxed,
+    /// which keeps the future of every call small.
     ///
     /// # Errors
     ///
