@@ -55,8 +55,10 @@ mod reservation;
 mod store;
 mod wait;
 
+use std::borrow::Borrow;
 use std::fmt;
 use std::hash::{BuildHasher, Hash, RandomState};
+use std::marker::PhantomData;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, PoisonError};
@@ -133,7 +135,7 @@ impl Limit {
     }
 }
 
-/// Builds a [`RateLimiter`]; each setter documents its default.
+/// Builds a [`RateLimiter`] with keys of type `K`; each setter documents its default.
 ///
 /// # Examples
 ///
@@ -149,27 +151,50 @@ impl Limit {
 ///     .build()?;
 /// # Ok::<(), brigade_limit::InvalidConfig>(())
 /// ```
-#[derive(Clone, Debug)]
 #[must_use]
-pub struct RateLimiterBuilder {
+pub struct RateLimiterBuilder<K> {
     limits: Vec<Limit>,
     max_keys: usize,
     max_queue: usize,
     shadow: bool,
+    // `fn() -> K`: the builder holds no `K`, so it is `Send`, `Sync` and `Clone` whatever `K`.
+    key: PhantomData<fn() -> K>,
 }
 
-impl Default for RateLimiterBuilder {
+impl<K> Default for RateLimiterBuilder<K> {
     fn default() -> Self {
         Self {
             limits: Vec::new(),
             max_keys: 100_000,
             max_queue: 64,
             shadow: false,
+            key: PhantomData,
         }
     }
 }
 
-impl RateLimiterBuilder {
+impl<K> Clone for RateLimiterBuilder<K> {
+    fn clone(&self) -> Self {
+        Self {
+            limits: self.limits.clone(),
+            key: PhantomData,
+            ..*self
+        }
+    }
+}
+
+impl<K> fmt::Debug for RateLimiterBuilder<K> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RateLimiterBuilder")
+            .field("limits", &self.limits)
+            .field("max_keys", &self.max_keys)
+            .field("max_queue", &self.max_queue)
+            .field("shadow", &self.shadow)
+            .finish()
+    }
+}
+
+impl<K> RateLimiterBuilder<K> {
     /// Adds a limit; at least one, at most [`MAX_LIMITS`], names unique and printable ASCII.
     /// No default.
     pub fn limit(mut self, limit: Limit) -> Self {
@@ -212,7 +237,7 @@ impl RateLimiterBuilder {
     ///
     /// [`InvalidConfig`] for no limit, too many, two with one name, a name that is not
     /// printable ASCII, a quota whose window overflows, or `max_keys(0)`.
-    pub fn build<K>(self) -> Result<RateLimiter<K>, InvalidConfig> {
+    pub fn build(self) -> Result<RateLimiter<K>, InvalidConfig> {
         if self.limits.is_empty() {
             return Err(InvalidConfig::NoLimits);
         }
@@ -374,23 +399,48 @@ impl RateLimiter<()> {
     }
 }
 
-impl RateLimiter<()> {
-    /// A builder, for several limits, a key bound, a queue bound or shadow mode.
-    pub fn builder() -> RateLimiterBuilder {
+impl<K> RateLimiter<K> {
+    /// A builder, for several limits, a key bound, a queue bound or shadow mode; for keys of
+    /// any type (`K: Hash + Eq` to decide).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::num::NonZeroU32;
+    /// use brigade_limit::{Limit, Quota, RateLimiter};
+    ///
+    /// /// A tenant and a model: each pair has its own quota.
+    /// #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+    /// struct Tenant {
+    ///     id: u32,
+    ///     model: &'static str,
+    /// }
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let tokens = Quota::per_minute(NonZeroU32::new(10_000).unwrap());
+    /// let limiter = RateLimiter::<Tenant>::builder()
+    ///     .limit(Limit::new("tokens", tokens))
+    ///     .max_keys(10_000)
+    ///     .build()?;
+    /// let small = Tenant { id: 7, model: "small" };
+    /// assert_eq!(limiter.try_acquire(&small, 4_000)?.tightest().remaining(), 6_000);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn builder() -> RateLimiterBuilder<K> {
         RateLimiterBuilder::default()
     }
 }
 
-impl<K: Hash + Eq + Clone> RateLimiter<K> {
+impl<K: Hash + Eq> RateLimiter<K> {
     /// A keyed limiter: one limit named `"default"`, one state per key, at most 100,000 keys.
     ///
     /// # Errors
     ///
     /// [`InvalidConfig::QuotaTooLong`] if `burst × interval` overflows.
     pub fn keyed(quota: Quota) -> Result<Self, InvalidConfig> {
-        RateLimiter::builder()
-            .limit(Limit::new("default", quota))
-            .build()
+        Self::builder().limit(Limit::new("default", quota)).build()
     }
 
     /// Decides now: admits and charges `cost` cells (one for per-request limits) on every
@@ -398,13 +448,38 @@ impl<K: Hash + Eq + Clone> RateLimiter<K> {
     ///
     /// A cost of 0 is admitted and charges nothing on cost limits. Reads the clock once.
     ///
+    /// The key is looked up by any borrowed form of `K`, as in `HashMap::get`: a
+    /// `RateLimiter<String>` is asked with a `&str`. It is copied (`to_owned`) only when the
+    /// limiter starts holding a new key, so a decision on a key already held allocates
+    /// nothing.
+    ///
     /// # Errors
     ///
     /// - [`AcquireError::Rejected`]: over quota, with `retry_after` and the most restrictive
     ///   limit; also while earlier callers wait on the key and this one would delay them.
     /// - [`AcquireError::Unsatisfiable`]: the cost exceeds a limit's burst.
     /// - [`AcquireError::KeysExhausted`]: a new key, and the key table is full of limited keys.
-    pub fn try_acquire(&self, key: &K, cost: u32) -> Result<Admitted, AcquireError> {
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::num::NonZeroU32;
+    /// use brigade_limit::{Quota, RateLimiter};
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() {
+    /// let limiter: RateLimiter<String> =
+    ///     RateLimiter::keyed(Quota::per_minute(NonZeroU32::new(60).unwrap())).unwrap();
+    /// let api_key: &str = "sk-alice"; // borrowed from the request
+    /// assert!(limiter.try_acquire(api_key, 1).is_ok()); // holds a copy from now on
+    /// assert_eq!(limiter.try_acquire(api_key, 1).unwrap().tightest().remaining(), 58);
+    /// # }
+    /// ```
+    pub fn try_acquire<Q>(&self, key: &Q, cost: u32) -> Result<Admitted, AcquireError>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
+    {
         let now = self.now();
         if let Some(direct) = &self.inner.direct {
             // The lock-free path: no waiters, no reconfiguration under way.
@@ -418,7 +493,7 @@ impl<K: Hash + Eq + Clone> RateLimiter<K> {
         let hash = self.hash(key);
         let mut guard = lock(self.shard(hash));
         let shard = &mut *guard;
-        if let Some(entry) = shard.table.find_mut(hash, |e| e.key == *key) {
+        if let Some(entry) = shard.table.find_mut(hash, |e| e.key.borrow() == key) {
             if self.inner.len == 1 && self.inner.direct.is_none() && entry.queue().is_none() {
                 let mut tat = entry.first_tat();
                 let one = self.decide_one(shard.limits.gcra[0], &mut tat, now, cost);
@@ -443,7 +518,7 @@ impl<K: Hash + Eq + Clone> RateLimiter<K> {
         let mut tats = [0; MAX_LIMITS];
         let outcome = self.decide(&shard.limits, &mut tats, Ahead::default(), now, cost);
         if matches!(outcome, Outcome::Admit(_)) && tats.iter().any(|&t| t > now) {
-            let entry = Entry::new(key.clone(), tats);
+            let entry = Entry::new(key.to_owned(), tats);
             let inner = &self.inner;
             shard
                 .insert(hash, entry, now, inner.cap, |k| inner.hash(k))
@@ -456,6 +531,8 @@ impl<K: Hash + Eq + Clone> RateLimiter<K> {
 
     /// Like [`try_acquire`](Self::try_acquire), but returns a [`Reservation`] to settle with
     /// the actual cost once it is known.
+    ///
+    /// The reservation owns a copy of the key (`to_owned`), to find it again when settled.
     ///
     /// # Errors
     ///
@@ -476,11 +553,15 @@ impl<K: Hash + Eq + Clone> RateLimiter<K> {
     /// assert_eq!(tokens.try_acquire(&"alice", 0).unwrap().tightest().remaining(), 700);
     /// # }
     /// ```
-    pub fn try_reserve(&self, key: &K, estimate: u32) -> Result<Reservation<K>, AcquireError> {
+    pub fn try_reserve<Q>(&self, key: &Q, estimate: u32) -> Result<Reservation<K>, AcquireError>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
+    {
         let admitted = self.try_acquire(key, estimate)?;
         Ok(Reservation::new(
             self.clone(),
-            key.clone(),
+            key.to_owned(),
             estimate,
             admitted,
         ))
@@ -773,9 +854,10 @@ impl<K> RateLimiter<K> {
     }
 }
 
-impl<K: Hash> Inner<K> {
+impl<K> Inner<K> {
+    /// The hash of a key, or of any borrowed form of it (which hashes alike).
     #[inline]
-    fn hash(&self, key: &K) -> u64 {
+    fn hash<Q: Hash + ?Sized>(&self, key: &Q) -> u64 {
         if self.zero_sized {
             0
         } else {
@@ -784,9 +866,9 @@ impl<K: Hash> Inner<K> {
     }
 }
 
-impl<K: Hash + Eq + Clone> RateLimiter<K> {
+impl<K> RateLimiter<K> {
     #[inline]
-    fn hash(&self, key: &K) -> u64 {
+    fn hash<Q: Hash + ?Sized>(&self, key: &Q) -> u64 {
         self.inner.hash(key)
     }
 }
