@@ -109,7 +109,7 @@ pub use crate::key::{IpKey, IpKeyer};
 pub use crate::quota::Quota;
 pub use crate::rate::{
     Admitted, Limit, LimitStatus, MAX_LIMITS, RateLimiter, RateLimiterBuilder, Rejected,
-    Reservation,
+    Reservation, WhenFull,
 };
 
 pub use tokio_util::sync::CancellationToken;

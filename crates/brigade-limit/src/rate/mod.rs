@@ -135,19 +135,35 @@ impl Limit {
     }
 }
 
+/// What a keyed limiter does with a new key when the key's shard is full of keys that are
+/// still limited; set with [`RateLimiterBuilder::when_full`], whose documentation weighs the
+/// two.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum WhenFull {
+    /// Forget the key that would be idle soonest (its debt is forgiven) and admit the new
+    /// key. The default.
+    #[default]
+    EvictNearestIdle,
+    /// Keep every limited key and refuse the new one with [`AcquireError::KeysExhausted`]
+    /// until keys go idle.
+    RefuseNewKeys,
+}
+
 /// Builds a [`RateLimiter`] with keys of type `K`; each setter documents its default.
 ///
 /// # Examples
 ///
 /// ```
 /// use std::num::NonZeroU32;
-/// use brigade_limit::{Limit, Quota, RateLimiter};
+/// use brigade_limit::{Limit, Quota, RateLimiter, WhenFull};
 ///
 /// let per_minute = |n| Quota::per_minute(NonZeroU32::new(n).unwrap());
 /// let limiter: RateLimiter<String> = RateLimiter::builder()
 ///     .limit(Limit::per_request("requests", per_minute(60)))
 ///     .limit(Limit::new("tokens", per_minute(10_000)))
 ///     .max_keys(50_000)
+///     .when_full(WhenFull::EvictNearestIdle)
 ///     .build()?;
 /// # Ok::<(), brigade_limit::InvalidConfig>(())
 /// ```
@@ -155,6 +171,7 @@ impl Limit {
 pub struct RateLimiterBuilder<K> {
     limits: Vec<Limit>,
     max_keys: usize,
+    when_full: WhenFull,
     max_queue: usize,
     shadow: bool,
     // `fn() -> K`: the builder holds no `K`, so it is `Send`, `Sync` and `Clone` whatever `K`.
@@ -166,6 +183,7 @@ impl<K> Default for RateLimiterBuilder<K> {
         Self {
             limits: Vec::new(),
             max_keys: 100_000,
+            when_full: WhenFull::default(),
             max_queue: 64,
             shadow: false,
             key: PhantomData,
@@ -188,6 +206,7 @@ impl<K> fmt::Debug for RateLimiterBuilder<K> {
         f.debug_struct("RateLimiterBuilder")
             .field("limits", &self.limits)
             .field("max_keys", &self.max_keys)
+            .field("when_full", &self.when_full)
             .field("max_queue", &self.max_queue)
             .field("shadow", &self.shadow)
             .finish()
@@ -204,14 +223,49 @@ impl<K> RateLimiterBuilder<K> {
 
     /// The most keys held at once (a keyed limiter). Default: 100,000.
     ///
-    /// The bound is split evenly over up to 32 shards. When a key's shard is full, a new key
-    /// sweeps out its idle keys (no background thread). A key that is still limited is never
-    /// forgotten (that would hand it a fresh burst), so a new key is refused with
-    /// [`AcquireError::KeysExhausted`] while its shard is full of limited keys; to keep the
-    /// sweeps amortised, a sweep that frees less than an eighth of the shard defers the next
-    /// one until an eighth is idle, and new keys are refused until then.
+    /// The bound is split evenly over up to 32 shards. A key's state is held while the key
+    /// is limited; an idle key (all its cells back, its state a fresh key's) is forgotten as
+    /// new keys need room, which changes no decision. There is no background thread.
+    ///
+    /// # When a shard is full of limited keys
+    ///
+    /// A new key then costs something, and [`when_full`](Self::when_full) chooses what:
+    ///
+    /// - [`WhenFull::EvictNearestIdle`] (the default) forgets the key that would be idle
+    ///   soonest (the earliest theoretical arrival time; with several limits, the latest of
+    ///   its limits') and admits the new key. The forgotten key's debt is forgiven: it comes
+    ///   back as a fresh key, with a whole burst, that much time early. Whoever can mint keys
+    ///   (many IPv6 /64s, a key taken from a header a client chooses) can flood the table
+    ///   and make it forget the keys nearest to idle, so a limited client may get its
+    ///   burst back early; each new key forgives the smallest debt in its shard, and pushing
+    ///   out a key that owes more takes flood keys that owe more themselves (quota the
+    ///   flood spends). New clients are always admitted.
+    /// - [`WhenFull::RefuseNewKeys`] never forgets a limited key, so no debt is forgiven,
+    ///   and refuses a new key with [`AcquireError::KeysExhausted`] until keys go idle.
+    ///   Whoever can mint keys can fill the table with limited keys (one charge per key,
+    ///   renewed once per window) and lock every new client out for as long as the flood
+    ///   lasts, while the clients already held are served as usual.
+    ///
+    /// Size `max_keys` above the keys that a window of legitimate traffic holds, so that
+    /// neither happens without a flood. Under either policy a key with callers waiting in
+    /// [`RateLimiter::acquire`] is never forgotten, and a new key finding its shard full of
+    /// such keys is refused.
+    ///
+    /// The work per new key stays amortised: refusing sweeps a full shard at most once per
+    /// eighth of it going idle (and refuses at once in between); evicting keeps the eighth of
+    /// the shard idle soonest in a heap, refilled by a scan once that eighth is used up.
+    /// Memory stays bounded: the tables never hold more buckets than `max_keys + max_keys / 8`
+    /// entries need ([`RateLimiter::memory_bytes`]).
     pub fn max_keys(mut self, max_keys: usize) -> Self {
         self.max_keys = max_keys;
+        self
+    }
+
+    /// What a new key does when its shard is full of limited keys: see
+    /// [`max_keys`](Self::max_keys) for the trade-off. Default:
+    /// [`WhenFull::EvictNearestIdle`].
+    pub fn when_full(mut self, when_full: WhenFull) -> Self {
+        self.when_full = when_full;
         self
     }
 
@@ -285,6 +339,7 @@ impl<K> RateLimiterBuilder<K> {
                 // Rounded down, so the shards together never hold more than `max_keys`
                 // (more than one shard only from 2,048 keys: each holds more than 512).
                 cap: self.max_keys / shards,
+                evict: self.when_full == WhenFull::EvictNearestIdle,
                 hasher: RandomState::new(),
                 zero_sized,
                 direct,
@@ -350,6 +405,8 @@ struct Inner<K> {
     mask: usize,
     /// The most entries per shard.
     cap: usize,
+    /// [`WhenFull::EvictNearestIdle`].
+    evict: bool,
     hasher: RandomState,
     /// `K` has one value (the direct limiter's `()`): skip hashing.
     zero_sized: bool,
@@ -458,7 +515,9 @@ impl<K: Hash + Eq> RateLimiter<K> {
     /// - [`AcquireError::Rejected`]: over quota, with `retry_after` and the most restrictive
     ///   limit; also while earlier callers wait on the key and this one would delay them.
     /// - [`AcquireError::Unsatisfiable`]: the cost exceeds a limit's burst.
-    /// - [`AcquireError::KeysExhausted`]: a new key, and the key table is full of limited keys.
+    /// - [`AcquireError::KeysExhausted`]: a new key, its shard is full of limited keys, and
+    ///   the limiter refuses new keys then ([`WhenFull::RefuseNewKeys`]), or every key held
+    ///   has callers waiting.
     ///
     /// # Examples
     ///
@@ -521,7 +580,7 @@ impl<K: Hash + Eq> RateLimiter<K> {
             let entry = Entry::new(key.to_owned(), tats);
             let inner = &self.inner;
             shard
-                .insert(hash, entry, now, inner.cap, |k| inner.hash(k))
+                .insert(hash, entry, now, inner.cap, inner.evict, |k| inner.hash(k))
                 .map_err(|at| AcquireError::KeysExhausted {
                     retry_after: Duration::from_nanos(at.saturating_sub(now)),
                 })?;
@@ -592,6 +651,8 @@ impl<K: Hash + Eq> RateLimiter<K> {
             if let Some(direct) = &self.inner.direct {
                 direct.reconfigure(old, new, now);
             }
+            // Every idle time moves: the eviction order starts again.
+            shard.forget_order();
             for entry in shard.table.iter_mut() {
                 // A direct limiter's TAT is not in its entry (rescaled above).
                 if self.inner.direct.is_none() {
@@ -634,8 +695,8 @@ impl<K: Hash + Eq> RateLimiter<K> {
         }
     }
 
-    /// Bytes of heap the key tables hold: buckets, control bytes and wait queues, not the
-    /// keys' own heap data (a `String` key's text).
+    /// Bytes of heap the key tables hold: buckets, control bytes, wait queues and the
+    /// eviction order, not the keys' own heap data (a `String` key's text).
     pub fn memory_bytes(&self) -> usize {
         self.inner.shards.iter().map(|s| lock(s).memory()).sum()
     }

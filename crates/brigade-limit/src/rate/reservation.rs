@@ -124,15 +124,19 @@ impl<K: Hash + Eq> RateLimiter<K> {
             if let Some(queue) = entry.queue() {
                 queue.wake_head();
             }
+            // A refund makes the key idle sooner than the eviction order may know.
+            let idle_at = entry.idle_at();
+            shard.note(hash, idle_at);
         } else if let Some(direct) = &inner.direct {
             direct.update(adjust);
         } else if actual > estimate {
-            // The key went idle and was evicted: it is a fresh key, charged the extra. If the
-            // table has no room, the extra is dropped (every held key is still limited).
+            // The key was evicted (idle, or forgotten to make room): it is a fresh key,
+            // charged the extra. If the table has no room and the limiter refuses new keys,
+            // the extra is dropped (every held key is still limited).
             let mut tats = [0; MAX_LIMITS];
             adjust(&mut tats);
             let entry = super::Entry::new(key, tats);
-            let _ = shard.insert(hash, entry, now, inner.cap, |k| inner.hash(k));
+            let _ = shard.insert(hash, entry, now, inner.cap, inner.evict, |k| inner.hash(k));
         }
     }
 }

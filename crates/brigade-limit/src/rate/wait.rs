@@ -53,7 +53,8 @@ impl<K: Hash + Eq + Borrow<Q>, Q: Hash + Eq + ?Sized> Drop for Enqueued<'_, K, Q
 impl<K: Hash + Eq> RateLimiter<K> {
     /// Takes waiter `id` out of its entry's queue, drops an empty queue, and wakes a new
     /// head. An entry whose queue empties can be evicted again once idle: `next_sweep` (the
-    /// shard's, which counted it as never idle) is brought forward to that time.
+    /// shard's, which counted it as never idle) is brought forward to that time, and the
+    /// eviction order learns of it.
     fn leave<Q>(&self, shard: &mut Shard<K>, hash: u64, key: &Q, id: u64)
     where
         K: Borrow<Q>,
@@ -78,6 +79,7 @@ impl<K: Hash + Eq> RateLimiter<K> {
             *queue = None;
             let idle_at = entry.idle_at();
             shard.next_sweep = shard.next_sweep.min(idle_at);
+            shard.note(hash, idle_at);
         }
     }
 
