@@ -11,22 +11,28 @@
 //! comes back every interval. A property test checks this crate's decisions against
 //! governor's own.
 //!
-//! # Why not call governor?
+//! # Why its own state?
 //!
-//! governor decides and charges in one compare-and-swap, and offers nothing else: no refund,
-//! no check of several limits before charging any, no change of quota, no queue, and keyed
-//! state that only shrinks when the application scans it (`retain_recent`). Each of those
-//! needs the TATs themselves. So this crate runs the same algorithm over its own state:
+//! Deciding and charging in one compare-and-swap is all a plain limit needs. A refund, a
+//! check of several limits before charging any, a change of quota, a queue, and keyed state
+//! that shrinks without a scan each need the TATs themselves, so this crate runs the
+//! algorithm over its own state:
 //!
-//! - a direct limiter with one limit keeps its TAT in an atomic, updated by compare-and-swap
-//!   like governor's, so its common decision takes no lock (waiters, settles and
-//!   reconfigurations go through the same compare-and-swap, model-checked with loom);
+//! - a direct limiter with one limit keeps its TAT in an atomic, updated by compare-and-swap,
+//!   so its common decision takes no lock (waiters, settles and reconfigurations go through
+//!   the same compare-and-swap, model-checked with loom);
 //! - every other limiter keeps its TATs in mutex-guarded hash-table shards (one hash picks
 //!   the shard and the bucket), which makes a multi-limit decision, a settle, a
 //!   reconfiguration and an eviction plain arithmetic under one uncontended lock.
 //!
-//! The `limit` bench compares both with governor.
+//! # Bounded keys
 //!
+//! A keyed limiter holds at most [`max_keys`](RateLimiterBuilder::max_keys) keys. A key
+//! whose cells are all back is idle: its state is a fresh key's, so it is forgotten as new
+//! keys need room, which changes no decision. A table full of keys that are still limited
+//! has to give up something for a new key: a limited key's debt, or the new key.
+//! [`WhenFull`] chooses; [`max_keys`](RateLimiterBuilder::max_keys) weighs the two.
+
 //! # Why reserve, then settle?
 //!
 //! An LLM call's token count is known only when its stream ends, but the limit must be
