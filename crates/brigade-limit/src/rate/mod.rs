@@ -522,8 +522,8 @@ impl<K: Hash + Eq> RateLimiter<K> {
     ///   limit; also while earlier callers wait on the key and this one would delay them.
     /// - [`AcquireError::Unsatisfiable`]: the cost exceeds a limit's burst.
     /// - [`AcquireError::KeysExhausted`]: a new key, its shard is full of limited keys, and
-    ///   the limiter refuses new keys then ([`WhenFull::RefuseNewKeys`]), or every key held
-    ///   has callers waiting.
+    ///   the limiter refuses new keys then ([`WhenFull::RefuseNewKeys`]); or every key of
+    ///   its shard has callers waiting.
     ///
     /// # Examples
     ///

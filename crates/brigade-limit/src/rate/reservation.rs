@@ -125,8 +125,10 @@ impl<K: Hash + Eq> RateLimiter<K> {
                 queue.wake_head();
             }
             // A refund makes the key idle sooner than the eviction order may know.
-            let idle_at = entry.idle_at();
-            shard.note(hash, idle_at);
+            if actual < estimate {
+                let idle_at = entry.idle_at();
+                shard.note(hash, idle_at);
+            }
         } else if let Some(direct) = &inner.direct {
             direct.update(adjust);
         } else if actual > estimate {

@@ -21,17 +21,18 @@
 //!     one if there is one; never one with waiters, so it fails only if every entry has
 //!     waiters) through the eviction order below.
 //! - Eviction order: every entry whose idle time is before `frontier` has an item
-//!   `(r, hash)` in the min-heap `nearest` with `r <= ` its idle time. So when the heap's
-//!   least item `(r, h)` has `r <= frontier` and an entry has idle time `r`, no entry is
-//!   idle sooner: that entry is the one to evict. An item whose entry has moved on (charged
-//!   since: TATs only grow under decisions) is dropped, and its entry queued again at its
-//!   new idle time if that is before `frontier`. Whoever moves an idle time *earlier* (a
-//!   refund, a queue that empties, a new entry) calls [`Shard::note`]; a reconfiguration,
-//!   which rescales every TAT, and a sweep clear the order (`frontier = 0`). When the heap
-//!   runs dry or its least item passes `frontier`, a rescan puts the eighth of the entries
-//!   idle soonest in the heap and sets `frontier` to the next idle time: each O(cap) rescan
-//!   pays for cap/8 evictions or decisions (an item goes stale only after its key was
-//!   charged), so eviction is O(log cap) amortised per insert, with no scan per insert.
+//!   `(r, hash)` in the min-heap `nearest`, with `r` no later than its idle time. So when
+//!   the heap's least item `(r, h)` has `r <= frontier` and an entry has idle time `r`, no
+//!   entry is idle sooner: that entry is the one to evict. An item whose entry has moved on
+//!   (charged since: TATs only grow under decisions) is dropped, and its entry queued again
+//!   at its new idle time if that is before `frontier`. Whoever moves an idle time
+//!   *earlier* (a refund, a queue that empties, a new entry) calls [`Shard::note`]; a
+//!   reconfiguration, which rescales every TAT, and a sweep clear the order
+//!   (`frontier = 0`). When the heap runs dry or its least item passes `frontier`, a rescan
+//!   puts the eighth of the entries idle soonest in the heap and sets `frontier` to the next
+//!   idle time: each O(cap) rescan pays for cap/8 evictions or decisions (an item goes stale
+//!   only after its key was charged), so eviction is O(log cap) amortised per insert, with
+//!   no scan per insert.
 //! - Only sweeps and evictions remove entries. A sweep rebuilds the table (no tombstones);
 //!   an eviction erases in place, and before an insert that would grow a table whose room
 //!   is taken by tombstones, the table is rebuilt with room for `cap + cap/8` entries. So a
