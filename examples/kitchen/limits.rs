@@ -147,7 +147,7 @@ impl Limits {
         let mut headers = HeaderMap::with_capacity(8);
         let decided = match &self.rate {
             None => return Ok((Reserved(None), headers)),
-            Some(Rate::Memory(rate)) => rate.try_reserve(&key.to_owned(), tokens).map(Held::Memory),
+            Some(Rate::Memory(rate)) => rate.try_reserve(key, tokens).map(Held::Memory),
             #[cfg(feature = "redis")]
             Some(Rate::Redis(rate)) => rate
                 .try_reserve(&key.to_owned(), tokens)

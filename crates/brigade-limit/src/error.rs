@@ -133,9 +133,12 @@ pub enum AcquireError {
     /// The key's wait queue is full (async acquire only); the rejection estimates when the
     /// queue ahead will have been served.
     QueueFull(Rejected),
-    /// The key table is full and no key is idle yet; retry after the given time.
+    /// A new key found its shard of the key table full: of limited keys, and the limiter
+    /// refuses new keys then ([`WhenFull::RefuseNewKeys`](crate::WhenFull::RefuseNewKeys)),
+    /// or of keys with callers waiting; retry after the given time.
     KeysExhausted {
-        /// When a key is expected to become idle, freeing room.
+        /// When a key is expected to become idle, freeing room (an estimate while keys
+        /// have waiters).
         retry_after: Duration,
     },
     /// The wait was cancelled by its token (async acquire only). Nothing was charged.

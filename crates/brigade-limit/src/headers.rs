@@ -1,7 +1,7 @@
 //! HTTP header fields for rate-limit decisions.
 //!
 //! - `Retry-After`: whole seconds, **rounded up**: a wait of 0.2 s is `1`, never `0` (a
-//!   client told `0` retries at once and is rejected again; tower_governor rounds down).
+//!   client told `0` retries at once and is rejected again).
 //! - `RateLimit-Policy` and `RateLimit`, from the IETF draft
 //!   (draft-ietf-httpapi-ratelimit-headers): one list member per limit, with the quota `q`
 //!   and window `w` (the time the whole burst takes to come back), the remaining cells `r`

@@ -3,18 +3,19 @@
 //! concurrency permits that live as long as the response stream.
 //!
 //! LLM providers limit requests per minute *and* tokens per minute, and charge an estimate
-//! (prompt plus `max_tokens`) that they settle once the real usage is known. governor, the
-//! ecosystem's GCRA, decides fast but cannot refund, check several limits before charging
-//! any, change a quota, queue a large caller fairly, or bound its keyed memory without a scan.
-//! tower's `ConcurrencyLimit` releases its permit when the headers are ready, so streamed
-//! responses are not bounded at all. This crate does those things:
+//! (prompt plus `max_tokens`) that they settle once the real usage is known. So a limiter in
+//! front of them must refund, check several limits before charging any, change a quota,
+//! queue a large caller fairly and bound its keyed memory; and a concurrency limit on
+//! streamed responses must hold its permit until the stream ends, not until the headers are
+//! sent. This crate does those things:
 //!
 //! - [`RateLimiter`]: up to [`MAX_LIMITS`] GCRA [`Limit`]s per key, checked as one (all
 //!   charged or none), with [`try_acquire`](RateLimiter::try_acquire) (decide now),
 //!   [`acquire`](RateLimiter::acquire) (a fair FIFO wait per key, ended by a
 //!   `CancellationToken` or a deadline), [`Reservation`]s settled with the actual cost,
 //!   [`set_quota`](RateLimiter::set_quota) without losing state, shadow mode, and a bound on
-//!   the keys it holds with amortised eviction of idle keys.
+//!   the keys it holds: idle keys go as new ones need room, and a table full of limited
+//!   keys evicts the key nearest to idle or refuses new keys, as [`WhenFull`] chooses.
 //! - [`IpKey`] / [`IpKeyer`]: client addresses as keys, IPv6 by its /64.
 //! - [`ConcurrencyLimit`]: a bulkhead with a bounded queue and timeout, and a
 //!   [`ConcurrencyPermit`] that a [`PermitBody`] holds until the stream ends.
@@ -58,7 +59,7 @@
 //!
 //! | feature | default | what it adds |
 //! | --- | --- | --- |
-//! | `tower` | no | `RateLimitLayer` (with a key extractor) and `ConcurrencyLimitLayer` (the permit lives with the response body), for `http` services |
+//! | `tower` | no | `tower::RateLimit` (with a key extractor) and `tower::ConcurrencyLimit` (the permit lives with the response body), and their layers, for `http` services |
 //! | `redis` | no | `redis::RedisRateLimiter`: per-key limits in Redis (a Lua script, or the native `GCRA` command where the server has it), shared by every replica, with a fallback and switch metrics; pulls `redis` (redis-rs, tokio) and `tracing` |
 //!
 //! # Cancel safety
@@ -76,12 +77,12 @@
 //! # Performance
 //!
 //! A keyed decision is one clock read, one hash, one uncontended shard lock and a few integer
-//! operations; a direct single-limit decision is one clock read and one compare-and-swap, as
-//! in governor. The `limit` bench compares both with raw governor and prints the bytes per
-//! key (about 41 for a `u64` key and one limit: the key, one TAT and a pointer, in a hash
-//! table; a second limit or a wait queue adds a small box per key);
+//! operations, and allocates nothing for a key already held (a `String` key is looked up by
+//! `&str`); a direct single-limit decision is one clock read and one compare-and-swap. A key
+//! costs about 41 bytes for a `u64` key and one limit (the key, one TAT and a pointer, in a
+//! hash table; a second limit or a wait queue adds a small box per key);
 //! [`RateLimiter::memory_bytes`] reports it at run time. The module docs of [`rate`] and
-//! [`concurrency`] explain the design.
+//! [`concurrency`] explain the design; the README has the benchmarks.
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
@@ -109,7 +110,13 @@ pub use crate::key::{IpKey, IpKeyer};
 pub use crate::quota::Quota;
 pub use crate::rate::{
     Admitted, Limit, LimitStatus, MAX_LIMITS, RateLimiter, RateLimiterBuilder, Rejected,
-    Reservation,
+    Reservation, WhenFull,
 };
 
 pub use tokio_util::sync::CancellationToken;
+
+// The README's examples: the Redis one needs the feature (and a server to run, so it is
+// only compiled).
+#[cfg(all(doctest, feature = "redis"))]
+#[doc = include_str!("../README.md")]
+mod readme_doctests {}

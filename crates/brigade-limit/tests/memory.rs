@@ -1,22 +1,35 @@
-//! Bounded keyed memory: a key cap, amortised eviction of idle keys, bytes per key.
+//! Bounded keyed memory: a key cap, amortised eviction of idle keys, bytes per key, and
+//! what a table full of limited keys does with a new key (`WhenFull`).
 
 use std::num::NonZeroU32;
 use std::time::Duration;
 
-use brigade_limit::{AcquireError, Quota, RateLimiter};
+use brigade_limit::{AcquireError, Limit, Quota, RateLimiter, WhenFull};
 use tokio::time::advance;
 
 const CAP: usize = 10_000;
 
-fn limiter() -> RateLimiter<u64> {
+/// 10 cells per second, a burst of 10: a key charged 10 cells is limited for a second.
+fn ten_per_second<K>(max_keys: usize, when_full: WhenFull) -> RateLimiter<K> {
     RateLimiter::builder()
-        .limit(brigade_limit::Limit::new(
+        .limit(Limit::new(
             "default",
             Quota::per_second(NonZeroU32::new(10).unwrap()),
         ))
-        .max_keys(CAP)
+        .max_keys(max_keys)
+        .when_full(when_full)
         .build()
         .unwrap()
+}
+
+fn limiter() -> RateLimiter<u64> {
+    ten_per_second(CAP, WhenFull::default())
+}
+
+/// The cells `key` has left: 10 for a key the limiter does not hold. A cost of 0 charges
+/// nothing and inserts nothing.
+fn remaining(limiter: &RateLimiter<u64>, key: u64) -> u32 {
+    limiter.try_acquire(&key, 0).unwrap().tightest().remaining()
 }
 
 #[tokio::test(start_paused = true)]
@@ -44,8 +57,8 @@ async fn a_million_distinct_keys_stay_under_the_cap_and_the_memory_bound() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_full_table_of_limited_keys_refuses_new_keys_rather_than_forget_one() {
-    let limiter = limiter();
+async fn refusing_a_full_table_of_limited_keys_refuses_new_keys_rather_than_forget_one() {
+    let limiter = ten_per_second(CAP, WhenFull::RefuseNewKeys);
     let mut refused = None;
     for key in 0..(2 * CAP as u64) {
         if let Err(e) = limiter.try_acquire(&key, 10) {
@@ -70,37 +83,129 @@ async fn a_full_table_of_limited_keys_refuses_new_keys_rather_than_forget_one() 
 #[tokio::test(start_paused = true)]
 async fn the_key_cap_holds_when_it_does_not_divide_evenly_over_the_shards() {
     const ODD_CAP: usize = 3_001;
-    let limiter: RateLimiter<u64> = RateLimiter::builder()
-        .limit(brigade_limit::Limit::new(
-            "default",
-            Quota::per_second(NonZeroU32::new(10).unwrap()),
-        ))
-        .max_keys(ODD_CAP)
-        .build()
-        .unwrap();
-    let mut refused = 0;
-    for key in 0..20_000u64 {
-        // 10 cells: every key stays limited for a second, so none can be evicted.
-        if limiter.try_acquire(&key, 10).is_err() {
-            refused += 1;
+    for when_full in [WhenFull::RefuseNewKeys, WhenFull::EvictNearestIdle] {
+        let limiter: RateLimiter<u64> = ten_per_second(ODD_CAP, when_full);
+        let mut refused = 0;
+        for key in 0..20_000u64 {
+            // 10 cells: every key stays limited for a second, so none is idle.
+            if limiter.try_acquire(&key, 10).is_err() {
+                refused += 1;
+            }
+            assert!(limiter.len() <= ODD_CAP, "{} keys held", limiter.len());
+        }
+        match when_full {
+            WhenFull::RefuseNewKeys => assert!(refused > 0),
+            _ => assert_eq!(refused, 0),
         }
     }
-    assert!(refused > 0);
-    assert!(limiter.len() <= ODD_CAP, "{} keys held", limiter.len());
+}
+
+/// A flood of new keys, each limited for a second (as a client minting IPv6 /64s would
+/// send), never locks a new key out when the limiter evicts; the table stays at its cap,
+/// and its memory at what it held when it first filled.
+#[tokio::test(start_paused = true)]
+async fn evicting_a_flood_of_limited_keys_never_refuses_a_new_key() {
+    let limiter = ten_per_second::<u64>(CAP, WhenFull::EvictNearestIdle);
+    for key in 0..CAP as u64 {
+        limiter.try_acquire(&key, 10).unwrap();
+    }
+    let full = limiter.memory_bytes();
+    assert!(full / CAP <= 64, "{} bytes per key", full / CAP);
+    for key in CAP as u64..200_000 {
+        if let Err(e) = limiter.try_acquire(&key, 10) {
+            panic!("key {key} refused: {e:?}");
+        }
+        if key % 1_000 == 0 {
+            assert!(limiter.len() <= CAP);
+            let bytes = limiter.memory_bytes();
+            assert!(
+                bytes <= full + full / 8,
+                "{bytes} bytes, {full} when it filled"
+            );
+            // Some keys go idle now and then: the evictions take them first.
+            advance(Duration::from_millis(1)).await;
+        }
+    }
+    // The last key is held and limited; the first ones were forgotten.
+    assert_eq!(remaining(&limiter, 199_999), 0);
+    assert_eq!(remaining(&limiter, 0), 10);
+}
+
+/// Each new key evicts the held key that would be idle soonest: after a refund brings a
+/// key's idle time forward, after a key queued for eviction is charged again, and once keys
+/// are idle.
+#[tokio::test(start_paused = true)]
+async fn evicting_forgets_the_key_nearest_to_idle() {
+    // One shard of 16 keys; 100 cells per second, a burst of 100: a cell is 10 ms.
+    let limiter: RateLimiter<u64> = RateLimiter::builder()
+        .limit(Limit::new(
+            "default",
+            Quota::per_second(NonZeroU32::new(100).unwrap()),
+        ))
+        .max_keys(16)
+        .when_full(WhenFull::EvictNearestIdle)
+        .build()
+        .unwrap();
+    // The keys the limiter holds that are still limited (a cost of 0 inserts nothing).
+    let held = |limiter: &RateLimiter<u64>| -> Vec<u64> {
+        (0..16)
+            .chain(100..110)
+            .filter(|&k| limiter.try_acquire(&k, 0).unwrap().tightest().remaining() < 100)
+            .collect()
+    };
+    // Key `k` owes `costs[k]` cells, idle at `costs[k]` × 10 ms; by idle time the keys are
+    // 3, 10, 6, 1, 12, 5, 8, 14, 0, 11, 4, 13, 7, 2, 9 (and 15, reserved at 1,000 ms).
+    let costs = [60, 35, 90, 20, 75, 45, 30, 85, 50, 95, 25, 70, 40, 80, 55];
+    for (key, cost) in costs.iter().enumerate() {
+        limiter.try_acquire(&(key as u64), *cost).unwrap();
+    }
+    let reservation = limiter.try_reserve(&15, 100).unwrap();
+    assert_eq!(held(&limiter), (0..16).collect::<Vec<_>>());
+
+    // Key 3 (200 ms) goes.
+    limiter.try_acquire(&100, 100).unwrap();
+    assert!(!held(&limiter).contains(&3));
+
+    // Key 15 settles at one cell: idle at 10 ms, it goes next, before key 10 (250 ms).
+    reservation.settle(1);
+    limiter.try_acquire(&101, 100).unwrap();
+    assert!(!held(&limiter).contains(&15));
+    assert!(held(&limiter).contains(&10));
+
+    // Key 10 is charged 50 more cells (750 ms): key 6 (300 ms) is nearest now.
+    limiter.try_acquire(&10, 50).unwrap();
+    limiter.try_acquire(&102, 100).unwrap();
+    assert_eq!(
+        held(&limiter),
+        [0, 1, 2, 4, 5, 7, 8, 9, 10, 11, 12, 13, 14, 100, 101, 102]
+    );
+
+    // At 460 ms keys 1 (350 ms), 12 (400 ms) and 5 (450 ms) are idle: the three to go.
+    advance(Duration::from_millis(460)).await;
+    for key in 103..106 {
+        limiter.try_acquire(&key, 100).unwrap();
+    }
+    assert_eq!(
+        held(&limiter),
+        [
+            0, 2, 4, 7, 8, 9, 10, 11, 13, 14, 100, 101, 102, 103, 104, 105
+        ]
+    );
+    assert_eq!(limiter.len(), 16);
 }
 
 /// A sweep that finds the table full of keys with waiters cannot know when they will leave;
 /// once they do, their keys become evictable and new keys are admitted again.
 #[tokio::test(start_paused = true)]
 async fn keys_whose_waiters_left_are_evicted_again() {
-    let limiter: RateLimiter<u64> = RateLimiter::builder()
-        .limit(brigade_limit::Limit::new(
-            "default",
-            Quota::per_second(NonZeroU32::new(10).unwrap()),
-        ))
-        .max_keys(2)
-        .build()
-        .unwrap();
+    for when_full in [WhenFull::RefuseNewKeys, WhenFull::EvictNearestIdle] {
+        keys_whose_waiters_left_are_evicted_again_when(when_full).await;
+    }
+}
+
+/// Under either policy a key with waiters is never evicted.
+async fn keys_whose_waiters_left_are_evicted_again_when(when_full: WhenFull) {
+    let limiter: RateLimiter<u64> = ten_per_second(2, when_full);
     let cancel = brigade_limit::CancellationToken::new();
     let mut waiters = Vec::new();
     for key in 0..2u64 {

@@ -218,30 +218,27 @@ fn bad_configuration_is_rejected_when_built() {
     use brigade_limit::InvalidConfig;
     let q = Quota::per_second(nz(1));
     assert_eq!(
-        RateLimiter::builder().build::<()>().unwrap_err(),
+        RateLimiter::<()>::builder().build().unwrap_err(),
         InvalidConfig::NoLimits
     );
     assert_eq!(
-        RateLimiter::builder()
+        RateLimiter::<()>::builder()
             .limit(Limit::new("a", q))
             .limit(Limit::new("a", q))
-            .build::<()>()
+            .build()
             .unwrap_err(),
         InvalidConfig::DuplicateLimit("a")
     );
-    let mut five = RateLimiter::builder();
+    let mut five = RateLimiter::<()>::builder();
     for name in ["a", "b", "c", "d", "e"] {
         five = five.limit(Limit::new(name, q));
     }
+    assert_eq!(five.build().unwrap_err(), InvalidConfig::TooManyLimits);
     assert_eq!(
-        five.build::<()>().unwrap_err(),
-        InvalidConfig::TooManyLimits
-    );
-    assert_eq!(
-        RateLimiter::builder()
+        RateLimiter::<u64>::builder()
             .limit(Limit::new("a", q))
             .max_keys(0)
-            .build::<u64>()
+            .build()
             .unwrap_err(),
         InvalidConfig::ZeroMaxKeys
     );
@@ -348,23 +345,23 @@ async fn limit_names_are_checked_when_built_and_quoted_in_header_fields() {
 
     let q = Quota::per_second(nz(1));
     assert_eq!(
-        RateLimiter::builder()
+        RateLimiter::<()>::builder()
             .limit(Limit::new("tökens", q))
-            .build::<()>()
+            .build()
             .unwrap_err(),
         InvalidConfig::InvalidLimitName("tökens")
     );
     assert_eq!(
-        RateLimiter::builder()
+        RateLimiter::<()>::builder()
             .limit(Limit::new("a\nb", q))
-            .build::<()>()
+            .build()
             .unwrap_err(),
         InvalidConfig::InvalidLimitName("a\nb")
     );
     // `"` and `\` are printable: escaped in the structured-field string.
-    let limiter = RateLimiter::builder()
+    let limiter = RateLimiter::<()>::builder()
         .limit(Limit::new(r#"a"b\c"#, q))
-        .build::<()>()
+        .build()
         .unwrap();
     let mut headers = http::HeaderMap::new();
     RateLimitHeaders::new().admitted(&limiter.try_acquire(&(), 1).unwrap(), &mut headers);

@@ -1,13 +1,13 @@
-//! The tower layers: 429 and header fields from `RateLimitLayer`, the body-held permit and
-//! the 503 from `ConcurrencyLimitLayer`.
+//! The tower middleware: 429 and header fields from `RateLimit`, the body-held permit and
+//! the 503 from `ConcurrencyLimit`, built by their layers or by `new`.
 #![cfg(feature = "tower")]
 
 use std::convert::Infallible;
 use std::num::NonZeroU32;
 use std::time::Duration;
 
-use brigade_limit::tower::{ConcurrencyLimitLayer, RateLimitLayer};
-use brigade_limit::{ConcurrencyLimit, Quota, RateLimiter};
+use brigade_limit::tower::{ConcurrencyLimitLayer, RateLimit, RateLimitLayer};
+use brigade_limit::{AcquireError, ConcurrencyLimit, Overloaded, Quota, RateLimiter};
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
@@ -46,6 +46,12 @@ async fn over_quota_is_a_429_with_retry_after_and_header_fields() {
     assert_eq!(third.status(), StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(third.headers()["retry-after"], "30");
     assert_eq!(third.headers()["ratelimit"], r#""default";r=0;t=60"#);
+    // The whole rejection travels with the 429.
+    let Some(AcquireError::Rejected(rejected)) = third.extensions().get::<AcquireError>() else {
+        panic!("no rejection in {:?}", third.extensions())
+    };
+    assert_eq!(rejected.retry_after(), Duration::from_secs(30));
+    assert_eq!(rejected.limit().remaining(), 0);
 
     // Another key, and a request without a key, pass.
     let other = service.clone().oneshot(request("b")).await.unwrap();
@@ -72,6 +78,8 @@ async fn the_concurrency_permit_lives_with_the_response_body() {
     let refused = service.clone().oneshot(Request::new(())).await.unwrap();
     assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(refused.headers()["retry-after"], "2");
+    let overloaded = refused.extensions().get::<Overloaded>().unwrap();
+    assert_eq!(overloaded.retry_after(), Duration::from_millis(1500));
 
     let body = response.into_body().collect().await.unwrap().to_bytes();
     assert_eq!(body, "hi");
@@ -79,5 +87,58 @@ async fn the_concurrency_permit_lives_with_the_response_body() {
     let again = service.oneshot(Request::new(())).await.unwrap();
     assert_eq!(again.status(), StatusCode::OK);
     drop(again); // a client that goes away releases it too
+    assert_eq!(limit.in_flight(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_rate_limit_built_with_new_keys_by_the_extractor_and_exposes_its_service() {
+    let limiter: RateLimiter<String> =
+        RateLimiter::keyed(Quota::per_minute(NonZeroU32::new(1).unwrap())).unwrap();
+    let mut service = RateLimit::new(service_fn(ok), limiter, api_key);
+    let _: &mut _ = service.get_mut();
+    let _: &_ = service.get_ref();
+    assert_eq!(
+        service
+            .clone()
+            .oneshot(request("a"))
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::OK
+    );
+    assert_eq!(
+        service
+            .clone()
+            .oneshot(request("a"))
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    let inner = service.into_inner();
+    assert_eq!(
+        inner.oneshot(request("a")).await.unwrap().status(),
+        StatusCode::OK
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_queued_request_is_called_when_a_permit_comes_back() {
+    let limit = ConcurrencyLimit::builder()
+        .max_in_flight(1)
+        .max_queue(1)
+        .build()
+        .unwrap();
+    let service = brigade_limit::tower::ConcurrencyLimit::new(service_fn(ok), limit.clone());
+    let first = service.clone().oneshot(Request::new(())).await.unwrap();
+    let second = tokio::spawn(service.clone().oneshot(Request::new(())));
+    tokio::task::yield_now().await;
+    assert_eq!((limit.in_flight(), limit.queued()), (1, 1));
+    drop(first); // its stream ends: the permit goes to the queued request
+    let second = second.await.unwrap().unwrap();
+    assert_eq!(second.status(), StatusCode::OK);
+    assert!(second.body().holds_permit());
+    assert_eq!((limit.in_flight(), limit.queued()), (1, 0));
+    drop(second);
     assert_eq!(limit.in_flight(), 0);
 }

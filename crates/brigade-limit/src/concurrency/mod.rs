@@ -10,7 +10,7 @@
 //! # Why a permit in the body?
 //!
 //! For a streamed LLM response the expensive part starts after the headers are sent. A permit
-//! released when the handler returns (tower's `ConcurrencyLimit`) bounds nothing. A
+//! released when the handler returns bounds nothing. A
 //! [`ConcurrencyPermit`] is an owned value: move it into a [`PermitBody`] and it is released
 //! when the stream ends, fails, or is dropped by a disconnecting client.
 //!

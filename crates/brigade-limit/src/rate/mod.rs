@@ -11,22 +11,28 @@
 //! comes back every interval. A property test checks this crate's decisions against
 //! governor's own.
 //!
-//! # Why not call governor?
+//! # Why its own state?
 //!
-//! governor decides and charges in one compare-and-swap, and offers nothing else: no refund,
-//! no check of several limits before charging any, no change of quota, no queue, and keyed
-//! state that only shrinks when the application scans it (`retain_recent`). Each of those
-//! needs the TATs themselves. So this crate runs the same algorithm over its own state:
+//! Deciding and charging in one compare-and-swap is all a plain limit needs. A refund, a
+//! check of several limits before charging any, a change of quota, a queue, and keyed state
+//! that shrinks without a scan each need the TATs themselves, so this crate runs the
+//! algorithm over its own state:
 //!
-//! - a direct limiter with one limit keeps its TAT in an atomic, updated by compare-and-swap
-//!   like governor's, so its common decision takes no lock (waiters, settles and
-//!   reconfigurations go through the same compare-and-swap, model-checked with loom);
+//! - a direct limiter with one limit keeps its TAT in an atomic, updated by compare-and-swap,
+//!   so its common decision takes no lock (waiters, settles and reconfigurations go through
+//!   the same compare-and-swap, model-checked with loom);
 //! - every other limiter keeps its TATs in mutex-guarded hash-table shards (one hash picks
 //!   the shard and the bucket), which makes a multi-limit decision, a settle, a
 //!   reconfiguration and an eviction plain arithmetic under one uncontended lock.
 //!
-//! The `limit` bench compares both with governor.
+//! # Bounded keys
 //!
+//! A keyed limiter holds at most [`max_keys`](RateLimiterBuilder::max_keys) keys. A key
+//! whose cells are all back is idle: its state is a fresh key's, so it is forgotten as new
+//! keys need room, which changes no decision. A table full of keys that are still limited
+//! has to give up something for a new key: a limited key's debt, or the new key.
+//! [`WhenFull`] chooses; [`max_keys`](RateLimiterBuilder::max_keys) weighs the two.
+
 //! # Why reserve, then settle?
 //!
 //! An LLM call's token count is known only when its stream ends, but the limit must be
@@ -55,8 +61,10 @@ mod reservation;
 mod store;
 mod wait;
 
+use std::borrow::Borrow;
 use std::fmt;
 use std::hash::{BuildHasher, Hash, RandomState};
+use std::marker::PhantomData;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, PoisonError};
@@ -133,43 +141,85 @@ impl Limit {
     }
 }
 
-/// Builds a [`RateLimiter`]; each setter documents its default.
+/// What a keyed limiter does with a new key when the key's shard is full of keys that are
+/// still limited; set with [`RateLimiterBuilder::when_full`], whose documentation weighs the
+/// two.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum WhenFull {
+    /// Forget the key that would be idle soonest (its debt is forgiven) and admit the new
+    /// key. The default.
+    #[default]
+    EvictNearestIdle,
+    /// Keep every limited key and refuse the new one with [`AcquireError::KeysExhausted`]
+    /// until keys go idle.
+    RefuseNewKeys,
+}
+
+/// Builds a [`RateLimiter`] with keys of type `K`; each setter documents its default.
 ///
 /// # Examples
 ///
 /// ```
 /// use std::num::NonZeroU32;
-/// use brigade_limit::{Limit, Quota, RateLimiter};
+/// use brigade_limit::{Limit, Quota, RateLimiter, WhenFull};
 ///
 /// let per_minute = |n| Quota::per_minute(NonZeroU32::new(n).unwrap());
 /// let limiter: RateLimiter<String> = RateLimiter::builder()
 ///     .limit(Limit::per_request("requests", per_minute(60)))
 ///     .limit(Limit::new("tokens", per_minute(10_000)))
 ///     .max_keys(50_000)
+///     .when_full(WhenFull::EvictNearestIdle)
 ///     .build()?;
 /// # Ok::<(), brigade_limit::InvalidConfig>(())
 /// ```
-#[derive(Clone, Debug)]
 #[must_use]
-pub struct RateLimiterBuilder {
+pub struct RateLimiterBuilder<K> {
     limits: Vec<Limit>,
     max_keys: usize,
+    when_full: WhenFull,
     max_queue: usize,
     shadow: bool,
+    // `fn() -> K`: the builder holds no `K`, so it is `Send`, `Sync` and `Clone` whatever `K`.
+    key: PhantomData<fn() -> K>,
 }
 
-impl Default for RateLimiterBuilder {
+impl<K> Default for RateLimiterBuilder<K> {
     fn default() -> Self {
         Self {
             limits: Vec::new(),
             max_keys: 100_000,
+            when_full: WhenFull::default(),
             max_queue: 64,
             shadow: false,
+            key: PhantomData,
         }
     }
 }
 
-impl RateLimiterBuilder {
+impl<K> Clone for RateLimiterBuilder<K> {
+    fn clone(&self) -> Self {
+        Self {
+            limits: self.limits.clone(),
+            key: PhantomData,
+            ..*self
+        }
+    }
+}
+
+impl<K> fmt::Debug for RateLimiterBuilder<K> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RateLimiterBuilder")
+            .field("limits", &self.limits)
+            .field("max_keys", &self.max_keys)
+            .field("when_full", &self.when_full)
+            .field("max_queue", &self.max_queue)
+            .field("shadow", &self.shadow)
+            .finish()
+    }
+}
+
+impl<K> RateLimiterBuilder<K> {
     /// Adds a limit; at least one, at most [`MAX_LIMITS`], names unique and printable ASCII.
     /// No default.
     pub fn limit(mut self, limit: Limit) -> Self {
@@ -179,14 +229,49 @@ impl RateLimiterBuilder {
 
     /// The most keys held at once (a keyed limiter). Default: 100,000.
     ///
-    /// The bound is split evenly over up to 32 shards. When a key's shard is full, a new key
-    /// sweeps out its idle keys (no background thread). A key that is still limited is never
-    /// forgotten (that would hand it a fresh burst), so a new key is refused with
-    /// [`AcquireError::KeysExhausted`] while its shard is full of limited keys; to keep the
-    /// sweeps amortised, a sweep that frees less than an eighth of the shard defers the next
-    /// one until an eighth is idle, and new keys are refused until then.
+    /// The bound is split evenly over up to 32 shards. A key's state is held while the key
+    /// is limited; an idle key (all its cells back, its state a fresh key's) is forgotten as
+    /// new keys need room, which changes no decision. There is no background thread.
+    ///
+    /// # When a shard is full of limited keys
+    ///
+    /// A new key then costs something, and [`when_full`](Self::when_full) chooses what:
+    ///
+    /// - [`WhenFull::EvictNearestIdle`] (the default) forgets the key that would be idle
+    ///   soonest (the earliest theoretical arrival time; with several limits, the latest of
+    ///   its limits') and admits the new key. The forgotten key's debt is forgiven: it comes
+    ///   back as a fresh key, with a whole burst, that much time early. Whoever can mint keys
+    ///   (many IPv6 /64s, a key taken from a header a client chooses) can flood the table
+    ///   and make it forget the keys nearest to idle, so a limited client may get its
+    ///   burst back early; each new key forgives the smallest debt in its shard, and pushing
+    ///   out a key that owes more takes flood keys that owe more themselves (quota the
+    ///   flood spends). New clients are always admitted.
+    /// - [`WhenFull::RefuseNewKeys`] never forgets a limited key, so no debt is forgiven,
+    ///   and refuses a new key with [`AcquireError::KeysExhausted`] until keys go idle.
+    ///   Whoever can mint keys can fill the table with limited keys (one charge per key,
+    ///   renewed once per window) and lock every new client out for as long as the flood
+    ///   lasts, while the clients already held are served as usual.
+    ///
+    /// Size `max_keys` above the keys that a window of legitimate traffic holds, so that
+    /// neither happens without a flood. Under either policy a key with callers waiting in
+    /// [`RateLimiter::acquire`] is never forgotten, and a new key finding its shard full of
+    /// such keys is refused.
+    ///
+    /// The work per new key stays amortised: refusing sweeps a full shard at most once per
+    /// eighth of it going idle (and refuses at once in between); evicting keeps the eighth of
+    /// the shard idle soonest in a heap, refilled by a scan once that eighth is used up.
+    /// Memory stays bounded: the tables never hold more buckets than `max_keys + max_keys / 8`
+    /// entries need ([`RateLimiter::memory_bytes`]).
     pub fn max_keys(mut self, max_keys: usize) -> Self {
         self.max_keys = max_keys;
+        self
+    }
+
+    /// What a new key does when its shard is full of limited keys: see
+    /// [`max_keys`](Self::max_keys) for the trade-off. Default:
+    /// [`WhenFull::EvictNearestIdle`].
+    pub fn when_full(mut self, when_full: WhenFull) -> Self {
+        self.when_full = when_full;
         self
     }
 
@@ -212,7 +297,7 @@ impl RateLimiterBuilder {
     ///
     /// [`InvalidConfig`] for no limit, too many, two with one name, a name that is not
     /// printable ASCII, a quota whose window overflows, or `max_keys(0)`.
-    pub fn build<K>(self) -> Result<RateLimiter<K>, InvalidConfig> {
+    pub fn build(self) -> Result<RateLimiter<K>, InvalidConfig> {
         if self.limits.is_empty() {
             return Err(InvalidConfig::NoLimits);
         }
@@ -260,6 +345,7 @@ impl RateLimiterBuilder {
                 // Rounded down, so the shards together never hold more than `max_keys`
                 // (more than one shard only from 2,048 keys: each holds more than 512).
                 cap: self.max_keys / shards,
+                evict: self.when_full == WhenFull::EvictNearestIdle,
                 hasher: RandomState::new(),
                 zero_sized,
                 direct,
@@ -325,6 +411,8 @@ struct Inner<K> {
     mask: usize,
     /// The most entries per shard.
     cap: usize,
+    /// [`WhenFull::EvictNearestIdle`].
+    evict: bool,
     hasher: RandomState,
     /// `K` has one value (the direct limiter's `()`): skip hashing.
     zero_sized: bool,
@@ -374,23 +462,48 @@ impl RateLimiter<()> {
     }
 }
 
-impl RateLimiter<()> {
-    /// A builder, for several limits, a key bound, a queue bound or shadow mode.
-    pub fn builder() -> RateLimiterBuilder {
+impl<K> RateLimiter<K> {
+    /// A builder, for several limits, a key bound, a queue bound or shadow mode; for keys of
+    /// any type (`K: Hash + Eq` to decide).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::num::NonZeroU32;
+    /// use brigade_limit::{Limit, Quota, RateLimiter};
+    ///
+    /// /// A tenant and a model: each pair has its own quota.
+    /// #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+    /// struct Tenant {
+    ///     id: u32,
+    ///     model: &'static str,
+    /// }
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let tokens = Quota::per_minute(NonZeroU32::new(10_000).unwrap());
+    /// let limiter = RateLimiter::<Tenant>::builder()
+    ///     .limit(Limit::new("tokens", tokens))
+    ///     .max_keys(10_000)
+    ///     .build()?;
+    /// let small = Tenant { id: 7, model: "small" };
+    /// assert_eq!(limiter.try_acquire(&small, 4_000)?.tightest().remaining(), 6_000);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn builder() -> RateLimiterBuilder<K> {
         RateLimiterBuilder::default()
     }
 }
 
-impl<K: Hash + Eq + Clone> RateLimiter<K> {
+impl<K: Hash + Eq> RateLimiter<K> {
     /// A keyed limiter: one limit named `"default"`, one state per key, at most 100,000 keys.
     ///
     /// # Errors
     ///
     /// [`InvalidConfig::QuotaTooLong`] if `burst × interval` overflows.
     pub fn keyed(quota: Quota) -> Result<Self, InvalidConfig> {
-        RateLimiter::builder()
-            .limit(Limit::new("default", quota))
-            .build()
+        Self::builder().limit(Limit::new("default", quota)).build()
     }
 
     /// Decides now: admits and charges `cost` cells (one for per-request limits) on every
@@ -398,13 +511,40 @@ impl<K: Hash + Eq + Clone> RateLimiter<K> {
     ///
     /// A cost of 0 is admitted and charges nothing on cost limits. Reads the clock once.
     ///
+    /// The key is looked up by any borrowed form of `K`, as in `HashMap::get`: a
+    /// `RateLimiter<String>` is asked with a `&str`. It is copied (`to_owned`) only when the
+    /// limiter starts holding a new key, so a decision on a key already held allocates
+    /// nothing.
+    ///
     /// # Errors
     ///
     /// - [`AcquireError::Rejected`]: over quota, with `retry_after` and the most restrictive
     ///   limit; also while earlier callers wait on the key and this one would delay them.
     /// - [`AcquireError::Unsatisfiable`]: the cost exceeds a limit's burst.
-    /// - [`AcquireError::KeysExhausted`]: a new key, and the key table is full of limited keys.
-    pub fn try_acquire(&self, key: &K, cost: u32) -> Result<Admitted, AcquireError> {
+    /// - [`AcquireError::KeysExhausted`]: a new key, its shard is full of limited keys, and
+    ///   the limiter refuses new keys then ([`WhenFull::RefuseNewKeys`]); or every key of
+    ///   its shard has callers waiting.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::num::NonZeroU32;
+    /// use brigade_limit::{Quota, RateLimiter};
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() {
+    /// let limiter: RateLimiter<String> =
+    ///     RateLimiter::keyed(Quota::per_minute(NonZeroU32::new(60).unwrap())).unwrap();
+    /// let api_key: &str = "sk-alice"; // borrowed from the request
+    /// assert!(limiter.try_acquire(api_key, 1).is_ok()); // holds a copy from now on
+    /// assert_eq!(limiter.try_acquire(api_key, 1).unwrap().tightest().remaining(), 58);
+    /// # }
+    /// ```
+    pub fn try_acquire<Q>(&self, key: &Q, cost: u32) -> Result<Admitted, AcquireError>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
+    {
         let now = self.now();
         if let Some(direct) = &self.inner.direct {
             // The lock-free path: no waiters, no reconfiguration under way.
@@ -418,7 +558,7 @@ impl<K: Hash + Eq + Clone> RateLimiter<K> {
         let hash = self.hash(key);
         let mut guard = lock(self.shard(hash));
         let shard = &mut *guard;
-        if let Some(entry) = shard.table.find_mut(hash, |e| e.key == *key) {
+        if let Some(entry) = shard.table.find_mut(hash, |e| e.key.borrow() == key) {
             if self.inner.len == 1 && self.inner.direct.is_none() && entry.queue().is_none() {
                 let mut tat = entry.first_tat();
                 let one = self.decide_one(shard.limits.gcra[0], &mut tat, now, cost);
@@ -443,10 +583,10 @@ impl<K: Hash + Eq + Clone> RateLimiter<K> {
         let mut tats = [0; MAX_LIMITS];
         let outcome = self.decide(&shard.limits, &mut tats, Ahead::default(), now, cost);
         if matches!(outcome, Outcome::Admit(_)) && tats.iter().any(|&t| t > now) {
-            let entry = Entry::new(key.clone(), tats);
+            let entry = Entry::new(key.to_owned(), tats);
             let inner = &self.inner;
             shard
-                .insert(hash, entry, now, inner.cap, |k| inner.hash(k))
+                .insert(hash, entry, now, inner.cap, inner.evict, |k| inner.hash(k))
                 .map_err(|at| AcquireError::KeysExhausted {
                     retry_after: Duration::from_nanos(at.saturating_sub(now)),
                 })?;
@@ -456,6 +596,8 @@ impl<K: Hash + Eq + Clone> RateLimiter<K> {
 
     /// Like [`try_acquire`](Self::try_acquire), but returns a [`Reservation`] to settle with
     /// the actual cost once it is known.
+    ///
+    /// The reservation owns a copy of the key (`to_owned`), to find it again when settled.
     ///
     /// # Errors
     ///
@@ -476,11 +618,15 @@ impl<K: Hash + Eq + Clone> RateLimiter<K> {
     /// assert_eq!(tokens.try_acquire(&"alice", 0).unwrap().tightest().remaining(), 700);
     /// # }
     /// ```
-    pub fn try_reserve(&self, key: &K, estimate: u32) -> Result<Reservation<K>, AcquireError> {
+    pub fn try_reserve<Q>(&self, key: &Q, estimate: u32) -> Result<Reservation<K>, AcquireError>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
+    {
         let admitted = self.try_acquire(key, estimate)?;
         Ok(Reservation::new(
             self.clone(),
-            key.clone(),
+            key.to_owned(),
             estimate,
             admitted,
         ))
@@ -511,6 +657,8 @@ impl<K: Hash + Eq + Clone> RateLimiter<K> {
             if let Some(direct) = &self.inner.direct {
                 direct.reconfigure(old, new, now);
             }
+            // Every idle time moves: the eviction order starts again.
+            shard.forget_order();
             for entry in shard.table.iter_mut() {
                 // A direct limiter's TAT is not in its entry (rescaled above).
                 if self.inner.direct.is_none() {
@@ -553,8 +701,8 @@ impl<K: Hash + Eq + Clone> RateLimiter<K> {
         }
     }
 
-    /// Bytes of heap the key tables hold: buckets, control bytes and wait queues, not the
-    /// keys' own heap data (a `String` key's text).
+    /// Bytes of heap the key tables hold: buckets, control bytes, wait queues and the
+    /// eviction order, not the keys' own heap data (a `String` key's text).
     pub fn memory_bytes(&self) -> usize {
         self.inner.shards.iter().map(|s| lock(s).memory()).sum()
     }
@@ -773,9 +921,10 @@ impl<K> RateLimiter<K> {
     }
 }
 
-impl<K: Hash> Inner<K> {
+impl<K> Inner<K> {
+    /// The hash of a key, or of any borrowed form of it (which hashes alike).
     #[inline]
-    fn hash(&self, key: &K) -> u64 {
+    fn hash<Q: Hash + ?Sized>(&self, key: &Q) -> u64 {
         if self.zero_sized {
             0
         } else {
@@ -784,9 +933,9 @@ impl<K: Hash> Inner<K> {
     }
 }
 
-impl<K: Hash + Eq + Clone> RateLimiter<K> {
+impl<K> RateLimiter<K> {
     #[inline]
-    fn hash(&self, key: &K) -> u64 {
+    fn hash<Q: Hash + ?Sized>(&self, key: &Q) -> u64 {
         self.inner.hash(key)
     }
 }

@@ -33,7 +33,7 @@ pub struct Reservation<K> {
     admitted: Admitted,
 }
 
-impl<K: Hash + Eq + Clone> Reservation<K> {
+impl<K> Reservation<K> {
     pub(crate) fn new(limiter: RateLimiter<K>, key: K, estimate: u32, admitted: Admitted) -> Self {
         Self {
             limiter,
@@ -70,7 +70,10 @@ impl<K: Hash + Eq + Clone> Reservation<K> {
     ///
     /// In shadow mode, a reservation that was admitted over quota was never charged, and its
     /// settle charges nothing either.
-    pub fn settle(self, actual: u32) {
+    pub fn settle(self, actual: u32)
+    where
+        K: Hash + Eq,
+    {
         if self.admitted.shadow.is_some() || actual == self.estimate {
             return;
         }
@@ -78,7 +81,7 @@ impl<K: Hash + Eq + Clone> Reservation<K> {
         for (i, tat) in until.iter_mut().enumerate().take(self.limiter.inner.len) {
             *tat = self.admitted.snapshot.tat(i);
         }
-        self.limiter.settle(&self.key, self.estimate, actual, until);
+        self.limiter.settle(self.key, self.estimate, actual, until);
     }
 }
 
@@ -92,13 +95,13 @@ impl<K: fmt::Debug> fmt::Debug for Reservation<K> {
     }
 }
 
-impl<K: Hash + Eq + Clone> RateLimiter<K> {
+impl<K: Hash + Eq> RateLimiter<K> {
     // Indexing: limit `i` lives at `i` of parallel arrays (flags, limits, TATs).
     #[allow(clippy::needless_range_loop)]
     /// `until`: each limit's TAT right after the reservation's charge.
-    fn settle(&self, key: &K, estimate: u32, actual: u32, until: [u64; MAX_LIMITS]) {
+    fn settle(&self, key: K, estimate: u32, actual: u32, until: [u64; MAX_LIMITS]) {
         let now = self.now();
-        let hash = self.hash(key);
+        let hash = self.hash(&key);
         let mut shard = lock(self.shard(hash));
         let shard = &mut *shard;
         let limits = shard.limits;
@@ -116,20 +119,26 @@ impl<K: Hash + Eq + Clone> RateLimiter<K> {
                 };
             }
         };
-        if let Some(entry) = shard.table.find_mut(hash, |e| e.key == *key) {
+        if let Some(entry) = shard.table.find_mut(hash, |e| e.key == key) {
             self.update_tats(entry, adjust);
             if let Some(queue) = entry.queue() {
                 queue.wake_head();
             }
+            // A refund makes the key idle sooner than the eviction order may know.
+            if actual < estimate {
+                let idle_at = entry.idle_at();
+                shard.note(hash, idle_at);
+            }
         } else if let Some(direct) = &inner.direct {
             direct.update(adjust);
         } else if actual > estimate {
-            // The key went idle and was evicted: it is a fresh key, charged the extra. If the
-            // table has no room, the extra is dropped (every held key is still limited).
+            // The key was evicted (idle, or forgotten to make room): it is a fresh key,
+            // charged the extra. If the table has no room and the limiter refuses new keys,
+            // the extra is dropped (every held key is still limited).
             let mut tats = [0; MAX_LIMITS];
             adjust(&mut tats);
-            let entry = super::Entry::new(key.clone(), tats);
-            let _ = shard.insert(hash, entry, now, inner.cap, |k| inner.hash(k));
+            let entry = super::Entry::new(key, tats);
+            let _ = shard.insert(hash, entry, now, inner.cap, inner.evict, |k| inner.hash(k));
         }
     }
 }

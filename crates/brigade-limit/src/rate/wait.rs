@@ -6,6 +6,7 @@
 //! notifies it. A waiter is removed from its queue by a guard's `Drop`, so a dropped
 //! `acquire` future leaves the queue and has charged nothing. There is no background task.
 
+use std::borrow::Borrow;
 use std::hash::Hash;
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,7 +15,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::store::{Ahead, Entry, Queue, Waiter};
+use super::store::{Ahead, Entry, Queue, Shard, Waiter};
 use super::{Admitted, Outcome, RateLimiter, lock};
 use crate::MAX_LIMITS;
 use crate::loom::Ordering;
@@ -29,9 +30,9 @@ enum Step {
 }
 
 /// Removes a waiter from its key's queue when the wait ends, however it ends.
-struct Enqueued<'a, K: Hash + Eq + Clone> {
+struct Enqueued<'a, K: Hash + Eq + Borrow<Q>, Q: Hash + Eq + ?Sized> {
     limiter: &'a RateLimiter<K>,
-    key: &'a K,
+    key: &'a Q,
     hash: u64,
     id: u64,
     notify: Arc<Notify>,
@@ -39,38 +40,46 @@ struct Enqueued<'a, K: Hash + Eq + Clone> {
     left: bool,
 }
 
-impl<K: Hash + Eq + Clone> Drop for Enqueued<'_, K> {
+impl<K: Hash + Eq + Borrow<Q>, Q: Hash + Eq + ?Sized> Drop for Enqueued<'_, K, Q> {
     fn drop(&mut self) {
         if self.left {
             return;
         }
         let mut shard = lock(self.limiter.shard(self.hash));
-        let shard = &mut *shard;
-        if let Some(entry) = shard.table.find_mut(self.hash, |e| e.key == *self.key) {
-            self.limiter.leave(entry, &mut shard.next_sweep, self.id);
-        }
+        self.limiter.leave(&mut shard, self.hash, self.key, self.id);
     }
 }
 
-impl<K: Hash + Eq + Clone> RateLimiter<K> {
-    /// Takes waiter `id` out of the entry's queue, drops an empty queue, and wakes a new
+impl<K: Hash + Eq> RateLimiter<K> {
+    /// Takes waiter `id` out of its entry's queue, drops an empty queue, and wakes a new
     /// head. An entry whose queue empties can be evicted again once idle: `next_sweep` (the
-    /// shard's, which counted it as never idle) is brought forward to that time.
-    fn leave(&self, entry: &mut Entry<K>, next_sweep: &mut u64, id: u64) {
+    /// shard's, which counted it as never idle) is brought forward to that time, and the
+    /// eviction order learns of it.
+    fn leave<Q>(&self, shard: &mut Shard<K>, hash: u64, key: &Q, id: u64)
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let Some(entry) = shard.table.find_mut(hash, |e| e.key.borrow() == key) else {
+            return;
+        };
         let queue = entry.queue_slot();
-        if let Some(q) = queue {
-            if let Some(was_head) = q.remove(id) {
-                if let Some(direct) = &self.inner.direct {
-                    direct.queued.fetch_sub(1, Ordering::AcqRel);
-                }
-                if was_head {
-                    q.wake_head();
-                }
+        let Some(q) = queue else {
+            return;
+        };
+        if let Some(was_head) = q.remove(id) {
+            if let Some(direct) = &self.inner.direct {
+                direct.queued.fetch_sub(1, Ordering::AcqRel);
             }
-            if q.waiters.is_empty() {
-                *queue = None;
-                *next_sweep = (*next_sweep).min(entry.idle_at());
+            if was_head {
+                q.wake_head();
             }
+        }
+        if q.waiters.is_empty() {
+            *queue = None;
+            let idle_at = entry.idle_at();
+            shard.next_sweep = shard.next_sweep.min(idle_at);
+            shard.note(hash, idle_at);
         }
     }
 
@@ -80,7 +89,8 @@ impl<K: Hash + Eq + Clone> RateLimiter<K> {
     /// Callers of a key are admitted in arrival order: a large cost at the head is not
     /// overtaken by later small ones. A caller admitted at once does not queue. The head
     /// waiter fails early with [`AcquireError::DeadlineExceeded`] once it knows its cost
-    /// cannot conform before `deadline`.
+    /// cannot conform before `deadline`. The key is looked up by any borrowed form, as in
+    /// [`try_acquire`](Self::try_acquire).
     ///
     /// # Errors
     ///
@@ -113,13 +123,17 @@ impl<K: Hash + Eq + Clone> RateLimiter<K> {
     /// assert_eq!(start.elapsed(), Duration::from_millis(500));
     /// # }
     /// ```
-    pub async fn acquire(
+    pub async fn acquire<Q>(
         &self,
-        key: &K,
+        key: &Q,
         cost: u32,
         cancel: &CancellationToken,
         deadline: Option<Instant>,
-    ) -> Result<Admitted, AcquireError> {
+    ) -> Result<Admitted, AcquireError>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
+    {
         let hash = self.hash(key);
         let mut waiter = match self.enqueue(key, hash, cost) {
             Ok(waiter) => waiter,
@@ -145,7 +159,8 @@ impl<K: Hash + Eq + Clone> RateLimiter<K> {
     }
 
     /// [`acquire`](Self::acquire), returning a [`Reservation`] to settle with the actual
-    /// cost.
+    /// cost. The reservation owns a copy of the key (`to_owned`), to find it again when
+    /// settled.
     ///
     /// # Errors
     ///
@@ -154,17 +169,21 @@ impl<K: Hash + Eq + Clone> RateLimiter<K> {
     /// # Cancel safety
     ///
     /// As [`acquire`](Self::acquire): a dropped future charges nothing.
-    pub async fn reserve(
+    pub async fn reserve<Q>(
         &self,
-        key: &K,
+        key: &Q,
         estimate: u32,
         cancel: &CancellationToken,
         deadline: Option<Instant>,
-    ) -> Result<Reservation<K>, AcquireError> {
+    ) -> Result<Reservation<K>, AcquireError>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
+    {
         let admitted = self.acquire(key, estimate, cancel, deadline).await?;
         Ok(Reservation::new(
             self.clone(),
-            key.clone(),
+            key.to_owned(),
             estimate,
             admitted,
         ))
@@ -173,23 +192,27 @@ impl<K: Hash + Eq + Clone> RateLimiter<K> {
     /// Decides at once if the caller fits; otherwise joins the queue.
     // `Err` is the final answer, returned once per call; boxing it buys nothing.
     #[allow(clippy::result_large_err)]
-    fn enqueue<'a>(
+    fn enqueue<'a, Q>(
         &'a self,
-        key: &'a K,
+        key: &'a Q,
         hash: u64,
         cost: u32,
-    ) -> Result<Enqueued<'a, K>, Result<Admitted, AcquireError>> {
+    ) -> Result<Enqueued<'a, K, Q>, Result<Admitted, AcquireError>>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
+    {
         let now = self.now();
         let mut guard = lock(self.shard(hash));
         let shard = &mut *guard;
         let limits = shard.limits;
         let hasher = |k: &K| self.inner.hash(k);
-        let entry = match shard.table.find_mut(hash, |e| e.key == *key) {
+        let entry = match shard.table.find_mut(hash, |e| e.key.borrow() == key) {
             Some(entry) => entry,
             // A direct limiter's TAT is not in the table; its entry holds only the queue.
             None if self.inner.direct.is_some() => shard
                 .table
-                .insert_unique(hash, Entry::new(key.clone(), [0; MAX_LIMITS]), |e| {
+                .insert_unique(hash, Entry::new(key.to_owned(), [0; MAX_LIMITS]), |e| {
                     hasher(&e.key)
                 })
                 .into_mut(),
@@ -232,12 +255,19 @@ impl<K: Hash + Eq + Clone> RateLimiter<K> {
     }
 
     /// One look at the queue: the head decides, the others keep waiting.
-    fn step(&self, waiter: &mut Enqueued<'_, K>, cost: u32, deadline: Option<Instant>) -> Step {
+    fn step<Q>(&self, waiter: &mut Enqueued<'_, K, Q>, cost: u32, deadline: Option<Instant>) -> Step
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
         let now = self.now();
         let mut shard = lock(self.shard(waiter.hash));
         let shard = &mut *shard;
         let limits = shard.limits;
-        let Some(entry) = shard.table.find_mut(waiter.hash, |e| e.key == *waiter.key) else {
+        let Some(entry) = shard
+            .table
+            .find_mut(waiter.hash, |e| e.key.borrow() == waiter.key)
+        else {
             unreachable!("an entry with waiters is never evicted")
         };
         let is_head = entry
@@ -263,7 +293,7 @@ impl<K: Hash + Eq + Clone> RateLimiter<K> {
             }
             outcome => self.finish(outcome),
         };
-        self.leave(entry, &mut shard.next_sweep, waiter.id);
+        self.leave(shard, waiter.hash, waiter.key, waiter.id);
         waiter.left = true;
         Step::Done(result)
     }

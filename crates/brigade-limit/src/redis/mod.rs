@@ -472,11 +472,11 @@ impl RedisRateLimiterBuilder {
         url: impl IntoConnectionInfo,
     ) -> Result<RedisRateLimiter<K>, InvalidConfig> {
         // The in-process builder checks the limits (count, names, quotas).
-        let mut check = RateLimiter::builder();
+        let mut check = RateLimiter::<()>::builder();
         for limit in &self.limits {
             check = check.limit(*limit);
         }
-        check.build::<()>()?;
+        check.build()?;
         let names = self.limits.iter().map(|l| -> &str { l.name() });
         for part in std::iter::once(self.prefix.as_str()).chain(names) {
             if part.contains(['{', '}']) {
