@@ -865,6 +865,56 @@ async fn a_key_holding_garbage_falls_back_for_that_call_only() {
 }
 
 #[tokio::test]
+async fn a_huge_settle_saturates_to_a_time_the_script_reads_back() {
+    // One cell an hour; a settle of u32::MAX cells charges about 490,000 years, past the
+    // latest time a key holds (19 digits of nanoseconds, in 2286): the TAT saturates there, as
+    // the in-process limiter's saturates at u64::MAX, and the key stays readable.
+    let server = RedisServer::start();
+    let limiter: RedisRateLimiter<&'static str> = RedisRateLimiter::builder()
+        .limit(Limit::new("tokens", Quota::per_hour(nz(1))))
+        .key_prefix("z:")
+        .fallback(Fallback::FailClosed)
+        .call_timeout(Duration::from_secs(2))
+        .build(server.url())
+        .unwrap();
+    let reservation = limiter.try_reserve(&"k", 1).await.unwrap();
+    assert!(reservation.is_on_redis());
+    reservation.settle(u32::MAX).await.unwrap();
+    let mut conn = raw(&server.url()).await;
+    let stored = get(&mut conn, "z:{k}:tokens").await.unwrap();
+    assert_eq!(stored, "9999999999999999999");
+    let ttl: i64 = redis::cmd("PTTL")
+        .arg("z:{k}:tokens")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(ttl > 0, "{ttl}");
+
+    // Decisions on the key still work: rejected, with a wait until 2286.
+    let now = server_time(&mut conn).await;
+    let Err(AcquireError::Rejected(r)) = limiter.try_acquire(&"k", 1).await else {
+        panic!("the key is charged until 2286")
+    };
+    let until_2286 = Duration::from_nanos(9_999_999_999_999_999_999 - now);
+    let wait = r.retry_after();
+    assert!(
+        wait <= until_2286 && until_2286 - wait < Duration::from_secs(60),
+        "{wait:?}"
+    );
+    // A further charge stays at the cap; a peek reads it.
+    let reservation = limiter.try_reserve(&"other", 1).await.unwrap();
+    reservation.settle(u32::MAX).await.unwrap();
+    let peek = limiter.try_acquire(&"k", 0).await.unwrap();
+    assert_eq!(peek.tightest().remaining(), 0);
+    let c = limiter.counters();
+    assert_eq!(
+        (c.fallback_decisions, c.redis_errors, c.redis_decisions),
+        (0, 0, 4),
+        "{c:?}"
+    );
+}
+
+#[tokio::test]
 async fn a_settle_on_a_key_holding_a_far_time_fails_alone_not_its_batch() {
     let server = RedisServer::start();
     let limiter: RedisRateLimiter<String> = RedisRateLimiter::builder()

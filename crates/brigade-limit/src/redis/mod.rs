@@ -86,7 +86,10 @@
 //! Limit `name` of key `k` is the Redis string `{prefix}{k}:{name}` (the prefix defaults to
 //! `brigade:limit:`; `k` is written with its `Display`). The key sits in a hash tag, so all
 //! the limits of one key share a cluster slot (see [Batches](#batches) for a batch's keys).
-//! The value is the TAT in nanoseconds since the Unix epoch, in decimal. Every write sets the key to expire
+//! The value is the TAT in nanoseconds since the Unix epoch, in decimal, at most 19 digits:
+//! the script saturates every time it computes at 9,999,999,999,999,999,999 ns (in the year
+//! 2286), as the in-process limiter saturates at `u64::MAX`, so however large a settle it
+//! never writes a time it would then refuse to read. Every write sets the key to expire
 //! (`PX`) when its TAT passes, the moment its state becomes a fresh key's: an idle key costs
 //! Redis nothing, and a key that expired decides exactly as before. Lua numbers are doubles,
 //! so the script does its arithmetic on whole milliseconds and the nanoseconds within, both
