@@ -1110,6 +1110,7 @@ async fn a_burst_counts_cells_at_once_which_redis_cell_calls_max_burst_plus_one(
     let fake = FakeGcra::start().await;
     let native: RedisRateLimiter<&'static str> = RedisRateLimiter::builder()
         .limit(Limit::new("default", quota))
+        .native_gcra(NativeGcra::Auto)
         .build(fake.url())
         .unwrap();
     assert_eq!(native.connect().await.unwrap(), Backend::NativeGcra);
@@ -1152,6 +1153,7 @@ fn the_native_path_decides_as_the_in_process_limiter_within_one_interval() {
     let theirs: RedisRateLimiter<&'static str> = real.block_on(async {
         let l = RedisRateLimiter::builder()
             .limit(Limit::new("default", quota))
+            .native_gcra(NativeGcra::Auto)
             .fallback(Fallback::FailClosed)
             .call_timeout(Duration::from_secs(2))
             .build(fake.url())
@@ -1229,6 +1231,7 @@ async fn a_multi_limit_limiter_uses_the_script_even_where_gcra_exists() {
     let limiter: RedisRateLimiter<&'static str> = RedisRateLimiter::builder()
         .limit(Limit::per_request("requests", Quota::per_minute(nz(10))))
         .limit(Limit::new("tokens", Quota::per_minute(nz(1000))))
+        .native_gcra(NativeGcra::Auto)
         .build(fake.url())
         .unwrap();
     // The fake runs no Lua: loading the script fails, and the limiter stays on its fallback.
@@ -1244,6 +1247,41 @@ async fn a_multi_limit_limiter_uses_the_script_even_where_gcra_exists() {
         .unwrap();
     assert!(never.connect().await.is_err());
     assert!(!fake.commands().iter().any(|c| c[0] == "COMMAND"));
+}
+
+#[tokio::test]
+async fn the_script_is_the_default_and_the_native_command_is_not_asked_for() {
+    // The native path is tested against a fake server only: a limiter uses it only when built
+    // with `NativeGcra::Auto`. A real server sees no `COMMAND INFO` from a default limiter.
+    let server = RedisServer::start();
+    let limiter: RedisRateLimiter<&'static str> = RedisRateLimiter::builder()
+        .limit(Limit::new("default", Quota::per_minute(nz(10))))
+        .build(server.url())
+        .unwrap();
+    assert_eq!(limiter.connect().await.unwrap(), Backend::Lua);
+    limiter.try_acquire(&"k", 1).await.unwrap();
+    let mut conn = raw(&server.url()).await;
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(info.contains("cmdstat_evalsha:calls=1,"), "{info}");
+    assert!(!info.contains("cmdstat_command"), "{info}");
+    // And against the fake server that has `GCRA`, the default still loads the script (which
+    // the fake cannot run).
+    let fake = FakeGcra::start().await;
+    let default: RedisRateLimiter<&'static str> = RedisRateLimiter::builder()
+        .limit(Limit::new("default", Quota::per_minute(nz(10))))
+        .build(fake.url())
+        .unwrap();
+    assert!(default.connect().await.is_err());
+    let sent = fake.commands();
+    assert!(
+        sent.iter().any(|c| c[..2] == ["SCRIPT", "LOAD"]),
+        "{sent:?}"
+    );
+    assert!(!sent.iter().any(|c| c[0] == "COMMAND"), "{sent:?}");
 }
 
 #[tokio::test]

@@ -107,11 +107,11 @@
 //! # Native `GCRA`
 //!
 //! Redis 8.8's development line carries a native `GCRA` command derived from redis-cell.
-//! When connecting, the limiter asks `COMMAND INFO GCRA`; if the server has it and the
-//! limiter has a single limit ([`NativeGcra::Auto`], the default), decisions use it instead
-//! of the script. A multi-limit decision needs the script even then: one command per limit
-//! could not charge all or none. The command has no refund and answers times in whole
-//! seconds, so on the native path:
+//! Built with [`NativeGcra::Auto`] (experimental; the default is [`NativeGcra::Never`], the
+//! script), the limiter asks `COMMAND INFO GCRA` when connecting; if the server has it and
+//! the limiter has a single limit, decisions use it instead of the script. A multi-limit
+//! decision needs the script even then: one command per limit could not charge all or none.
+//! The command has no refund and answers times in whole seconds, so on the native path:
 //!
 //! - `limit`, `remaining` and admit or reject are exact; `reset` and `retry_after` are
 //!   rebuilt from `remaining` and are late by less than one interval (never early);
@@ -121,10 +121,10 @@
 //! - [`TestClock`] does not apply.
 //!
 //! Its keys end in `:gcra` (another value format), so a fleet must not mix native and script
-//! replicas on one prefix. Build with [`NativeGcra::Never`] to keep the script's exact
-//! semantics. The command was held out of the 8.8 release while this was written, and its
-//! reply units have changed during development: this path is tested against a fake server
-//! that answers as the command's documentation says, not against a real Redis with `GCRA`.
+//! replicas on one prefix. The command was held out of the 8.8 release while this was
+//! written, and its reply units have changed during development: this path is tested against
+//! a fake server that answers as the command's documentation says, not against a real Redis
+//! with `GCRA`, which is why it is not the default.
 //!
 //! # When Redis is down
 //!
@@ -211,11 +211,13 @@ pub enum Fallback {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum NativeGcra {
-    /// Use it for a single-limit limiter when the server has it (asked when connecting);
-    /// the script otherwise. See the [module docs](self#native-gcra) for what changes.
-    #[default]
+    /// Experimental: use it for a single-limit limiter when the server has it (asked when
+    /// connecting); the script otherwise. No released Redis has the command yet, and this
+    /// path is tested against a fake server only. See the [module docs](self#native-gcra)
+    /// for what changes.
     Auto,
-    /// Always the script.
+    /// Always the script (the default).
+    #[default]
     Never,
 }
 
@@ -386,7 +388,7 @@ impl Default for RedisRateLimiterBuilder {
             connect_timeout: Duration::from_millis(250),
             probe_interval: Duration::from_secs(1),
             fallback: Fallback::Local { replicas: 1 },
-            native: NativeGcra::Auto,
+            native: NativeGcra::Never,
             listener: None,
             clock: None,
             max_batch: 16,
@@ -434,7 +436,8 @@ impl RedisRateLimiterBuilder {
         self
     }
 
-    /// Whether to use a native `GCRA` command. Default: [`NativeGcra::Auto`].
+    /// Whether to use a native `GCRA` command. Default: [`NativeGcra::Never`] (the script);
+    /// [`NativeGcra::Auto`] is experimental.
     pub fn native_gcra(mut self, native: NativeGcra) -> Self {
         self.native = native;
         self
