@@ -38,6 +38,8 @@ pub enum InvalidConfig {
     ZeroReplicas,
     /// A duration setting that must be positive is zero; names the setting.
     ZeroDuration(&'static str),
+    /// A count setting that must be positive is zero; names the setting.
+    ZeroCount(&'static str),
     /// A Redis key prefix or limit name holds `{` or `}`: the Redis key layout reserves them
     /// for its hash tag (`prefix{key}:limit`).
     BraceInRedisKey(String),
@@ -69,7 +71,9 @@ impl fmt::Display for InvalidConfig {
             Self::ZeroReplicas => {
                 f.write_str("local fallback divides the quotas over zero replicas")
             }
-            Self::ZeroDuration(setting) => write!(f, "{setting} is zero"),
+            Self::ZeroDuration(setting) | Self::ZeroCount(setting) => {
+                write!(f, "{setting} is zero")
+            }
             Self::BraceInRedisKey(part) => {
                 write!(
                     f,
@@ -151,6 +155,15 @@ pub enum AcquireError {
         /// When the store will be tried again.
         retry_after: Duration,
     },
+    /// The shared store answers, but not fast enough for this call: a `RedisRateLimiter`
+    /// (feature `redis`) whose queue for Redis would keep the call past its bound, or did.
+    /// Nothing was charged (a call that gave up while its batch was on the wire may have
+    /// been). `retry_after` is the queue's expected wait. Not the caller's quota: a server
+    /// error (503, overloaded) rather than a 429.
+    Overloaded {
+        /// When the queue is expected to have room.
+        retry_after: Duration,
+    },
 }
 
 impl AcquireError {
@@ -158,9 +171,9 @@ impl AcquireError {
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
             Self::Rejected(r) | Self::QueueFull(r) => Some(r.retry_after()),
-            Self::KeysExhausted { retry_after } | Self::Unavailable { retry_after } => {
-                Some(*retry_after)
-            }
+            Self::KeysExhausted { retry_after }
+            | Self::Unavailable { retry_after }
+            | Self::Overloaded { retry_after } => Some(*retry_after),
             Self::Unsatisfiable(_) | Self::Cancelled | Self::DeadlineExceeded => None,
         }
     }
@@ -184,6 +197,7 @@ impl fmt::Display for AcquireError {
             Self::Cancelled => f.write_str("rate limit wait cancelled"),
             Self::DeadlineExceeded => f.write_str("rate limit wait passed its deadline"),
             Self::Unavailable { .. } => f.write_str("rate limit store unavailable"),
+            Self::Overloaded { .. } => f.write_str("rate limit store overloaded"),
         }
     }
 }
