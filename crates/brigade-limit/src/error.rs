@@ -35,19 +35,45 @@ pub enum InvalidConfig {
         max: u8,
     },
     /// A local fallback that divides the quotas over zero replicas.
+    #[cfg(feature = "redis")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
     ZeroReplicas,
     /// A duration setting that must be positive is zero; names the setting.
+    #[cfg(feature = "redis")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
     ZeroDuration(&'static str),
     /// A count setting that must be positive is zero; names the setting.
+    #[cfg(feature = "redis")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
     ZeroCount(&'static str),
     /// A Redis key prefix or limit name holds `{` or `}`: the Redis key layout reserves them
     /// for its hash tag (`prefix{key}:limit`).
+    #[cfg(feature = "redis")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
     BraceInRedisKey(String),
     /// The Redis URL does not parse; the message says why.
+    #[cfg(feature = "redis")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
     RedisUrl(String),
     /// A Redis batch size outside 1 to 1,024.
+    #[cfg(feature = "redis")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
     BatchSize(usize),
 }
+
+/// Without the `redis` feature, the Redis limiter's configuration errors do not exist:
+///
+/// ```compile_fail
+/// let _ = brigade_limit::InvalidConfig::ZeroReplicas;
+/// ```
+///
+/// while the others do:
+///
+/// ```
+/// let _ = brigade_limit::InvalidConfig::ZeroPeriod;
+/// ```
+#[cfg(all(doctest, not(feature = "redis")))]
+struct RedisVariantsNeedTheFeature;
 
 impl fmt::Display for InvalidConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -68,19 +94,24 @@ impl fmt::Display for InvalidConfig {
             Self::PrefixTooLong { prefix, max } => {
                 write!(f, "address prefix /{prefix} is longer than /{max}")
             }
+            #[cfg(feature = "redis")]
             Self::ZeroReplicas => {
                 f.write_str("local fallback divides the quotas over zero replicas")
             }
+            #[cfg(feature = "redis")]
             Self::ZeroDuration(setting) | Self::ZeroCount(setting) => {
                 write!(f, "{setting} is zero")
             }
+            #[cfg(feature = "redis")]
             Self::BraceInRedisKey(part) => {
                 write!(
                     f,
                     "{part:?} holds a brace, reserved by the Redis key layout"
                 )
             }
+            #[cfg(feature = "redis")]
             Self::RedisUrl(why) => write!(f, "invalid Redis URL: {why}"),
+            #[cfg(feature = "redis")]
             Self::BatchSize(n) => write!(f, "a Redis batch of {n} operations: from 1 to 1,024"),
         }
     }
