@@ -151,7 +151,9 @@ pub(crate) struct Config {
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
     pub(crate) redis_replicas: u32,
 
-    /// Timeout of each Redis call, in milliseconds; past it, the fallback answers.
+    /// Timeout of each Redis round trip, in milliseconds. A call Redis does not answer in time
+    /// is answered by the fallback (three in a row switch to it); a call that waits longer
+    /// for its turn is refused with 503 (overloaded).
     #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u64).range(1..))]
     pub(crate) redis_timeout_ms: u64,
 

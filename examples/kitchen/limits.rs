@@ -200,6 +200,16 @@ impl Limits {
                 "the rate-limit store is unavailable",
                 retry_after,
             )),
+            // The shared store answers, but too many requests wait for it to decide this one
+            // in time: overloaded, not the client's quota, and never a free pass.
+            Err(AcquireError::Overloaded { retry_after }) => {
+                self.metrics.rate_limit_overloaded.inc();
+                Err(ApiError::unavailable(
+                    "rate_limit_store_overloaded",
+                    "overloaded: the rate-limit store cannot decide in time",
+                    retry_after,
+                ))
+            }
             Err(other) => {
                 self.metrics
                     .rate_limited

@@ -42,6 +42,8 @@ pub(crate) struct Metrics {
         allow(dead_code, reason = "counted by the Redis limiter's listener")
     )]
     pub(crate) rate_store_switches: Counter,
+    /// Requests refused with 503 because the rate-limit store could not decide them in time.
+    pub(crate) rate_limit_overloaded: Counter,
     /// The Redis limiter's own counts, copied at each scrape.
     #[cfg_attr(
         not(feature = "redis"),
@@ -119,6 +121,13 @@ impl Metrics {
             "Switches between Redis and its fallback",
             rate_store_switches.clone(),
         );
+        let rate_limit_overloaded = Counter::default();
+        registry.register(
+            "rate_limit_overloaded",
+            "Requests refused with 503 because the rate-limit store could not decide them in time \
+             (its queue was too long; not a quota, not an outage)",
+            rate_limit_overloaded.clone(),
+        );
         let rate_store_counts = RateStoreCounts::register(&mut registry);
         let jobs = crate::jobs::JobMetrics::register(&mut registry);
         let ws = crate::ws::WsMetrics::register(&mut registry);
@@ -135,6 +144,7 @@ impl Metrics {
             panics,
             rate_store,
             rate_store_switches,
+            rate_limit_overloaded,
             rate_store_counts,
             jobs,
             ws,
@@ -194,9 +204,9 @@ pub(crate) struct RateStoreCounts {
     pub(crate) errors: Counter,
     /// Of those, the ones that timed out.
     pub(crate) timeouts: Counter,
-    /// Calls that ran out of time waiting for their batch (the fallback answered them).
+    /// Calls that ran out of time waiting for their batch (refused as overloaded).
     pub(crate) batch_wait_timeouts: Counter,
-    /// Decisions the fallback answered at once, their batch queue being too long.
+    /// Decisions refused at once as overloaded, their batch queue being too long.
     pub(crate) batch_sheds: Counter,
 }
 
@@ -220,12 +230,12 @@ impl RateStoreCounts {
         );
         registry.register(
             "rate_limit_batch_wait_timeouts",
-            "Decisions that ran out of time waiting for their Redis batch (the fallback answered)",
+            "Calls that ran out of time waiting for their Redis batch (refused as overloaded)",
             counts.batch_wait_timeouts.clone(),
         );
         registry.register(
             "rate_limit_batch_sheds",
-            "Decisions answered by the fallback at once, their Redis batch queue being too long",
+            "Decisions refused at once as overloaded, their Redis batch queue being too long",
             counts.batch_sheds.clone(),
         );
         counts

@@ -35,17 +35,45 @@ pub enum InvalidConfig {
         max: u8,
     },
     /// A local fallback that divides the quotas over zero replicas.
+    #[cfg(feature = "redis")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
     ZeroReplicas,
     /// A duration setting that must be positive is zero; names the setting.
+    #[cfg(feature = "redis")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
     ZeroDuration(&'static str),
+    /// A count setting that must be positive is zero; names the setting.
+    #[cfg(feature = "redis")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+    ZeroCount(&'static str),
     /// A Redis key prefix or limit name holds `{` or `}`: the Redis key layout reserves them
     /// for its hash tag (`prefix{key}:limit`).
+    #[cfg(feature = "redis")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
     BraceInRedisKey(String),
     /// The Redis URL does not parse; the message says why.
+    #[cfg(feature = "redis")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
     RedisUrl(String),
     /// A Redis batch size outside 1 to 1,024.
+    #[cfg(feature = "redis")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
     BatchSize(usize),
 }
+
+/// Without the `redis` feature, the Redis limiter's configuration errors do not exist:
+///
+/// ```compile_fail
+/// let _ = brigade_limit::InvalidConfig::ZeroReplicas;
+/// ```
+///
+/// while the others do:
+///
+/// ```
+/// let _ = brigade_limit::InvalidConfig::ZeroPeriod;
+/// ```
+#[cfg(all(doctest, not(feature = "redis")))]
+struct RedisVariantsNeedTheFeature;
 
 impl fmt::Display for InvalidConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -66,17 +94,24 @@ impl fmt::Display for InvalidConfig {
             Self::PrefixTooLong { prefix, max } => {
                 write!(f, "address prefix /{prefix} is longer than /{max}")
             }
+            #[cfg(feature = "redis")]
             Self::ZeroReplicas => {
                 f.write_str("local fallback divides the quotas over zero replicas")
             }
-            Self::ZeroDuration(setting) => write!(f, "{setting} is zero"),
+            #[cfg(feature = "redis")]
+            Self::ZeroDuration(setting) | Self::ZeroCount(setting) => {
+                write!(f, "{setting} is zero")
+            }
+            #[cfg(feature = "redis")]
             Self::BraceInRedisKey(part) => {
                 write!(
                     f,
                     "{part:?} holds a brace, reserved by the Redis key layout"
                 )
             }
+            #[cfg(feature = "redis")]
             Self::RedisUrl(why) => write!(f, "invalid Redis URL: {why}"),
+            #[cfg(feature = "redis")]
             Self::BatchSize(n) => write!(f, "a Redis batch of {n} operations: from 1 to 1,024"),
         }
     }
@@ -154,6 +189,15 @@ pub enum AcquireError {
         /// When the store will be tried again.
         retry_after: Duration,
     },
+    /// The shared store answers, but not fast enough for this call: a `RedisRateLimiter`
+    /// (feature `redis`) whose queue for Redis would keep the call past its bound, or did.
+    /// Nothing was charged (a call that gave up while its batch was on the wire may have
+    /// been). `retry_after` is the queue's expected wait. Not the caller's quota: a server
+    /// error (503, overloaded) rather than a 429.
+    Overloaded {
+        /// When the queue is expected to have room.
+        retry_after: Duration,
+    },
 }
 
 impl AcquireError {
@@ -161,9 +205,9 @@ impl AcquireError {
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
             Self::Rejected(r) | Self::QueueFull(r) => Some(r.retry_after()),
-            Self::KeysExhausted { retry_after } | Self::Unavailable { retry_after } => {
-                Some(*retry_after)
-            }
+            Self::KeysExhausted { retry_after }
+            | Self::Unavailable { retry_after }
+            | Self::Overloaded { retry_after } => Some(*retry_after),
             Self::Unsatisfiable(_) | Self::Cancelled | Self::DeadlineExceeded => None,
         }
     }
@@ -187,6 +231,7 @@ impl fmt::Display for AcquireError {
             Self::Cancelled => f.write_str("rate limit wait cancelled"),
             Self::DeadlineExceeded => f.write_str("rate limit wait passed its deadline"),
             Self::Unavailable { .. } => f.write_str("rate limit store unavailable"),
+            Self::Overloaded { .. } => f.write_str("rate limit store overloaded"),
         }
     }
 }

@@ -60,7 +60,7 @@
 //! | feature | default | what it adds |
 //! | --- | --- | --- |
 //! | `tower` | no | `tower::RateLimit` (with a key extractor) and `tower::ConcurrencyLimit` (the permit lives with the response body), and their layers, for `http` services |
-//! | `redis` | no | `redis::RedisRateLimiter`: per-key limits in Redis (a Lua script, or the native `GCRA` command where the server has it), shared by every replica, with a fallback and switch metrics; pulls `redis` (redis-rs, tokio) and `tracing` |
+//! | `redis` | no | `redis::RedisRateLimiter`: per-key limits in Redis (a Lua script; the native `GCRA` command, experimental, on request), shared by every replica, with a fallback for outages, overload refusals for load, and switch metrics; pulls `redis` (redis-rs, tokio) and `tracing` |
 //!
 //! # Cancel safety
 //!

@@ -1,6 +1,6 @@
 //! `RedisRateLimiter` against real redis-server processes (each test starts its own, on a
 //! free loopback port), and its native `GCRA` path against a fake server that answers as the
-//! command's documentation says.
+//! command's documentation says. Outages and load: `redis_outage.rs`.
 //!
 //! Determinism: decisions that must match the in-process limiter to the nanosecond run Redis
 //! on a `TestClock` (the script's time argument) while the in-process limiter runs on
@@ -19,7 +19,8 @@ use std::time::Duration;
 
 use brigade_limit::headers::RateLimitHeaders;
 use brigade_limit::redis::{
-    Backend, Fallback, NativeGcra, RedisRateLimiter, RedisRateLimiterBuilder, State, TestClock,
+    Backend, Fallback, NativeGcra, Overload, RedisRateLimiter, RedisRateLimiterBuilder, State,
+    TestClock,
 };
 use brigade_limit::{AcquireError, Admitted, InvalidConfig, Limit, Quota, RateLimiter};
 use http::HeaderMap;
@@ -28,7 +29,6 @@ use redis_server::RedisServer;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpListener;
 use tokio::runtime::Runtime;
-use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 fn nz(n: u32) -> NonZeroU32 {
@@ -443,356 +443,6 @@ fn replicas_whose_clocks_are_shifted_agree_because_time_is_the_server_s() {
 }
 
 #[tokio::test]
-async fn a_redis_slower_than_the_call_timeout_hands_over_to_the_fallback() {
-    let server = RedisServer::start();
-    let call_timeout = Duration::from_millis(100);
-    let limiter: RedisRateLimiter<&'static str> = RedisRateLimiter::builder()
-        .limit(Limit::new("default", Quota::per_minute(nz(100))))
-        .call_timeout(call_timeout)
-        .probe_interval(Duration::from_millis(50))
-        .fallback(Fallback::FailOpen)
-        .build(server.url())
-        .unwrap();
-    limiter.connect().await.unwrap();
-    pause(&mut raw(&server.url()).await, 400).await;
-    let start = Instant::now();
-    let admitted = limiter.try_acquire(&"k", 1).await.unwrap();
-    let took = start.elapsed();
-    assert!(
-        took >= call_timeout && took <= call_timeout + Duration::from_millis(100),
-        "{took:?}"
-    );
-    assert_eq!(admitted.tightest().remaining(), 99); // fail-open reports a fresh key
-    let c = limiter.counters();
-    assert_eq!((c.switches_to_fallback, c.redis_timeouts), (1, 1));
-    // The pause ends; the next probe brings Redis back.
-    let mut polls = 0;
-    while limiter.state() == State::Fallback {
-        polls += 1;
-        assert!(polls < 300, "not back on Redis after {polls} polls");
-        limiter.try_acquire(&"k", 1).await.unwrap();
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
-/// Pauses every client of Redis for `each`, `times` times in a row, from a connection of its
-/// own; `started` hears once the first pause is in effect (its reply says so).
-async fn hold_redis(url: String, each: Duration, times: u32, started: oneshot::Sender<()>) {
-    let mut conn = raw(&url).await;
-    let mut started = Some(started);
-    for _ in 0..times {
-        pause(&mut conn, each.as_millis() as u64).await;
-        if let Some(started) = started.take() {
-            let _ = started.send(());
-        }
-        tokio::time::sleep(each).await;
-    }
-}
-
-#[tokio::test]
-async fn a_queue_deeper_than_the_call_timeout_falls_back_per_call_without_switching() {
-    // Redis is paused for 0.2 s at a time, so it answers every batch within about 0.2 s of its
-    // sending, well within the 0.6 s call timeout; but 600 decisions at once queue behind
-    // two batches of 16 on the wire, so all but the first rounds run out of time waiting.
-    // Those are answered by the fallback, and the limiter stays on Redis: the queue is slow,
-    // not Redis.
-    let server = RedisServer::start();
-    let call_timeout = Duration::from_millis(600);
-    let limiter: RedisRateLimiter<u32> = RedisRateLimiter::builder()
-        .limit(Limit::new("default", Quota::per_second(nz(1_000_000))))
-        .call_timeout(call_timeout)
-        .fallback(Fallback::FailOpen)
-        .build(server.url())
-        .unwrap();
-    limiter.connect().await.unwrap();
-    let limiter = Arc::new(limiter);
-    let (started, paused) = oneshot::channel();
-    let holder = tokio::spawn(hold_redis(
-        server.url(),
-        Duration::from_millis(200),
-        8,
-        started,
-    ));
-    paused.await.unwrap();
-    let calls: Vec<_> = (0..600_u32)
-        .map(|i| {
-            let limiter = Arc::clone(&limiter);
-            tokio::spawn(async move {
-                let start = Instant::now();
-                limiter.try_acquire(&i, 1).await.unwrap();
-                start.elapsed()
-            })
-        })
-        .collect();
-    for call in calls {
-        let took = call.await.unwrap();
-        assert!(took < call_timeout + Duration::from_millis(300), "{took:?}");
-    }
-    holder.await.unwrap();
-    let c = limiter.counters();
-    assert_eq!(c.switches_to_fallback, 0, "{c:?}");
-    assert_eq!((c.redis_errors, c.redis_timeouts), (0, 0), "{c:?}");
-    assert!(c.batch_wait_timeouts > 0, "{c:?}");
-    assert_eq!(c.redis_decisions + c.fallback_decisions, 600, "{c:?}");
-    assert_eq!(c.fallback_decisions, c.batch_wait_timeouts, "{c:?}");
-    assert_eq!(limiter.state(), State::Redis(Backend::Lua));
-}
-
-/// A limiter of one limit that never denies, with a 1 s call timeout, failing open.
-async fn connected_with_batches(server: &RedisServer) -> Arc<RedisRateLimiter<u32>> {
-    let limiter = RedisRateLimiter::builder()
-        .limit(Limit::new("default", Quota::per_second(nz(1_000_000))))
-        .call_timeout(Duration::from_secs(1))
-        .fallback(Fallback::FailOpen)
-        .build(server.url())
-        .unwrap();
-    limiter.connect().await.unwrap();
-    Arc::new(limiter)
-}
-
-/// A decision on `i`, spawned; its task answers how long it took.
-fn decide(limiter: &Arc<RedisRateLimiter<u32>>, i: u32) -> tokio::task::JoinHandle<Duration> {
-    let limiter = Arc::clone(limiter);
-    tokio::spawn(async move {
-        let start = Instant::now();
-        limiter.try_acquire(&i, 1).await.unwrap();
-        start.elapsed()
-    })
-}
-
-/// Pauses every client of the server for `ms`; the reply means the pause is in effect.
-async fn pause(conn: &mut MultiplexedConnection, ms: u64) {
-    let () = redis::cmd("CLIENT")
-        .arg("PAUSE")
-        .arg(ms)
-        .arg("ALL")
-        .query_async(conn)
-        .await
-        .unwrap();
-}
-
-/// On a current-thread runtime, lets every spawned call run up to its wait for Redis.
-async fn settle() {
-    for _ in 0..10 {
-        tokio::task::yield_now().await;
-    }
-}
-
-/// Teaches `limiter`'s batching task a slow round trip (what is left of a 0.3 s pause, which
-/// Redis ends on its next tick: 0.3 to 0.4 s): a batch is on the wire while Redis is paused.
-/// (Two lone calls take the connection's slots; dropping them hands a slot to the task, which
-/// sends the 18 decisions queued meanwhile as one batch.)
-async fn learn_a_slow_round_trip(limiter: &Arc<RedisRateLimiter<u32>>, url: &str) {
-    pause(&mut raw(url).await, 300).await;
-    let lone: Vec<_> = (0..2).map(|i| decide(limiter, i)).collect();
-    settle().await;
-    let queued: Vec<_> = (2..20).map(|i| decide(limiter, i)).collect();
-    settle().await;
-    lone.iter().for_each(|call| call.abort());
-    for call in queued {
-        call.await.unwrap();
-    }
-}
-
-#[tokio::test]
-async fn decisions_the_queue_would_keep_past_the_call_timeout_are_shed_at_once() {
-    let server = RedisServer::start();
-    let limiter = connected_with_batches(&server).await;
-    learn_a_slow_round_trip(&limiter, &server.url()).await;
-
-    // 200 decisions arrive during another pause. Two go alone; by round trips of 0.3 s or
-    // more, a queue of a few rounds of 32 would keep a decision past the 1 s call timeout, so
-    // the rest are answered by the fallback at once, instead of a second later.
-    // A settle behind them is never shed: it waits its turn, and its extra charge is made.
-    let reservation = limiter.try_reserve(&7, 1).await.unwrap();
-    pause(&mut raw(&server.url()).await, 300).await;
-    let calls: Vec<_> = (100..300).map(|i| decide(&limiter, i)).collect();
-    let settle = tokio::spawn(reservation.settle(1_000));
-    let mut at_once = 0;
-    for call in calls {
-        if call.await.unwrap() < Duration::from_millis(100) {
-            at_once += 1;
-        }
-    }
-    settle.await.unwrap().unwrap();
-    let c = limiter.counters();
-    assert!(c.batch_sheds > 0, "{c:?}");
-    assert_eq!(at_once, c.batch_sheds, "{c:?}"); // Redis was paused for all the others
-    assert_eq!(c.fallback_decisions, c.batch_sheds, "{c:?}");
-    // The 18 learnt with, the reservation, and the decisions not shed (a settle is not one).
-    assert_eq!(c.redis_decisions, 18 + 1 + 200 - c.batch_sheds, "{c:?}");
-    assert_eq!(
-        (
-            c.switches_to_fallback,
-            c.redis_errors,
-            c.batch_wait_timeouts
-        ),
-        (0, 0, 0),
-        "{c:?}"
-    );
-}
-
-#[tokio::test]
-async fn lone_calls_bring_a_stale_round_trip_down_without_any_batch() {
-    let server = RedisServer::start();
-    let limiter = connected_with_batches(&server).await;
-    learn_a_slow_round_trip(&limiter, &server.url()).await;
-
-    // Redis is quick again. Lone calls teach the estimate so (each round trip weighs half),
-    // though no batch goes out: a burst of 100 is then queued, not shed.
-    for i in 300..310 {
-        decide(&limiter, i).await.unwrap();
-    }
-    let burst: Vec<_> = (400..500).map(|i| decide(&limiter, i)).collect();
-    for call in burst {
-        call.await.unwrap();
-    }
-    let c = limiter.counters();
-    assert_eq!((c.batch_sheds, c.redis_decisions), (0, 18 + 110), "{c:?}");
-}
-
-#[tokio::test]
-async fn a_failed_batch_counts_once_however_many_callers_it_had() {
-    // Redis is paused while 40 decisions arrive: two go alone (the connection's two slots),
-    // 38 queue for batches. Then the server dies: the two lone calls fail, each judged by
-    // its caller; the queued ones go out in batches that fail, each judged once by the
-    // batching task, and their callers are answered by the fallback without judging again.
-    let mut server = RedisServer::start();
-    let limiter: RedisRateLimiter<u32> = RedisRateLimiter::builder()
-        .limit(Limit::new("default", Quota::per_second(nz(1_000_000))))
-        .call_timeout(Duration::from_secs(5))
-        .probe_interval(Duration::from_secs(60))
-        .fallback(Fallback::FailOpen)
-        .build(server.url())
-        .unwrap();
-    limiter.connect().await.unwrap();
-    let limiter = Arc::new(limiter);
-    pause(&mut raw(&server.url()).await, 10_000).await;
-    let calls: Vec<_> = (0..40_u32)
-        .map(|i| {
-            let limiter = Arc::clone(&limiter);
-            tokio::spawn(async move { limiter.try_acquire(&i, 1).await.is_ok() })
-        })
-        .collect();
-    // On this current-thread runtime, each call runs up to its wait for Redis before the
-    // test runs again.
-    for _ in 0..10 {
-        tokio::task::yield_now().await;
-    }
-    let start = Instant::now();
-    server.stop();
-    for call in calls {
-        assert!(call.await.unwrap()); // fail-open
-    }
-    assert!(
-        start.elapsed() < Duration::from_secs(4),
-        "the calls waited for their timeout"
-    );
-    let c = limiter.counters();
-    assert_eq!((c.redis_decisions, c.fallback_decisions), (0, 40), "{c:?}");
-    assert_eq!(
-        (c.switches_to_fallback, c.batch_wait_timeouts),
-        (1, 0),
-        "{c:?}"
-    );
-    // Two lone calls, and three batches (16, 16 and 6 decisions): one error each, not one
-    // per caller (that would be 43).
-    assert_eq!(c.redis_errors, 5, "{c:?}");
-}
-
-#[tokio::test]
-async fn a_server_that_never_answers_never_hangs_a_call() {
-    // Accepts connections and never writes a byte.
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let held = Arc::new(Mutex::new(Vec::new()));
-    let holder = Arc::clone(&held);
-    tokio::spawn(async move {
-        while let Ok((socket, _)) = listener.accept().await {
-            holder.lock().unwrap().push(socket);
-        }
-    });
-    let (call, connect) = (Duration::from_millis(100), Duration::from_millis(150));
-    let limiter: RedisRateLimiter<&'static str> = RedisRateLimiter::builder()
-        .limit(Limit::new("default", Quota::per_second(nz(1000))))
-        .call_timeout(call)
-        .connect_timeout(connect)
-        .build(format!("redis://127.0.0.1:{port}/"))
-        .unwrap();
-    let start = Instant::now();
-    limiter.try_acquire(&"k", 1).await.unwrap(); // the probe: connect times out
-    let took = start.elapsed();
-    assert!(took <= call + connect, "{took:?}");
-    assert!(limiter.connect().await.unwrap_err().is_timeout());
-    // Until the next probe, calls do not touch Redis at all.
-    let start = Instant::now();
-    for _ in 0..100 {
-        limiter.try_acquire(&"k", 1).await.unwrap();
-    }
-    assert!(start.elapsed() < Duration::from_millis(100));
-    let c = limiter.counters();
-    assert_eq!((c.redis_decisions, c.fallback_decisions), (0, 101));
-    assert_eq!(c.redis_timeouts, 2);
-}
-
-#[tokio::test]
-async fn fail_open_fail_closed_and_local_fallbacks_on_a_dead_port() {
-    let dead = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        format!("redis://127.0.0.1:{}/", l.local_addr().unwrap().port())
-    };
-    let quota = Quota::per_minute(nz(30)); // one cell every 2 s
-    let with = |fallback| {
-        RedisRateLimiter::builder()
-            .limit(Limit::new("default", quota))
-            .fallback(fallback)
-            .probe_interval(Duration::from_secs(5))
-            .build::<&'static str>(dead.as_str())
-            .unwrap()
-    };
-    let open = with(Fallback::FailOpen);
-    for _ in 0..50 {
-        assert_eq!(
-            open.try_acquire(&"k", 1)
-                .await
-                .unwrap()
-                .tightest()
-                .remaining(),
-            29
-        );
-    }
-    let closed = with(Fallback::FailClosed);
-    let Err(AcquireError::Unavailable { retry_after }) = closed.try_acquire(&"k", 1).await else {
-        panic!("fail-closed refuses")
-    };
-    assert!(retry_after > Duration::ZERO && retry_after <= Duration::from_secs(5));
-    // Three replicas: a burst of 10, one cell every 6 s.
-    let local = with(Fallback::Local { replicas: 3 });
-    for left in (0..10).rev() {
-        let a = local.try_acquire(&"k", 1).await.unwrap();
-        assert_eq!(a.tightest().remaining(), left);
-    }
-    let Err(AcquireError::Rejected(r)) = local.try_acquire(&"k", 1).await else {
-        panic!("the local share is used up")
-    };
-    // The local fallback runs on this process's (real) clock.
-    let wait = r.retry_after();
-    assert!(
-        wait > Duration::from_millis(5_900) && wait <= Duration::from_secs(6),
-        "{wait:?}"
-    );
-    // A cost over the local share but within the quota: unavailable, not unsatisfiable.
-    assert!(matches!(
-        local.try_acquire(&"other", 20).await,
-        Err(AcquireError::Unavailable { .. })
-    ));
-    assert!(matches!(
-        local.try_acquire(&"other", 31).await,
-        Err(AcquireError::Unsatisfiable(_))
-    ));
-}
-
-#[tokio::test]
 async fn every_key_expires_when_its_tat_passes() {
     let server = RedisServer::start();
     let limiter: RedisRateLimiter<&'static str> = RedisRateLimiter::builder()
@@ -849,7 +499,11 @@ async fn a_key_holding_garbage_falls_back_for_that_call_only() {
         .query_async(&mut conn)
         .await
         .unwrap();
-    limiter.try_acquire(&"bad", 1).await.unwrap(); // the local fallback's answer
+    // The local fallback's answers: about the key, not Redis, so however many in a row
+    // (more than `outage_after`), the limiter stays on Redis.
+    for _ in 0..5 {
+        limiter.try_acquire(&"bad", 1).await.unwrap();
+    }
     limiter.try_acquire(&"good", 1).await.unwrap();
     assert_eq!(limiter.state(), State::Redis(Backend::Lua));
     let c = limiter.counters();
@@ -860,7 +514,57 @@ async fn a_key_holding_garbage_falls_back_for_that_call_only() {
             c.redis_errors,
             c.switches_to_fallback
         ),
-        (1, 1, 1, 0)
+        (1, 5, 5, 0)
+    );
+}
+
+#[tokio::test]
+async fn a_huge_settle_saturates_to_a_time_the_script_reads_back() {
+    // One cell an hour; a settle of u32::MAX cells charges about 490,000 years, past the
+    // latest time a key holds (19 digits of nanoseconds, in 2286): the TAT saturates there, as
+    // the in-process limiter's saturates at u64::MAX, and the key stays readable.
+    let server = RedisServer::start();
+    let limiter: RedisRateLimiter<&'static str> = RedisRateLimiter::builder()
+        .limit(Limit::new("tokens", Quota::per_hour(nz(1))))
+        .key_prefix("z:")
+        .fallback(Fallback::FailClosed)
+        .call_timeout(Duration::from_secs(2))
+        .build(server.url())
+        .unwrap();
+    let reservation = limiter.try_reserve(&"k", 1).await.unwrap();
+    assert!(reservation.is_on_redis());
+    reservation.settle(u32::MAX).await.unwrap();
+    let mut conn = raw(&server.url()).await;
+    let stored = get(&mut conn, "z:{k}:tokens").await.unwrap();
+    assert_eq!(stored, "9999999999999999999");
+    let ttl: i64 = redis::cmd("PTTL")
+        .arg("z:{k}:tokens")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(ttl > 0, "{ttl}");
+
+    // Decisions on the key still work: rejected, with a wait until 2286.
+    let now = server_time(&mut conn).await;
+    let Err(AcquireError::Rejected(r)) = limiter.try_acquire(&"k", 1).await else {
+        panic!("the key is charged until 2286")
+    };
+    let until_2286 = Duration::from_nanos(9_999_999_999_999_999_999 - now);
+    let wait = r.retry_after();
+    assert!(
+        wait <= until_2286 && until_2286 - wait < Duration::from_secs(60),
+        "{wait:?}"
+    );
+    // A further charge stays at the cap; a peek reads it.
+    let reservation = limiter.try_reserve(&"other", 1).await.unwrap();
+    reservation.settle(u32::MAX).await.unwrap();
+    let peek = limiter.try_acquire(&"k", 0).await.unwrap();
+    assert_eq!(peek.tightest().remaining(), 0);
+    let c = limiter.counters();
+    assert_eq!(
+        (c.fallback_decisions, c.redis_errors, c.redis_decisions),
+        (0, 0, 4),
+        "{c:?}"
     );
 }
 
@@ -1060,6 +764,7 @@ async fn a_burst_counts_cells_at_once_which_redis_cell_calls_max_burst_plus_one(
     let fake = FakeGcra::start().await;
     let native: RedisRateLimiter<&'static str> = RedisRateLimiter::builder()
         .limit(Limit::new("default", quota))
+        .native_gcra(NativeGcra::Auto)
         .build(fake.url())
         .unwrap();
     assert_eq!(native.connect().await.unwrap(), Backend::NativeGcra);
@@ -1102,6 +807,7 @@ fn the_native_path_decides_as_the_in_process_limiter_within_one_interval() {
     let theirs: RedisRateLimiter<&'static str> = real.block_on(async {
         let l = RedisRateLimiter::builder()
             .limit(Limit::new("default", quota))
+            .native_gcra(NativeGcra::Auto)
             .fallback(Fallback::FailClosed)
             .call_timeout(Duration::from_secs(2))
             .build(fake.url())
@@ -1179,6 +885,7 @@ async fn a_multi_limit_limiter_uses_the_script_even_where_gcra_exists() {
     let limiter: RedisRateLimiter<&'static str> = RedisRateLimiter::builder()
         .limit(Limit::per_request("requests", Quota::per_minute(nz(10))))
         .limit(Limit::new("tokens", Quota::per_minute(nz(1000))))
+        .native_gcra(NativeGcra::Auto)
         .build(fake.url())
         .unwrap();
     // The fake runs no Lua: loading the script fails, and the limiter stays on its fallback.
@@ -1194,6 +901,41 @@ async fn a_multi_limit_limiter_uses_the_script_even_where_gcra_exists() {
         .unwrap();
     assert!(never.connect().await.is_err());
     assert!(!fake.commands().iter().any(|c| c[0] == "COMMAND"));
+}
+
+#[tokio::test]
+async fn the_script_is_the_default_and_the_native_command_is_not_asked_for() {
+    // The native path is tested against a fake server only: a limiter uses it only when built
+    // with `NativeGcra::Auto`. A real server sees no `COMMAND INFO` from a default limiter.
+    let server = RedisServer::start();
+    let limiter: RedisRateLimiter<&'static str> = RedisRateLimiter::builder()
+        .limit(Limit::new("default", Quota::per_minute(nz(10))))
+        .build(server.url())
+        .unwrap();
+    assert_eq!(limiter.connect().await.unwrap(), Backend::Lua);
+    limiter.try_acquire(&"k", 1).await.unwrap();
+    let mut conn = raw(&server.url()).await;
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(info.contains("cmdstat_evalsha:calls=1,"), "{info}");
+    assert!(!info.contains("cmdstat_command"), "{info}");
+    // And against the fake server that has `GCRA`, the default still loads the script (which
+    // the fake cannot run).
+    let fake = FakeGcra::start().await;
+    let default: RedisRateLimiter<&'static str> = RedisRateLimiter::builder()
+        .limit(Limit::new("default", Quota::per_minute(nz(10))))
+        .build(fake.url())
+        .unwrap();
+    assert!(default.connect().await.is_err());
+    let sent = fake.commands();
+    assert!(
+        sent.iter().any(|c| c[..2] == ["SCRIPT", "LOAD"]),
+        "{sent:?}"
+    );
+    assert!(!sent.iter().any(|c| c[0] == "COMMAND"), "{sent:?}");
 }
 
 #[tokio::test]
@@ -1218,9 +960,19 @@ async fn invalid_configurations_fail_when_built() {
             builder(&[rpm]).probe_interval(Duration::ZERO),
             "probe_interval",
         ),
+        (
+            builder(&[rpm]).on_overload(Overload::Wait {
+                up_to: Duration::ZERO,
+            }),
+            "on_overload",
+        ),
     ] {
         assert_eq!(build(b).unwrap_err(), InvalidConfig::ZeroDuration(setting));
     }
+    assert_eq!(
+        build(builder(&[rpm]).outage_after(0)).unwrap_err(),
+        InvalidConfig::ZeroCount("outage_after")
+    );
     for size in [0, 1025] {
         assert_eq!(
             build(builder(&[rpm]).max_batch(size)).unwrap_err(),

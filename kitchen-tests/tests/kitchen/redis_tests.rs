@@ -1,9 +1,10 @@
 //! Two kitchens (two replicas) keeping their per-key limits in one real redis-server, then
-//! on their local fallback while it is down, and back on it once it returns.
+//! on their local fallback while it is down, and back on it once it returns; and a kitchen
+//! whose Redis is too slow for its traffic, refusing what it cannot decide in time (503).
 //!
 //! These run on the real clock: Redis answers over a real socket, and a paused clock would
 //! run each call's timeout out while the socket is read. No outcome hangs on a wall-clock
-//! sleep: the one wait (for Redis to come back) polls, bounded.
+//! sleep: the waits (for Redis to come back) poll, bounded.
 
 #[path = "../../../crates/brigade-limit/tests/support/redis_server.rs"]
 mod redis_server;
@@ -14,6 +15,14 @@ use http::StatusCode;
 
 use self::redis_server::RedisServer;
 use super::{error_of, kitchen, metric, order, post};
+
+/// The requests limit a response reports, if any.
+fn requests_limit(response: &http::Response<hyper::body::Incoming>) -> Option<&str> {
+    response
+        .headers()
+        .get("x-ratelimit-limit-requests")
+        .and_then(|v| v.to_str().ok())
+}
 
 const STORE_REDIS: &str = "kitchen_rate_limit_store{store=\"redis\"}";
 const STORE_FALLBACK: &str = "kitchen_rate_limit_store{store=\"fallback\"}";
@@ -74,8 +83,9 @@ async fn replicas_share_redis_limits_fall_back_while_it_is_down_and_return() {
     assert_eq!(metric(a.addr, DECIDED_BY_FALLBACK).await, 0.0);
     assert_eq!(metric(a.addr, REDIS_ERRORS).await, 0.0);
 
-    // Redis goes away: the next call answers within the call timeout, from the local
-    // fallback, which gives each of the two replicas half the quota (one request).
+    // Redis goes away: each call answers within the call timeout, from the local fallback,
+    // which gives each of the two replicas half the quota (one request); the third failed
+    // round trip in a row switches the replica to it.
     redis.stop();
     let started = Instant::now();
     let response = post(a.addr, &body, &[]).await;
@@ -90,13 +100,15 @@ async fn replicas_share_redis_limits_fall_back_while_it_is_down_and_return() {
         "1",
         "the local fallback's share of the quota"
     );
-    assert_eq!(
-        post(a.addr, &body, &[]).await.status(),
-        StatusCode::TOO_MANY_REQUESTS
-    );
+    for _ in 0..2 {
+        assert_eq!(
+            post(a.addr, &body, &[]).await.status(),
+            StatusCode::TOO_MANY_REQUESTS
+        );
+    }
     assert_eq!(metric(a.addr, STORE_FALLBACK).await, 1.0);
     assert_eq!(metric(a.addr, STORE_REDIS).await, 0.0);
-    assert!(metric(a.addr, DECIDED_BY_FALLBACK).await >= 2.0);
+    assert!(metric(a.addr, DECIDED_BY_FALLBACK).await >= 3.0);
     assert!(metric(a.addr, REDIS_ERRORS).await >= 1.0);
     assert_eq!(
         metric(a.addr, "kitchen_rate_limit_store_switches_total").await,
@@ -104,28 +116,104 @@ async fn replicas_share_redis_limits_fall_back_while_it_is_down_and_return() {
     );
 
     // Redis returns (empty: it keeps nothing on disk); a probe after the probe interval
-    // (one second) brings each replica back to it. B had not called during the outage: its
-    // next call finds the dead connection, answers from its fallback, and probes too.
+    // (one second) brings A back to it. B had not called during the outage: its calls find
+    // the dead connection and are answered by its fallback, the third switches it, and its
+    // probe brings it back too. Back on the shared quota, the limit reads three again.
     redis.restart();
     for replica in [a.addr, b.addr] {
         let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let _ = post(replica, &body, &[]).await;
-            if metric(replica, STORE_REDIS).await == 1.0 {
-                break;
-            }
+        while requests_limit(&post(replica, &body, &[]).await) != Some("3") {
             assert!(
                 Instant::now() < deadline,
                 "{replica} never went back to Redis"
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+        assert_eq!(metric(replica, STORE_REDIS).await, 1.0);
     }
     assert_eq!(
         metric(a.addr, "kitchen_rate_limit_store_switches_total").await,
         switches + 2.0
     );
-    // Back on the shared quota: the limit reads three again, on either replica.
-    let response = post(b.addr, &body, &[]).await;
-    assert_eq!(response.headers()["x-ratelimit-limit-requests"], "3");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_too_slow_for_the_traffic_refuses_with_503_and_never_admits_past_the_quota() {
+    // Redis answers every round trip within two pauses of 0.3 s, well within the 2 s call
+    // timeout, so no round trip fails; but 400 requests at once queue for it, and the ones it
+    // cannot decide within 2 s are refused as overloaded (503, `Retry-After`). The fallback
+    // fails open: were they handed to it, they would all be admitted.
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let flags = [
+        "--redis",
+        url.as_str(),
+        "--redis-fallback",
+        "open",
+        "--redis-timeout-ms",
+        "2000",
+        "--requests-per-min",
+        "100",
+        "--tokens-per-min",
+        "0",
+        "--tokens",
+        "2",
+        "--ttft-ms",
+        "0",
+        "--token-ms",
+        "0",
+    ];
+    let k = kitchen(&flags).await;
+    assert_eq!(metric(k.addr, STORE_REDIS).await, 1.0);
+    let started = Instant::now();
+    let holder = redis.hold(Duration::from_millis(300), 10);
+    let body = order("hello", false);
+    let requests: Vec<_> = (0..400)
+        .map(|_| {
+            let body = body.clone();
+            tokio::spawn(async move { post(k.addr, &body, &[]).await })
+        })
+        .collect();
+    let (mut ok, mut limited, mut overloaded) = (0_u32, 0_u32, 0_u32);
+    for request in requests {
+        let response = request.await.unwrap();
+        match response.status() {
+            StatusCode::OK => ok += 1,
+            StatusCode::TOO_MANY_REQUESTS => limited += 1,
+            StatusCode::SERVICE_UNAVAILABLE => {
+                let retry_after: u64 = response.headers()["retry-after"]
+                    .to_str()
+                    .unwrap()
+                    .parse()
+                    .unwrap();
+                assert!(retry_after >= 1, "{retry_after}");
+                let error = error_of(response).await;
+                assert_eq!(error["code"], "rate_limit_store_overloaded", "{error}");
+                assert_eq!(error["type"], "server_error", "{error}");
+                overloaded += 1;
+            }
+            other => panic!("{other}"),
+        }
+    }
+    let elapsed = started.elapsed();
+    holder.join().unwrap();
+
+    // 100 a minute: the burst, and one more every 0.6 s of the test at most.
+    let refilled = u32::try_from(elapsed.as_millis() / 600).unwrap() + 1;
+    assert!(
+        ok <= 100 + refilled,
+        "{ok} admitted in {elapsed:?} ({limited} limited, {overloaded} overloaded)"
+    );
+    assert!(overloaded > 0, "{ok} admitted, {limited} limited");
+    assert_eq!(
+        metric(k.addr, "kitchen_rate_limit_overloaded_total").await,
+        f64::from(overloaded)
+    );
+    assert_eq!(metric(k.addr, DECIDED_BY_FALLBACK).await, 0.0);
+    assert_eq!(metric(k.addr, REDIS_ERRORS).await, 0.0);
+    assert_eq!(metric(k.addr, STORE_REDIS).await, 1.0);
+    assert_eq!(
+        metric(k.addr, DECIDED_BY_REDIS).await,
+        f64::from(ok + limited)
+    );
 }

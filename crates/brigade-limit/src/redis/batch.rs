@@ -14,17 +14,20 @@
 //! met `NOSCRIPT` is sent again.
 //!
 //! The task, not the callers, judges Redis by a batch, as a lone caller judges by its call: a
-//! batch that fails or times out takes the connection down (an error about the request only
-//! counts). The call timeout bounds the whole exchange from when the batch is first sent,
-//! `NOSCRIPT` and its resend included. A caller that runs out of time waiting for its batch,
-//! queued or on the wire, is answered by the fallback but switches nothing: with a deep queue,
-//! its wait is mostly the queue's, and says nothing of Redis.
+//! batch that fails or times out is one failed round trip (an error about the request only
+//! counts), and one that Redis answers is an answered one. The call timeout bounds the whole
+//! exchange from when the batch is first sent, `NOSCRIPT` and its resend included.
 //!
-//! An acquire does not queue at all when the queue ahead would outlast the call timeout, by a
-//! [`Gauge`] of the operations queued and the recent round trips (the batches' and the lone
-//! calls'; lone calls count so that a slow stretch cannot leave the estimate high while
-//! nothing is queued to correct it): it gets [`Failure::Shed`] at once. A settle always
-//! queues: shed, an extra charge would be lost.
+//! Load is the callers' own: a caller waits for its batch, queued or on the wire, at most its
+//! patience (the call timeout, or the bound of `Overload::Wait`), from when it queued; past
+//! it, it gets [`Failure::WaitTimeout`] and is refused as overloaded. That switches nothing and
+//! is never answered by the fallback: with a deep queue, the wait is mostly the queue's, and
+//! says nothing of Redis. An acquire does not queue at all when the queue ahead would outlast
+//! its patience, by a [`Gauge`] of the operations queued and the recent round trips (the
+//! batches' and the lone calls'; lone calls count so that a slow stretch cannot leave the
+//! estimate high while nothing is queued to correct it): it gets [`Failure::Shed`] at once.
+//! Both carry the queue's expected wait, as a retry hint. A settle always queues: shed, an
+//! extra charge would be lost.
 
 use std::fmt::{self, Display};
 use std::sync::Arc;
@@ -93,6 +96,15 @@ impl Gauge {
     }
 }
 
+/// How long a batch and a caller may take.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Bounds {
+    /// Bounds each batch, from when it is first sent.
+    pub(crate) call_timeout: Duration,
+    /// Bounds each caller's wait for its batch, queued and on the wire.
+    pub(crate) patience: Duration,
+}
+
 /// The sending side of a connection's batching task; the task ends when every clone is gone.
 #[derive(Clone)]
 pub(crate) struct Batcher {
@@ -101,7 +113,7 @@ pub(crate) struct Batcher {
     gauge: Arc<Gauge>,
     /// Operations one round of batches carries: a batch in each slot.
     per_round: usize,
-    call_timeout: u64,
+    patience: Duration,
 }
 
 impl fmt::Debug for Batcher {
@@ -111,15 +123,15 @@ impl fmt::Debug for Batcher {
 }
 
 impl Batcher {
-    /// Starts the task for `conn`, on the current tokio runtime; `health` is how it reports a
-    /// batch that failed, and `call_timeout` bounds each batch.
+    /// Starts the task for `conn`, on the current tokio runtime; `health` is how it reports
+    /// each batch's round trip.
     pub(crate) fn spawn(
         conn: MultiplexedConnection,
         script: Script,
         shape: Shape,
         max_batch: usize,
         health: Health,
-        call_timeout: Duration,
+        bounds: Bounds,
     ) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
         let slots = Arc::new(Semaphore::new(IN_FLIGHT));
@@ -129,7 +141,7 @@ impl Batcher {
             script,
             shape,
             health,
-            call_timeout,
+            call_timeout: bounds.call_timeout,
             gauge: Arc::clone(&gauge),
         };
         tokio::spawn(drive(rx, Arc::clone(&slots), Arc::new(task), max_batch));
@@ -138,7 +150,7 @@ impl Batcher {
             slots,
             gauge,
             per_round: IN_FLIGHT * max_batch,
-            call_timeout: u64::try_from(call_timeout.as_nanos()).unwrap_or(u64::MAX),
+            patience: bounds.patience,
         }
     }
 
@@ -149,9 +161,12 @@ impl Batcher {
     }
 
     /// Sends `op` on `key` with the next batch; its reply, or the failure of its batch (which
-    /// the task has already judged Redis by). An acquire gets [`Failure::Shed`] at once,
-    /// without queueing, when the operations ahead would take longer than the call timeout by
-    /// the recent round trips; a settle always queues (shed, an extra charge would be lost).
+    /// the task has already judged Redis by), or [`Failure::WaitTimeout`] once the caller has
+    /// waited its patience. An acquire gets [`Failure::Shed`] at once, without queueing, when
+    /// the operations ahead would keep it longer than its patience by the recent round trips;
+    /// a settle always queues (shed, an extra charge would be lost).
+    ///
+    /// Cancel safe: a caller dropped before its batch is formed is left out of it.
     pub(crate) async fn call(
         &self,
         key: String,
@@ -162,8 +177,13 @@ impl Batcher {
             // The task is gone only with its runtime: no call will be made on this connection.
             return Err(Failure::Gone);
         }
-        if matches!(op, Operation::Acquire(_)) && self.would_outlast_the_timeout() {
-            return Err(Failure::Shed);
+        if matches!(op, Operation::Acquire(_)) {
+            let wait = self.expected_wait();
+            if wait > self.patience {
+                return Err(Failure::Shed {
+                    retry_after: wait.max(Duration::from_millis(1)),
+                });
+            }
         }
         let (reply, answer) = oneshot::channel();
         let pending = Pending {
@@ -179,7 +199,12 @@ impl Batcher {
             self.gauge.queued.fetch_sub(1, Ordering::Relaxed);
             return Err(Failure::Gone);
         }
-        answer.await.unwrap_or(Err(Failure::Gone))
+        match timeout(self.patience, answer).await {
+            Ok(reply) => reply.unwrap_or(Err(Failure::Gone)),
+            Err(_) => Err(Failure::WaitTimeout {
+                retry_after: self.retry_after(),
+            }),
+        }
     }
 
     /// Counts the round trip of a call sent alone, as a batch's.
@@ -187,21 +212,27 @@ impl Batcher {
         self.gauge.note_round_trip(took);
     }
 
-    /// Whether an operation queued now would, on average, wait past the call timeout: half a
-    /// round trip for the round on the wire, then one for each round of the queue ahead of it
-    /// (a batch in each slot), then its own. (The queue's count includes operations whose
-    /// callers gave up and that will be left out: after a burst of wait timeouts, it sheds a
-    /// little early until the task has drained them.)
-    fn would_outlast_the_timeout(&self) -> bool {
+    /// How long an operation queued now would wait for its reply, on average: half a round
+    /// trip for the round on the wire, then one for each round of the queue ahead of it (a
+    /// batch in each slot), then its own; zero until a round trip has been measured. (The
+    /// queue's count includes operations whose callers gave up and that will be left out:
+    /// after a burst of wait timeouts, it sheds a little early until the task has drained
+    /// them.)
+    fn expected_wait(&self) -> Duration {
         let round_trip = self.gauge.round_trip.load(Ordering::Relaxed);
-        if round_trip == 0 {
-            return false;
-        }
         let ahead = self.gauge.queued.load(Ordering::Relaxed);
         let rounds = u64::try_from(ahead / self.per_round).unwrap_or(u64::MAX);
         // In half round trips: 1 for the wire, 2 per round ahead, 2 for its own.
         let halves = rounds.saturating_mul(2).saturating_add(3);
-        halves.saturating_mul(round_trip / 2) > self.call_timeout
+        Duration::from_nanos(halves.saturating_mul(round_trip / 2))
+    }
+
+    /// A refused caller's hint: the queue's expected wait (the patience while no round trip
+    /// has been measured), at least a millisecond.
+    fn retry_after(&self) -> Duration {
+        let wait = self.expected_wait();
+        let wait = if wait.is_zero() { self.patience } else { wait };
+        wait.max(Duration::from_millis(1))
     }
 }
 
@@ -315,6 +346,7 @@ async fn send(task: &Task, mut batch: Vec<Pending>) {
     let replies = answer.and_then(|reply| script::replies(reply, batch.len()));
     match replies {
         Ok(replies) => {
+            health.answered();
             for (pending, reply) in batch.into_iter().zip(replies) {
                 let _ = pending.reply.send(Ok(reply));
             }
@@ -345,18 +377,18 @@ mod tests {
     use super::*;
     use crate::Quota;
     use crate::redis::State;
-    use crate::redis::link::Link;
+    use crate::redis::link::{Link, Timing};
 
-    /// A link that is up on `server`, and a batching task's state for its connection: one
-    /// limit of 10 a second, keys under `rl:`.
+    /// A link that is up on `server` and switches at the first failed round trip, and a
+    /// batching task's state for its connection: one limit of 10 a second, keys under `rl:`.
     async fn connected(server: &RedisServer, call_timeout: Duration) -> (Arc<Link>, Task) {
-        let link = Arc::new(Link::new(
-            Client::open(server.url()).unwrap(),
+        let timing = Timing {
             call_timeout,
-            Duration::from_secs(2),
-            Duration::from_secs(60),
-            None,
-        ));
+            connect_timeout: Duration::from_secs(2),
+            probe_interval: Duration::from_secs(60),
+            outage_after: 1,
+        };
+        let link = Arc::new(Link::new(Client::open(server.url()).unwrap(), timing, None));
         let script = Script::new(script::SOURCE);
         let live = link.open(false, &script).await.unwrap();
         link.set_up(live.clone());

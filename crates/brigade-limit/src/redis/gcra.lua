@@ -23,7 +23,8 @@
 -- An operation one of whose keys holds something other than a time (a string of at most 19
 -- decimal digits: a time before the year 2286) or is not a string at all replies -1 and writes
 -- nothing; the others in the batch go on. No key the script reads can make a write fail, so a
--- batch never stops halfway.
+-- batch never stops halfway. Every time the script computes saturates at the latest time a
+-- key may hold, so what it writes it can read back, however large a charge.
 --
 -- Returns one reply per operation, in order. Every operation of a batch sees the writes of the
 -- ones before it and the same now.
@@ -70,10 +71,17 @@ local function fmt(ms, ns)
   return string.format('%d%06d', ms, ns)
 end
 
+-- The latest time a key may hold: 19 nines of nanoseconds (in the year 2286), the most that
+-- `stored` reads back. Sums saturate there, as the in-process limiter's saturate at 2^64 - 1.
+local MAX_MS, MAX_NS = 9999999999999, 999999
+
 local function add(ams, ans, bms, bns)
   local ms, ns = ams + bms, ans + bns
   if ns >= M then
-    return ms + 1, ns - M
+    ms, ns = ms + 1, ns - M
+  end
+  if ms > MAX_MS then
+    return MAX_MS, MAX_NS
   end
   return ms, ns
 end

@@ -3,12 +3,16 @@
 //! # States
 //!
 //! - **up**: `slot` holds a live connection and `up` is set. Every decision goes to Redis,
-//!   bounded by the call timeout. The first call that fails or times out takes the
-//!   connection out of the slot (only if it is still the one that failed: `generation`
-//!   tells), clears `up`, schedules the next probe one `probe_interval` ahead, and is itself
-//!   answered by the fallback. An error about the request only counts. Batched calls are
-//!   judged by their batch, in the batching task (through a [`Health`], which holds this link
-//!   weakly); a caller that gives up waiting for its batch only counts.
+//!   each round trip bounded by the call timeout. A failed round trip (see
+//!   [`Failure::is_outage_evidence`]) is answered by the fallback and adds one to `failures`;
+//!   a round trip Redis answers sets it back to zero. The failure that brings `failures` to
+//!   `outage_after` takes the connection out of the slot (only if it is still the one that
+//!   failed: `generation` tells), clears `up`, and schedules the next probe one
+//!   `probe_interval` ahead. A connection whose batching task is gone is taken out at once
+//!   (no call can be made on it). An error about the request only counts. Batches are
+//!   judged by their round trip, in the batching task (through a [`Health`], which holds
+//!   this link weakly); a caller shed or out of time waiting for its batch (load) only
+//!   counts.
 //! - **down**: `slot` is empty. Decisions go to the fallback, except one: the first call
 //!   after `next_probe` that wins the `probing` flag opens a new connection (bounded by the
 //!   connect timeout) and sends its own decision over it (bounded by the call timeout). If
@@ -22,14 +26,17 @@
 //! # Invariants
 //!
 //! - `up` is set only while `slot` holds a connection; both change under the `slot` write
-//!   lock, which is never held across an `.await` or while calling the listener.
+//!   lock, which is never held across an `.await` or while calling the listener, and so do
+//!   `current` (the generation in the slot) and the reset of `failures`.
+//! - `failures` counts the failed round trips of the connection of generation `current`
+//!   only: a late failure of a connection already replaced counts for nothing.
 //! - At most one probe is in flight: the `probing` flag, taken by compare-and-swap and
 //!   released by [`Probe`]'s `Drop`.
 //! - Each switch (down to up, up to down) counts once, logs once and calls the listener
 //!   once, outside the lock.
 
 use std::fmt;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock, Weak};
 use std::time::Duration;
 
@@ -111,6 +118,17 @@ pub(crate) struct AtomicCounters {
     timeouts: AtomicU64,
     wait_timeouts: AtomicU64,
     sheds: AtomicU64,
+    pub(crate) overloaded: AtomicU64,
+}
+
+/// The link's durations and its outage threshold.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Timing {
+    pub(crate) call_timeout: Duration,
+    pub(crate) connect_timeout: Duration,
+    pub(crate) probe_interval: Duration,
+    /// Failed round trips in a row that switch to the fallback; at least 1.
+    pub(crate) outage_after: u32,
 }
 
 pub(crate) struct Link {
@@ -119,8 +137,13 @@ pub(crate) struct Link {
     pub(crate) call_timeout: Duration,
     connect_timeout: Duration,
     probe_interval: Duration,
+    outage_after: u32,
     slot: RwLock<Option<Live>>,
     up: AtomicBool,
+    /// The generation of the connection in the slot (0: none; generations start at 1).
+    current: AtomicU64,
+    /// Failed round trips in a row on the connection of generation `current`.
+    failures: AtomicU32,
     probing: AtomicBool,
     /// When the next probe is due, in nanoseconds since `start`.
     next_probe: AtomicU64,
@@ -139,18 +162,19 @@ impl fmt::Debug for Link {
             .field("call_timeout", &self.call_timeout)
             .field("connect_timeout", &self.connect_timeout)
             .field("probe_interval", &self.probe_interval)
+            .field("outage_after", &self.outage_after)
             .finish_non_exhaustive()
     }
 }
 
 impl Link {
-    pub(crate) fn new(
-        client: Client,
-        call_timeout: Duration,
-        connect_timeout: Duration,
-        probe_interval: Duration,
-        listener: Option<Listener>,
-    ) -> Self {
+    pub(crate) fn new(client: Client, timing: Timing, listener: Option<Listener>) -> Self {
+        let Timing {
+            call_timeout,
+            connect_timeout,
+            probe_interval,
+            outage_after,
+        } = timing;
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(connect_timeout))
             .set_response_timeout(Some(call_timeout));
@@ -160,8 +184,11 @@ impl Link {
             call_timeout,
             connect_timeout,
             probe_interval,
+            outage_after: outage_after.max(1),
             slot: RwLock::new(None),
             up: AtomicBool::new(false),
+            current: AtomicU64::new(0),
+            failures: AtomicU32::new(0),
             probing: AtomicBool::new(false),
             next_probe: AtomicU64::new(0),
             start: Instant::now(),
@@ -240,6 +267,8 @@ impl Link {
         let backend = live.backend;
         let was_up = {
             let mut slot = self.slot.write().unwrap_or_else(PoisonError::into_inner);
+            self.current.store(live.generation, Ordering::Release);
+            self.failures.store(0, Ordering::Relaxed);
             *slot = Some(live);
             self.up.swap(true, Ordering::AcqRel)
         };
@@ -253,10 +282,9 @@ impl Link {
         }
     }
 
-    /// A call over the connection of `generation` failed: down, unless another call already
-    /// took that connection out.
+    /// Redis is down, by a failure over the connection of `generation`: down, unless
+    /// another call already took that connection out.
     fn set_down(&self, generation: u64, failure: &Failure) {
-        self.count_failure(failure);
         {
             let mut slot = self.slot.write().unwrap_or_else(PoisonError::into_inner);
             if slot.as_ref().map(|l| l.generation) != Some(generation) {
@@ -264,6 +292,9 @@ impl Link {
             }
             *slot = None;
             self.up.store(false, Ordering::Release);
+            // The late failures of that connection count for nothing.
+            self.current.store(0, Ordering::Release);
+            self.failures.store(0, Ordering::Relaxed);
             self.schedule_probe();
         }
         self.counters.to_fallback.fetch_add(1, Ordering::Relaxed);
@@ -284,18 +315,54 @@ impl Link {
         self.next_probe.store(at, Ordering::Release);
     }
 
-    /// Judges Redis by a failed call over `live`: an error about the request only counts; any
-    /// other failure takes the connection down.
+    /// Judges Redis by a failed call over `live`: an error about the request only counts (and
+    /// Redis answered); a failed round trip counts towards `outage_after`, and takes the
+    /// connection down when it reaches it; a batching task that is gone takes it down at once.
     pub(crate) fn judge(&self, live: &Live, failure: &Failure) {
         self.judge_at(live.generation, failure);
     }
 
     /// [`judge`](Self::judge), for the connection of `generation`.
     fn judge_at(&self, generation: u64, failure: &Failure) {
-        if failure.is_about_the_request() {
-            self.count_failure(failure);
-        } else {
+        self.count_failure(failure);
+        if matches!(failure, Failure::Gone) {
             self.set_down(generation, failure);
+            return;
+        }
+        if !failure.is_outage_evidence() {
+            self.answered_at(generation);
+            return;
+        }
+        if self.current.load(Ordering::Acquire) != generation {
+            return;
+        }
+        let failures = self
+            .failures
+            .fetch_add(1, Ordering::Relaxed)
+            .saturating_add(1);
+        if failures >= self.outage_after {
+            self.set_down(generation, failure);
+        } else {
+            tracing::debug!(
+                error = %DisplayFailure(failure),
+                failures,
+                outage_after = self.outage_after,
+                "redis rate limiter: a round trip failed; its call falls back"
+            );
+        }
+    }
+
+    /// Redis answered a round trip over `live`: the failures in a row start again.
+    pub(crate) fn answered(&self, live: &Live) {
+        self.answered_at(live.generation);
+    }
+
+    fn answered_at(&self, generation: u64) {
+        // A read first: on the hot path the count is zero, and the line stays shared.
+        if self.failures.load(Ordering::Relaxed) != 0
+            && self.current.load(Ordering::Acquire) == generation
+        {
+            self.failures.store(0, Ordering::Relaxed);
         }
     }
 
@@ -308,13 +375,13 @@ impl Link {
         }
     }
 
-    /// A call gave up waiting for its batch: the fallback answers it, and the batch's own
+    /// A call gave up waiting for its batch (load: it is refused), and the batch's own
     /// outcome judges Redis.
     pub(crate) fn count_wait_timeout(&self) {
         self.counters.wait_timeouts.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// A call was not queued for a batch, the queue being too long: the fallback answers it.
+    /// A call was not queued for a batch, the queue being too long (load: it is refused).
     pub(crate) fn count_shed(&self) {
         self.counters.sheds.fetch_add(1, Ordering::Relaxed);
     }
@@ -355,6 +422,7 @@ impl Link {
             redis_timeouts: get(&c.timeouts),
             batch_wait_timeouts: get(&c.wait_timeouts),
             batch_sheds: get(&c.sheds),
+            overloaded: get(&c.overloaded),
         }
     }
 }
@@ -371,6 +439,13 @@ impl Health {
     pub(crate) fn report(&self, failure: &Failure) {
         if let Some(link) = self.link.upgrade() {
             link.judge_at(self.generation, failure);
+        }
+    }
+
+    /// Redis answered a batch (see [`Link::answered`]).
+    pub(crate) fn answered(&self) {
+        if let Some(link) = self.link.upgrade() {
+            link.answered_at(self.generation);
         }
     }
 }

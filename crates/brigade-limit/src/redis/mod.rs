@@ -56,24 +56,37 @@
 //! unless they share a slot: this limiter talks to one server (or a primary), not to a
 //! cluster; behind a proxy that routes scripts by slot, build with `max_batch(1)`.
 //!
-//! A batch is judged as one call: bounded by the call timeout from when it is sent, and
-//! switching the limiter to its fallback if it fails or times out (see
-//! [When Redis is down](#when-redis-is-down)). A decision that runs out of its own call timeout
-//! while it waits for a batch (queued behind the two on the wire, or in one of them) is
-//! answered by the fallback, but switches nothing: under a deep queue its wait is the
-//! queue's, not Redis's. [`Counters::batch_wait_timeouts`] counts those.
+//! A batch is judged as one round trip: bounded by the call timeout from when it is sent, and
+//! a failed round trip if it fails or times out (see
+//! [When Redis is down](#when-redis-is-down)). Waiting for a batch is [load](#load), not a
+//! round trip.
 //!
-//! A decision that would wait longer than that is not queued at all: when the batches ahead of
-//! it (half a round trip for the round on the wire, then the queue's rounds of two batches,
-//! then its own) would take longer than the call timeout by the recent round trips (each new
-//! one, a batch's or a lone call's, weighing half), the fallback answers it at once, uncharged
-//! in Redis. Settles are never shed (an extra charge would be lost); they wait their turn.
-//! [`Counters::batch_sheds`] counts those. So under sustained overload the limiter stays on
-//! Redis, which decides what it can carry within the call timeout; the rest is decided by the
-//! fallback at once, or, when a burst outruns the estimate, after waiting out its call timeout.
-//! A decision that gives up while its batch is on the wire may still be charged in Redis, as
-//! any call that timed out may. A `batch_sheds` or `batch_wait_timeouts` that keeps growing
-//! says Redis is short of capacity: raise `max_batch` or add capacity.
+//! # Load
+//!
+//! While Redis answers, a decision is Redis's, or it is refused: it is never handed to the
+//! fallback for being slow to get a turn, so a busy limiter never becomes an unlimited one
+//! under [`Fallback::FailOpen`]. How long a decision may wait for its batch (queued behind the
+//! two on the wire, then on the wire) is its patience: the call timeout under
+//! [`Overload::Refuse`] (the default), `up_to` under [`Overload::Wait`], set with
+//! [`on_overload`](RedisRateLimiterBuilder::on_overload).
+//!
+//! - A decision that would wait longer than its patience is not queued at all: when the
+//!   batches ahead of it (half a round trip for the round on the wire, then the queue's rounds
+//!   of two batches, then its own) would take longer than that by the recent round trips
+//!   (each new one, a batch's or a lone call's, weighing half), it is refused at once with
+//!   [`AcquireError::Overloaded`], uncharged. [`Counters::batch_sheds`] counts those.
+//! - A decision that runs out of its patience while it waits (a burst outran the estimate) is
+//!   refused with [`AcquireError::Overloaded`] too. [`Counters::batch_wait_timeouts`] counts
+//!   those. One that gives up while its batch is on the wire may still be charged in Redis,
+//!   as any call that timed out may.
+//!
+//! Both carry a `retry_after`: the queue's expected wait. Neither counts against Redis: they
+//! switch nothing, and are not in [`Counters::redis_errors`]. Settles are never shed (an
+//! extra charge would be lost); they wait their turn, and one that runs out of its patience
+//! returns [`RedisUnavailable`] (a timeout). So under sustained overload the limiter stays on
+//! Redis, which decides what it can carry in time, and the rest is refused. A
+//! [`Counters::overloaded`] that keeps growing says Redis is short of capacity: raise
+//! `max_batch` or add capacity.
 //!
 //! # Time is the server's
 //!
@@ -86,7 +99,10 @@
 //! Limit `name` of key `k` is the Redis string `{prefix}{k}:{name}` (the prefix defaults to
 //! `brigade:limit:`; `k` is written with its `Display`). The key sits in a hash tag, so all
 //! the limits of one key share a cluster slot (see [Batches](#batches) for a batch's keys).
-//! The value is the TAT in nanoseconds since the Unix epoch, in decimal. Every write sets the key to expire
+//! The value is the TAT in nanoseconds since the Unix epoch, in decimal, at most 19 digits:
+//! the script saturates every time it computes at 9,999,999,999,999,999,999 ns (in the year
+//! 2286), as the in-process limiter saturates at `u64::MAX`, so however large a settle it
+//! never writes a time it would then refuse to read. Every write sets the key to expire
 //! (`PX`) when its TAT passes, the moment its state becomes a fresh key's: an idle key costs
 //! Redis nothing, and a key that expired decides exactly as before. Lua numbers are doubles,
 //! so the script does its arithmetic on whole milliseconds and the nanoseconds within, both
@@ -104,11 +120,11 @@
 //! # Native `GCRA`
 //!
 //! Redis 8.8's development line carries a native `GCRA` command derived from redis-cell.
-//! When connecting, the limiter asks `COMMAND INFO GCRA`; if the server has it and the
-//! limiter has a single limit ([`NativeGcra::Auto`], the default), decisions use it instead
-//! of the script. A multi-limit decision needs the script even then: one command per limit
-//! could not charge all or none. The command has no refund and answers times in whole
-//! seconds, so on the native path:
+//! Built with [`NativeGcra::Auto`] (experimental; the default is [`NativeGcra::Never`], the
+//! script), the limiter asks `COMMAND INFO GCRA` when connecting; if the server has it and
+//! the limiter has a single limit, decisions use it instead of the script. A multi-limit
+//! decision needs the script even then: one command per limit could not charge all or none.
+//! The command has no refund and answers times in whole seconds, so on the native path:
 //!
 //! - `limit`, `remaining` and admit or reject are exact; `reset` and `retry_after` are
 //!   rebuilt from `remaining` and are late by less than one interval (never early);
@@ -118,33 +134,52 @@
 //! - [`TestClock`] does not apply.
 //!
 //! Its keys end in `:gcra` (another value format), so a fleet must not mix native and script
-//! replicas on one prefix. Build with [`NativeGcra::Never`] to keep the script's exact
-//! semantics. The command was held out of the 8.8 release while this was written, and its
-//! reply units have changed during development: this path is tested against a fake server
-//! that answers as the command's documentation says, not against a real Redis with `GCRA`.
+//! replicas on one prefix. The command was held out of the 8.8 release while this was
+//! written, and its reply units have changed during development: this path is tested against
+//! a fake server that answers as the command's documentation says, not against a real Redis
+//! with `GCRA`, which is why it is not the default.
 //!
 //! # When Redis is down
 //!
-//! Every call to Redis is bounded by the call timeout, and opening a connection by the
-//! connect timeout. The first call (or [batch](#batches)) that fails or times out switches
-//! the limiter to its [`Fallback`] and is answered by it (an error about the request alone,
-//! such as a key overwritten with something the script cannot read, is answered by the
-//! fallback without switching):
+//! Every round trip to Redis is bounded by the call timeout, and opening a connection by the
+//! connect timeout. The [`Fallback`] decides exactly these calls:
+//!
+//! 1. **A failed round trip's own calls.** A round trip fails when Redis does not answer it
+//!    within the call timeout (a call sent alone from when it is sent, a [batch](#batches)
+//!    from when it is sent), when the connection fails, or when Redis answers with an error
+//!    that is not about the request: a generic `ERR` (a Lua runtime error in the script, for
+//!    instance), `READONLY`, `OOM`, `NOPERM`, or a reply of the wrong shape. The calls of that
+//!    round trip (one, or a batch's) are answered by the fallback: Redis did not answer them.
+//! 2. **Every call once the limiter has switched.** [`outage_after`] failed round trips in a
+//!    row (default 3; a round trip Redis answers starts the count again) switch the limiter
+//!    to its fallback, which then decides every call until a probe brings Redis back. A
+//!    connection whose batching task is gone (its runtime has ended) switches at once.
+//! 3. **A call whose key the script cannot read.** A key overwritten with something that is
+//!    not a time (the script answers that operation alone with its own error), or of the
+//!    wrong type (`WRONGTYPE` on the native path): the fallback answers that call alone.
+//!    Redis answered, so this is not a failed round trip.
+//!
+//! Nothing else reaches the fallback: a decision that is shed or runs out of its patience
+//! waiting for its batch is [load](#load), refused with [`AcquireError::Overloaded`], and
+//! never evidence of an outage. The fallbacks:
 //!
 //! - [`Fallback::FailOpen`]: admit every call (reported as a fresh key's first call);
 //! - [`Fallback::FailClosed`]: refuse every call with [`AcquireError::Unavailable`], whose
-//!   `retry_after` is the next probe;
+//!   `retry_after` is the next probe (at least a millisecond);
 //! - [`Fallback::Local`]: the in-process [`RateLimiter`] with each quota divided by the
 //!   number of replicas (burst and rate, rounded down, at least one cell), so that the
 //!   replicas together stay near the quota; a cost over a divided burst is refused with
 //!   [`AcquireError::Unavailable`] rather than called unsatisfiable.
 //!
-//! While on the fallback, the first call after each `probe_interval` is the probe (never
-//! more than one in flight): it reconnects and, if Redis answers within the timeouts, its
-//! decision is Redis's and the limiter is back on Redis. Each switch logs a `tracing` line
-//! (warn going to the fallback, info coming back), counts in [`Counters`], and calls the
-//! listener set with [`on_switch`](RedisRateLimiterBuilder::on_switch). No call waits longer
-//! than the call timeout, plus the connect timeout for the probe.
+//! While switched, the first call after each `probe_interval` is the probe (never more than
+//! one in flight): it reconnects and, if Redis answers within the timeouts, its decision is
+//! Redis's and the limiter is back on Redis. Each switch logs a `tracing` line (warn going to
+//! the fallback, info coming back), counts in [`Counters`], and calls the listener set with
+//! [`on_switch`](RedisRateLimiterBuilder::on_switch). A failed round trip that does not switch
+//! logs at debug level. No call waits longer than the call timeout (or, queued for a batch,
+//! its patience), plus the connect timeout for the probe.
+//!
+//! [`outage_after`]: RedisRateLimiterBuilder::outage_after
 //!
 //! # Cancel safety
 //!
@@ -154,9 +189,9 @@
 //!
 //! # What the in-process limiter has and this one does not
 //!
-//! No waiting queue (`acquire`): callers retry after `retry_after`. No shadow mode and no
-//! `set_quota`: the quota travels with every call, so replicas restarted with a new quota use
-//! it at once (each key's TAT carries over, unscaled).
+//! No waiting queue per key (`acquire`): callers retry after `retry_after`. No shadow mode
+//! and no `set_quota`: the quota travels with every call, so replicas restarted with a new
+//! quota use it at once (each key's TAT carries over, unscaled).
 
 mod batch;
 mod error;
@@ -175,10 +210,10 @@ use std::time::Duration;
 use redis::{Client, IntoConnectionInfo, Script, Value};
 use tokio::time::{Instant, timeout};
 
-use self::batch::{Batcher, Shape};
+use self::batch::{Batcher, Bounds, Shape};
 use self::error::Failure;
 pub use self::error::RedisUnavailable;
-use self::link::{Link, Listener, Live, Route};
+use self::link::{Link, Listener, Live, Route, Timing};
 pub use self::reservation::RedisReservation;
 use self::script::{Adjust, KeyArg, Limits, Operation};
 use crate::gcra::Gcra;
@@ -208,12 +243,35 @@ pub enum Fallback {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum NativeGcra {
-    /// Use it for a single-limit limiter when the server has it (asked when connecting);
-    /// the script otherwise. See the [module docs](self#native-gcra) for what changes.
-    #[default]
+    /// Experimental: use it for a single-limit limiter when the server has it (asked when
+    /// connecting); the script otherwise. No released Redis has the command yet, and this
+    /// path is tested against a fake server only. See the [module docs](self#native-gcra)
+    /// for what changes.
     Auto,
-    /// Always the script.
+    /// Always the script (the default).
+    #[default]
     Never,
+}
+
+/// What a decision gets when Redis answers but the local queue for it is too long to decide
+/// the call in time: load, not an outage. Either way the call is never handed to the
+/// [`Fallback`], and never admitted uncharged. See [Load](self#load).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Overload {
+    /// Refuse at once, with [`AcquireError::Overloaded`], a decision that the queue ahead
+    /// would keep past the call timeout (by the recent round trips); and refuse one that
+    /// runs out of its call timeout while it waits for its batch. The default.
+    #[default]
+    Refuse,
+    /// Let a decision wait for its batch for up to `up_to` rather than the call timeout:
+    /// refused with [`AcquireError::Overloaded`] at once only if the queue ahead would keep
+    /// it longer than `up_to`, or once it has waited `up_to`. Each batch on the wire is still
+    /// bounded by the call timeout.
+    Wait {
+        /// The longest a decision waits for its batch, queued or on the wire.
+        up_to: Duration,
+    },
 }
 
 /// How decisions are made on Redis.
@@ -258,21 +316,25 @@ pub struct Counters {
     pub switches_to_fallback: u64,
     /// Switches from the fallback (or from not connected) to Redis.
     pub switches_to_redis: u64,
-    /// Calls to Redis (decisions, settles, connects, probes) that failed or timed out; a
-    /// failed [batch](crate::redis#batches) counts once, however many decisions it carried.
+    /// Calls to Redis (decisions, settles, connects, probes) that failed or timed out, and
+    /// operations whose key the script could not read; a failed
+    /// [batch](crate::redis#batches) counts once, however many decisions it carried.
     pub redis_errors: u64,
     /// Of those, the ones that timed out.
     pub redis_timeouts: u64,
-    /// Calls that ran out of time waiting for their batch, queued or sent: the fallback
-    /// answered them (a settle returned [`RedisUnavailable`], a timeout), and they switch
-    /// nothing (each batch is judged by its own timeout, from when it was sent). Not in
-    /// `redis_errors`. See [Batches](crate::redis#batches).
+    /// Calls that ran out of time waiting for their batch, queued or sent: a decision was
+    /// refused with [`AcquireError::Overloaded`], a settle returned [`RedisUnavailable`] (a
+    /// timeout). Load, not an outage: not in `redis_errors`, and never a reason to switch
+    /// (each batch is judged by its own round trip, from when it was sent). See
+    /// [Load](crate::redis#load).
     pub batch_wait_timeouts: u64,
-    /// Decisions answered by the fallback at once, never queued and never charged: the
-    /// batches ahead of them would have taken longer than the call timeout, by the recent
-    /// round trips. They switch nothing either; settles are never shed. See
-    /// [Batches](crate::redis#batches).
+    /// Decisions refused at once with [`AcquireError::Overloaded`], never queued and never
+    /// charged: the batches ahead of them would have kept them past their bound, by the
+    /// recent round trips. Settles are never shed. See [Load](crate::redis#load).
     pub batch_sheds: u64,
+    /// Decisions refused with [`AcquireError::Overloaded`]: the decisions among
+    /// `batch_sheds` and `batch_wait_timeouts`.
+    pub overloaded: u64,
 }
 
 /// A clock that replaces Redis's in the script: for deterministic tests only.
@@ -355,6 +417,8 @@ pub struct RedisRateLimiterBuilder {
     listener: Option<Listener>,
     clock: Option<TestClock>,
     max_batch: usize,
+    outage_after: u32,
+    overload: Overload,
 }
 
 impl fmt::Debug for RedisRateLimiterBuilder {
@@ -370,6 +434,8 @@ impl fmt::Debug for RedisRateLimiterBuilder {
             .field("listener", &self.listener.is_some())
             .field("clock", &self.clock)
             .field("max_batch", &self.max_batch)
+            .field("outage_after", &self.outage_after)
+            .field("overload", &self.overload)
             .finish()
     }
 }
@@ -383,10 +449,12 @@ impl Default for RedisRateLimiterBuilder {
             connect_timeout: Duration::from_millis(250),
             probe_interval: Duration::from_secs(1),
             fallback: Fallback::Local { replicas: 1 },
-            native: NativeGcra::Auto,
+            native: NativeGcra::Never,
             listener: None,
             clock: None,
             max_batch: 16,
+            outage_after: 3,
+            overload: Overload::Refuse,
         }
     }
 }
@@ -405,10 +473,30 @@ impl RedisRateLimiterBuilder {
         self
     }
 
-    /// The longest a decision or a settle waits for Redis before the fallback answers.
-    /// Default: 50 ms.
+    /// The longest one round trip to Redis may take (a call sent alone, or a batch from when
+    /// it is sent); past it, the round trip has failed (see
+    /// [When Redis is down](self#when-redis-is-down)). Also how long a decision may wait for
+    /// its batch under [`Overload::Refuse`]. Default: 50 ms.
     pub fn call_timeout(mut self, timeout: Duration) -> Self {
         self.call_timeout = timeout;
+        self
+    }
+
+    /// How many failed round trips in a row (each a call or a batch that Redis did not answer
+    /// within the call timeout, or answered with an error that is not about the request)
+    /// switch the limiter to its fallback; a round trip Redis answers starts the count again.
+    /// Each failed round trip's own calls are answered by the fallback either way. At least 1
+    /// (1 switches at the first failure). Default: 3. See
+    /// [When Redis is down](self#when-redis-is-down).
+    pub fn outage_after(mut self, failures: u32) -> Self {
+        self.outage_after = failures;
+        self
+    }
+
+    /// What a decision gets when the local queue for Redis is too long to decide it in time.
+    /// Default: [`Overload::Refuse`]. See [Load](self#load).
+    pub fn on_overload(mut self, overload: Overload) -> Self {
+        self.overload = overload;
         self
     }
 
@@ -418,20 +506,23 @@ impl RedisRateLimiterBuilder {
         self
     }
 
-    /// How long the fallback decides before the next call probes Redis again. Default: 1 s.
+    /// How long the fallback decides, once the limiter has switched to it, before the next
+    /// call probes Redis again. Default: 1 s.
     pub fn probe_interval(mut self, interval: Duration) -> Self {
         self.probe_interval = interval;
         self
     }
 
-    /// What decides while Redis is down. Default: `Fallback::Local { replicas: 1 }` (each
-    /// replica applies the whole quota on its own: set your replica count).
+    /// What decides while Redis is down, and the calls of a failed round trip. Default:
+    /// `Fallback::Local { replicas: 1 }` (each replica applies the whole quota on its own: set
+    /// your replica count). See [When Redis is down](self#when-redis-is-down).
     pub fn fallback(mut self, fallback: Fallback) -> Self {
         self.fallback = fallback;
         self
     }
 
-    /// Whether to use a native `GCRA` command. Default: [`NativeGcra::Auto`].
+    /// Whether to use a native `GCRA` command. Default: [`NativeGcra::Never`] (the script);
+    /// [`NativeGcra::Auto`] is experimental.
     pub fn native_gcra(mut self, native: NativeGcra) -> Self {
         self.native = native;
         self
@@ -464,9 +555,10 @@ impl RedisRateLimiterBuilder {
     /// # Errors
     ///
     /// [`InvalidConfig`] for the limits (as [`RateLimiterBuilder::build`](crate::RateLimiterBuilder::build)),
-    /// a prefix or limit name with a brace, a zero timeout or probe interval, a local
-    /// fallback over zero replicas (or whose divided quota overflows), or a URL that does not
-    /// parse.
+    /// a prefix or limit name with a brace, a zero timeout, probe interval or
+    /// [`Overload::Wait`] bound (`ZeroDuration`), an `outage_after` of zero (`ZeroCount`), a
+    /// batch size out of range, a local fallback over zero replicas (or whose divided quota
+    /// overflows), or a URL that does not parse.
     pub fn build<K: Hash + Eq + Clone>(
         self,
         url: impl IntoConnectionInfo,
@@ -483,14 +575,22 @@ impl RedisRateLimiterBuilder {
                 return Err(InvalidConfig::BraceInRedisKey(part.to_owned()));
             }
         }
+        let patience = match self.overload {
+            Overload::Refuse => self.call_timeout,
+            Overload::Wait { up_to } => up_to,
+        };
         for (setting, value) in [
             ("call_timeout", self.call_timeout),
             ("connect_timeout", self.connect_timeout),
             ("probe_interval", self.probe_interval),
+            ("on_overload", patience),
         ] {
             if value.is_zero() {
                 return Err(InvalidConfig::ZeroDuration(setting));
             }
+        }
+        if self.outage_after == 0 {
+            return Err(InvalidConfig::ZeroCount("outage_after"));
         }
         if !(1..=MAX_BATCH).contains(&self.max_batch) {
             return Err(InvalidConfig::BatchSize(self.max_batch));
@@ -530,9 +630,12 @@ impl RedisRateLimiterBuilder {
             inner: Arc::new(Shared {
                 link: Arc::new(Link::new(
                     client,
-                    self.call_timeout,
-                    self.connect_timeout,
-                    self.probe_interval,
+                    Timing {
+                        call_timeout: self.call_timeout,
+                        connect_timeout: self.connect_timeout,
+                        probe_interval: self.probe_interval,
+                        outage_after: self.outage_after,
+                    },
                     self.listener,
                 )),
                 len,
@@ -546,6 +649,7 @@ impl RedisRateLimiterBuilder {
                 fallback,
                 clock: self.clock,
                 max_batch: self.max_batch,
+                patience,
             }),
         })
     }
@@ -565,6 +669,13 @@ fn divide(quota: Quota, replicas: NonZeroU32) -> Result<Quota, InvalidConfig> {
 /// A rate limiter whose state lives in Redis, shared by every replica.
 ///
 /// Cloning is cheap and shares the connection. See the [module docs](self) for the design.
+///
+/// A decision has one of three deciders. Redis, whenever it answers the round trip that
+/// carries it. The [`Fallback`], only for an outage: the calls of a round trip that failed,
+/// every call once [`outage_after`](RedisRateLimiterBuilder::outage_after) round trips in a
+/// row have failed (until a probe brings Redis back), and a call whose key the script cannot
+/// read. And nobody, for load: a decision the queue for Redis cannot serve in time is refused
+/// with [`AcquireError::Overloaded`] (or waits, by [`Overload`]), never handed to the fallback.
 pub struct RedisRateLimiter<K> {
     inner: Arc<Shared<K>>,
 }
@@ -602,6 +713,8 @@ struct Shared<K> {
     fallback: Fell<K>,
     clock: Option<TestClock>,
     max_batch: usize,
+    /// How long a decision may wait for its batch (see [`Overload`]).
+    patience: Duration,
 }
 
 /// The largest batch [`RedisRateLimiterBuilder::max_batch`] takes.
@@ -633,9 +746,9 @@ pub(crate) enum Decided<K> {
 enum Waited {
     /// Sent by the caller: the caller judges.
     Alone,
-    /// Queued for a batch: the batch's task judges Redis by the batch; a timeout of the
-    /// caller's only counts, an error in the caller's own reply is about the request, and a
-    /// task that is gone takes the connection down.
+    /// Queued for a batch: the batch's task judges Redis by the batch; a shed or a wait
+    /// timeout of the caller's only counts (load), an error in the caller's own reply is
+    /// about the request, and a task that is gone takes the connection down.
     Batch,
     /// Its batch failed, and the task has judged Redis by it already.
     BatchFailed,
@@ -705,8 +818,10 @@ impl<K: Hash + Eq + Clone + Display> RedisRateLimiter<K> {
     }
 
     /// Decides now: admits and charges `cost` cells (one on per-request limits) on every limit
-    /// of `key`, in Redis, or charges nothing. One round trip; the fallback decides if Redis
-    /// is down or slower than the call timeout.
+    /// of `key`, in Redis, or charges nothing. One round trip (alone, or shared with a
+    /// [batch](self#batches)); the fallback decides if that round trip fails, if the limiter
+    /// has switched to it, or if the key holds something the script cannot read (see
+    /// [When Redis is down](self#when-redis-is-down)).
     ///
     /// # Errors
     ///
@@ -714,7 +829,10 @@ impl<K: Hash + Eq + Clone + Display> RedisRateLimiter<K> {
     ///   limit (from Redis or from a local fallback).
     /// - [`AcquireError::Unsatisfiable`]: the cost exceeds a limit's burst (checked before
     ///   any round trip).
-    /// - [`AcquireError::Unavailable`]: Redis is down and the fallback refuses.
+    /// - [`AcquireError::Overloaded`]: Redis answers, but the queue for it would keep this
+    ///   call past its patience, or did ([load](self#load)); `retry_after` is the queue's
+    ///   expected wait.
+    /// - [`AcquireError::Unavailable`]: the fallback decides and refuses.
     ///
     /// # Cancel safety
     ///
@@ -797,16 +915,28 @@ impl<K: Hash + Eq + Clone + Display> RedisRateLimiter<K> {
                 }));
             }
         }
-        if let Ok((decision, backend)) = self.on_redis(Op::Acquire(key, cells)).await {
+        let failure = match self.on_redis(Op::Acquire(key, cells)).await {
+            Ok((decision, backend)) => {
+                inner
+                    .link
+                    .counters
+                    .redis_decisions
+                    .fetch_add(1, Ordering::Relaxed);
+                return match decision {
+                    Ok(admitted) => Ok(Decided::Redis(admitted, backend)),
+                    Err(rejected) => Err(AcquireError::Rejected(rejected)),
+                };
+            }
+            Err(failure) => failure,
+        };
+        // Load: Redis answers, the queue for it is too long. Never the fallback's to answer.
+        if let Some(retry_after) = failure.overloaded() {
             inner
                 .link
                 .counters
-                .redis_decisions
+                .overloaded
                 .fetch_add(1, Ordering::Relaxed);
-            return match decision {
-                Ok(admitted) => Ok(Decided::Redis(admitted, backend)),
-                Err(rejected) => Err(AcquireError::Rejected(rejected)),
-            };
+            return Err(AcquireError::Overloaded { retry_after });
         }
         inner
             .link
@@ -845,7 +975,8 @@ impl<K: Hash + Eq + Clone + Display> RedisRateLimiter<K> {
     }
 
     /// Sends `op` to Redis if it is up (or this call is the probe), bounded by the timeouts.
-    /// An error: the fallback answers ([`Failure::Down`] if no call was made).
+    /// An error: the fallback answers ([`Failure::Down`] if no call was made), or, for load
+    /// ([`Failure::overloaded`]), the call is refused.
     async fn on_redis(
         &self,
         op: Op<'_, K>,
@@ -855,21 +986,26 @@ impl<K: Hash + Eq + Clone + Display> RedisRateLimiter<K> {
         match link.route() {
             Route::Redis(mut live) => {
                 let mut waited = Waited::Alone;
-                let call = self.run(&mut live, &op, &mut waited);
-                let failure = match timeout(link.call_timeout, call).await {
-                    Ok(Ok(decision)) => return Ok((decision, live.backend)),
-                    Ok(Err(failure)) => failure,
-                    Err(_) => Failure::Timeout,
+                let failure = match self.run(&mut live, &op, &mut waited).await {
+                    Ok(decision) => {
+                        // A batch's task notes its own round trips.
+                        if matches!(waited, Waited::Alone) {
+                            link.answered(&live);
+                        }
+                        return Ok((decision, live.backend));
+                    }
+                    Err(failure) => failure,
                 };
                 match (waited, &failure) {
-                    (Waited::Alone, _) => link.judge(&live, &failure),
-                    // The batch's task judges Redis by the batch (see `batch`).
-                    (Waited::Batch, Failure::Timeout) => link.count_wait_timeout(),
-                    (Waited::Batch, Failure::Shed) => link.count_shed(),
-                    // An error in this call's own reply (about the request), or the task is
-                    // gone (the connection is of no more use).
-                    (Waited::Batch, _) => link.judge(&live, &failure),
+                    // Load: no round trip of its own failed, and nothing is judged.
+                    (_, Failure::Shed { .. }) => link.count_shed(),
+                    (_, Failure::WaitTimeout { .. }) => link.count_wait_timeout(),
+                    // The batch's task judged Redis by the batch (see `batch`).
                     (Waited::BatchFailed, _) => {}
+                    // Its own round trip; or an error in this call's own reply from a batch
+                    // (about the request), or the task is gone (the connection is of no more
+                    // use).
+                    (Waited::Alone | Waited::Batch, _) => link.judge(&live, &failure),
                 }
                 Err(failure)
             }
@@ -884,18 +1020,23 @@ impl<K: Hash + Eq + Clone + Display> RedisRateLimiter<K> {
                 // A new connection: its batching task has every slot free, so the probe's call
                 // goes alone, and the probe judges Redis by it.
                 let mut waited = Waited::Alone;
-                let call = self.run(&mut live, &op, &mut waited);
-                let failure = match timeout(link.call_timeout, call).await {
-                    Ok(Ok(decision)) => {
+                match self.run(&mut live, &op, &mut waited).await {
+                    Ok(decision) => {
                         let backend = live.backend;
                         probe.succeeded(live);
-                        return Ok((decision, backend));
+                        Ok((decision, backend))
                     }
-                    Ok(Err(failure)) => failure,
-                    Err(_) => Failure::Timeout,
-                };
-                probe.failed(&failure);
-                Err(failure)
+                    // Redis answered; the key is this call's problem alone.
+                    Err(failure) if failure.is_about_the_request() => {
+                        link.count_failure(&failure);
+                        probe.succeeded(live);
+                        Err(failure)
+                    }
+                    Err(failure) => {
+                        probe.failed(&failure);
+                        Err(failure)
+                    }
+                }
             }
             Route::Fallback => Err(Failure::Down),
         }
@@ -918,14 +1059,18 @@ impl<K: Hash + Eq + Clone + Display> RedisRateLimiter<K> {
                 shape,
                 inner.max_batch,
                 inner.link.health(&live),
-                inner.link.call_timeout,
+                Bounds {
+                    call_timeout: inner.link.call_timeout,
+                    patience: inner.patience,
+                },
             ));
         }
         Ok(live)
     }
 
-    /// One script operation: alone if a slot is free (or batching is off), else with the
-    /// connection's next batch; `waited` says which.
+    /// One script operation: alone if a slot is free (or batching is off), bounded by the
+    /// call timeout; else with the connection's next batch, bounded by the patience of
+    /// [`Overload`]. `waited` says which.
     async fn script_call(
         &self,
         live: &mut Live,
@@ -939,12 +1084,14 @@ impl<K: Hash + Eq + Clone + Display> RedisRateLimiter<K> {
                 None => {
                     *waited = Waited::Batch;
                     let reply = batcher.call(key.to_string(), op, self.clock()).await;
-                    // `Gone` (the task's runtime ended) and `Shed` (not queued): no batch,
-                    // so nothing was judged.
-                    if reply
-                        .as_ref()
-                        .is_err_and(|f| !matches!(f, Failure::Gone | Failure::Shed))
-                    {
+                    // A batch that failed was judged by its task. `Gone` (the task's runtime
+                    // ended), `Shed` and `WaitTimeout`: no batch of this call's failed.
+                    if reply.as_ref().is_err_and(|f| {
+                        !matches!(
+                            f,
+                            Failure::Gone | Failure::Shed { .. } | Failure::WaitTimeout { .. }
+                        )
+                    }) {
                         *waited = Waited::BatchFailed;
                     }
                     return reply;
@@ -969,7 +1116,10 @@ impl<K: Hash + Eq + Clone + Display> RedisRateLimiter<K> {
         // With batches on, a lone call's round trip counts for the queue's estimate too, so
         // that one slow stretch cannot leave it high while no batch goes out to correct it.
         let sent = live.batcher.as_ref().map(|_| Instant::now());
-        let reply = script::run(&mut live.conn, &inner.script, &cmd).await?;
+        let call = script::run(&mut live.conn, &inner.script, &cmd);
+        let reply = timeout(inner.link.call_timeout, call)
+            .await
+            .unwrap_or(Err(Failure::Timeout))?;
         if let (Some(batcher), Some(sent)) = (&live.batcher, sent) {
             batcher.note_round_trip(sent.elapsed());
         }
@@ -1009,7 +1159,7 @@ impl<K: Hash + Eq + Clone + Display> RedisRateLimiter<K> {
                     u64::from(n)
                 };
                 let cmd = native::command(&inner.native_args, self.native_key(key), tokens);
-                let reply: Value = cmd.query_async(&mut live.conn).await?;
+                let reply = self.native_call(live, &cmd).await?;
                 let reply = native::reply(&reply)?;
                 let snapshot = reply.snapshot(inner.names[0], g);
                 if n == 0 || !reply.limited {
@@ -1032,8 +1182,7 @@ impl<K: Hash + Eq + Clone + Display> RedisRateLimiter<K> {
                     let extra = ns / g.t;
                     if (1..=u64::from(g.burst)).contains(&extra) {
                         let cmd = native::command(&inner.native_args, self.native_key(key), extra);
-                        let reply: Value = cmd.query_async(&mut live.conn).await?;
-                        native::reply(&reply)?;
+                        native::reply(&self.native_call(live, &cmd).await?)?;
                     }
                 }
                 Ok(Ok(Admitted {
@@ -1041,6 +1190,19 @@ impl<K: Hash + Eq + Clone + Display> RedisRateLimiter<K> {
                     shadow: None,
                 }))
             }
+        }
+    }
+
+    /// One native command, bounded by the call timeout.
+    async fn native_call(&self, live: &mut Live, cmd: &redis::Cmd) -> Result<Value, Failure> {
+        match timeout(
+            self.inner.link.call_timeout,
+            cmd.query_async(&mut live.conn),
+        )
+        .await
+        {
+            Ok(reply) => Ok(reply?),
+            Err(_) => Err(Failure::Timeout),
         }
     }
 

@@ -176,14 +176,11 @@ pub(crate) fn replies(reply: Value, count: usize) -> Result<Vec<Value>, Failure>
     }
 }
 
-/// The reply of an operation one of whose keys holds something that is not a time.
-const NOT_A_TIME: &str = "a key holds something other than a time";
-
 /// A settle's reply.
 pub(crate) fn settled(reply: &Value) -> Result<(), Failure> {
     match reply {
         Value::Int(1) => Ok(()),
-        Value::Int(-1) => Err(Failure::Reply(NOT_A_TIME)),
+        Value::Int(-1) => Err(Failure::NotATime),
         _ => Err(Failure::Reply("settle reply is not 1")),
     }
 }
@@ -199,7 +196,7 @@ pub(crate) struct Decided {
 
 pub(crate) fn decided(reply: &Value, len: usize) -> Result<Decided, Failure> {
     if matches!(reply, Value::Int(-1)) {
-        return Err(Failure::Reply(NOT_A_TIME));
+        return Err(Failure::NotATime);
     }
     let Value::Array(items) = reply else {
         return Err(Failure::Reply("script reply is not an array"));

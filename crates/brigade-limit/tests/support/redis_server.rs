@@ -85,6 +85,38 @@ impl RedisServer {
         }
     }
 
+    /// Holds every client of the server paused, `times` pauses of `each` back to back, from a
+    /// thread of its own (a flood on the caller's runtime cannot delay it); returns once the
+    /// first pause is in effect (its reply is in), with the thread to join.
+    ///
+    /// The next pause is asked for halfway through the current one: the server queues it
+    /// behind the clients it paused before it, so each pause ends by answering what they sent,
+    /// and the next begins at once, with no gap in which a whole flood could go through. So a
+    /// command waits at most about two pauses (plus the server's tick, up to 100 ms each).
+    #[allow(
+        dead_code,
+        reason = "the load tests hold the server paused; the other tests and the bench do not"
+    )]
+    pub(crate) fn hold(&self, each: Duration, times: u32) -> std::thread::JoinHandle<()> {
+        let port = self.port;
+        let (started, paused) = std::sync::mpsc::channel();
+        let holder = std::thread::spawn(move || {
+            let mut conn =
+                TcpStream::connect((Ipv4Addr::LOCALHOST, port)).expect("the server to hold");
+            let command = format!("CLIENT PAUSE {} ALL\r\n", each.as_millis());
+            for _ in 0..times {
+                let mut reply = [0u8; 5];
+                conn.write_all(command.as_bytes()).unwrap();
+                conn.read_exact(&mut reply).unwrap();
+                assert_eq!(&reply, b"+OK\r\n", "CLIENT PAUSE");
+                let _ = started.send(());
+                std::thread::sleep(each / 2);
+            }
+        });
+        paused.recv().expect("the first pause");
+        holder
+    }
+
     fn answers_ping(&self) -> bool {
         let Ok(mut stream) = TcpStream::connect((Ipv4Addr::LOCALHOST, self.port)) else {
             return false;
