@@ -29,7 +29,7 @@ fn read_back(event: &Event) -> Vec<DecodedEvent> {
 fn read_data(event: &Event) -> Vec<String> {
     read_back(event)
         .into_iter()
-        .map(DecodedEvent::into_data)
+        .map(|event| event.data().to_owned())
         .collect()
 }
 
