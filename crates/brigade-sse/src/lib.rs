@@ -83,6 +83,8 @@ mod replay;
 
 pub use crate::body::{KeepAlive, SseBody};
 pub use crate::decode::{DEFAULT_MAX_EVENT_SIZE, DecodedEvent, Decoder, EventStream};
-pub use crate::error::{DecodeError, EventField, EventTooLarge, InvalidEvent, ReplayMiss};
+pub use crate::error::{
+    DecodeError, EventField, EventTooLarge, InvalidConfig, InvalidEvent, ReplayMiss,
+};
 pub use crate::event::Event;
-pub use crate::replay::Replay;
+pub use crate::replay::{Replay, ReplayBuilder};
