@@ -74,8 +74,8 @@ const MAX_SEQ_DIGITS: usize = 20;
 /// `max_bytes` on its own is still numbered and returned to be sent, but not kept: it evicts
 /// every event before it and is evicted at once, so a client that missed it gets
 /// [`ReplayMiss::AgedOut`] (and one that saw it is up to date). The byte bound holds without
-/// exception; memory is that plus a bookkeeping overhead per event (an `Arc` and the `Event`,
-/// about 150 bytes), which `max_events` bounds.
+/// exception; memory is that plus a bookkeeping overhead per event (the `Arc`, the `Event`
+/// struct, its id's allocation: under 200 bytes), which `max_events` bounds.
 ///
 /// # Sharing
 ///
