@@ -97,7 +97,8 @@ impl DecodedEvent {
     ///
     /// # Examples
     ///
-    /// A gateway re-frames an upstream's chunks as events of its own, sharing their bytes:
+    /// A gateway hands an upstream's chunk on (to a channel, to another connection) without
+    /// copying it:
     ///
     /// ```
     /// use brigade_sse::Decoder;
