@@ -14,13 +14,14 @@
 //!
 //! A producer task writes a burst of five tokens a second apart, then pauses twelve seconds, so
 //! the 5-second keep-alive comments show between bursts. Every event goes through a `Replay` of
-//! the last 16 events and a broadcast channel to the connected clients. A client reconnecting
+//! the last 16 events (at most 16 KiB of them) and a broadcast channel to the connected clients,
+//! which share each event (an `Arc`). A client reconnecting
 //! with `Last-Event-ID` gets what it missed, then the live events; one that missed more than the
 //! buffer holds gets an `event: reset` and starts afresh. Set `PORT` to listen elsewhere.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::num::NonZeroUsize;
+use std::sync::Arc;
 use std::time::Duration;
 
 use brigade_sse::{Event, KeepAlive, Replay, ReplayMiss, SseBody};
@@ -39,7 +40,7 @@ type Body = UnsyncBoxBody<Bytes, Infallible>;
 #[derive(Clone)]
 struct State {
     replay: Replay,
-    live: broadcast::Sender<(u64, Event)>,
+    live: broadcast::Sender<(u64, Arc<Event>)>,
 }
 
 #[tokio::main]
@@ -53,7 +54,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("listening on http://{addr}/events");
 
     let state = State {
-        replay: Replay::new(NonZeroUsize::new(16).expect("16 is not zero")),
+        replay: Replay::builder()
+            .max_events(16)
+            .max_bytes(16 * 1024)
+            .build()?,
         live: broadcast::channel(64).0,
     };
     tokio::spawn(produce(state.clone()));
@@ -128,7 +132,7 @@ fn handle(state: &State, request: &Request<hyper::body::Incoming>) -> Response<B
                 .event("reset")
                 .expect("a valid event type")
                 .data(reason);
-            (vec![reset], state.replay.last_seq().unwrap_or(0))
+            (vec![Arc::new(reset)], state.replay.last_seq().unwrap_or(0))
         }
     };
 
@@ -143,7 +147,10 @@ fn handle(state: &State, request: &Request<hyper::body::Incoming>) -> Response<B
 
 /// Live events with sequence numbers above `after`. A client too slow for the channel is disconnected: it
 /// reconnects with its `Last-Event-ID` and catches up from the replay buffer.
-fn live_after(live: broadcast::Receiver<(u64, Event)>, after: u64) -> impl Stream<Item = Event> {
+fn live_after(
+    live: broadcast::Receiver<(u64, Arc<Event>)>,
+    after: u64,
+) -> impl Stream<Item = Arc<Event>> {
     futures::stream::unfold(live, move |mut live| async move {
         loop {
             match live.recv().await {

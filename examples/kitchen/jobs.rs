@@ -18,8 +18,8 @@
 //!   I/O wait (`--job-chunk-io-ms`, storing the vector), which is async and costs no thread.
 //! - **Events.** Each job has a brigade-sse [`Replay`] sized for every event the job will ever
 //!   publish (queued, running, one progress per chunk, the end: `chunks + 3`, and `chunks` is
-//!   bounded by `--job-max-chunks`), so a `Last-Event-ID` from this job always resumes right after
-//!   itself, with no gap and no duplicate. Followers wait on a `watch` of the newest sequence
+//!   bounded by `--job-max-chunks`) and not bounded by bytes, so a `Last-Event-ID` from this job
+//!   always resumes right after itself, with no gap and no duplicate. Followers wait on a `watch` of the newest sequence
 //!   number and read the replay after their cursor: there is no second copy of the events to
 //!   drift from the first. The stream ends after the job's last event; a browser's
 //!   `EventSource` then reconnects with that id and gets 204, which tells it to stop.
@@ -520,7 +520,7 @@ struct Follow {
 
 /// The events of `job` after sequence number `after`, ending after its last event. The first
 /// item is the `retry:` hint for `EventSource` clients.
-fn follow(job: Arc<Job>, after: u64) -> impl Stream<Item = Result<Event, Infallible>> + Send {
+fn follow(job: Arc<Job>, after: u64) -> impl Stream<Item = Result<Arc<Event>, Infallible>> + Send {
     // Subscribe before the first read: a change after it wakes the follower.
     let follow = Follow {
         changes: job.changes.subscribe(),
@@ -547,7 +547,7 @@ fn follow(job: Arc<Job>, after: u64) -> impl Stream<Item = Result<Event, Infalli
             }
         }
     });
-    let hint = Ok::<_, Infallible>(Event::default().retry(RECONNECT));
+    let hint = Ok::<_, Infallible>(Arc::new(Event::default().retry(RECONNECT)));
     futures::stream::once(std::future::ready(hint)).chain(
         batches
             .flat_map(|batch| futures::stream::iter(batch.into_iter().map(|(_, event)| Ok(event)))),
@@ -582,8 +582,14 @@ impl Inner {
     ) -> Arc<Job> {
         let n = self.next_id.fetch_add(1, Ordering::Relaxed);
         // queued, running, one progress per chunk, the end: the replay never evicts an event.
-        let capacity = NonZeroUsize::new(total.saturating_add(3)).unwrap_or(NonZeroUsize::MIN);
-        let events = Replay::new(capacity);
+        let capacity = total.saturating_add(3);
+        // Bounded by the count alone: a job's events are few and small, and evicting one would
+        // break the resume of its followers.
+        let events = Replay::builder()
+            .max_events(capacity)
+            .max_bytes(usize::MAX)
+            .build()
+            .expect("the event count is at least 3 and the byte bound is not zero");
         let event_prefix = format!("{:x}-", events.epoch());
         let job = Arc::new(Job {
             id: format!("job-{n}"),
@@ -1036,7 +1042,7 @@ impl Job {
 
     /// The events after sequence number `after`, and whether the job has finished (then they
     /// end with its last event).
-    fn events_after(&self, after: u64) -> (Vec<(u64, Event)>, bool) {
+    fn events_after(&self, after: u64) -> (Vec<(u64, Arc<Event>)>, bool) {
         let state = self.lock();
         // The replay holds every event of the job, and `after` is at most the newest one, so
         // neither miss of `events_after` can happen.

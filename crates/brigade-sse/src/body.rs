@@ -15,6 +15,7 @@
 //! reset in place by every frame, events or keep-alive: the comment goes out after `interval`
 //! without any frame.
 
+use std::borrow::Borrow;
 use std::fmt;
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -105,7 +106,9 @@ impl Default for KeepAlive {
 }
 
 pin_project! {
-    /// An [`http_body::Body`] of server-sent events from a [`Stream`] of `Result<Event, E>`.
+    /// An [`http_body::Body`] of server-sent events from a [`Stream`] of `Result<Event, E>`
+    /// (or of anything that borrows as an `Event`, such as the `Arc<Event>`s of a
+    /// [`Replay`](crate::Replay)).
     ///
     /// Events ready together go out as one frame; after an idle interval a keep-alive comment
     /// goes out ([`KeepAlive`], 15 seconds by default). An error from the stream ends the body
@@ -208,9 +211,10 @@ impl<S: Stream> SseBody<S> {
     }
 }
 
-impl<S, E> Body for SseBody<S>
+impl<S, T, E> Body for SseBody<S>
 where
-    S: Stream<Item = Result<Event, E>>,
+    S: Stream<Item = Result<T, E>>,
+    T: Borrow<Event>,
 {
     type Data = Bytes;
     type Error = E;
@@ -240,7 +244,7 @@ where
             }
             polled += 1;
             match this.events.as_mut().poll_next(cx) {
-                Poll::Ready(Some(Ok(event))) => event.encode(this.buf),
+                Poll::Ready(Some(Ok(event))) => event.borrow().encode(this.buf),
                 Poll::Ready(Some(Err(err))) => {
                     *this.ended = true;
                     if this.buf.is_empty() {

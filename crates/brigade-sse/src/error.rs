@@ -185,3 +185,25 @@ impl fmt::Display for ReplayMiss {
 }
 
 impl Error for ReplayMiss {}
+
+/// A configuration that cannot work, rejected by
+/// [`ReplayBuilder::build`](crate::ReplayBuilder::build).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum InvalidConfig {
+    /// A replay buffer that keeps no event.
+    ZeroMaxEvents,
+    /// A replay buffer that keeps no byte.
+    ZeroMaxBytes,
+}
+
+impl fmt::Display for InvalidConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::ZeroMaxEvents => "replay buffer keeps no event",
+            Self::ZeroMaxBytes => "replay buffer keeps no byte",
+        })
+    }
+}
+
+impl Error for InvalidConfig {}

@@ -170,6 +170,11 @@ impl Event {
         Ok(self)
     }
 
+    /// Removes the id.
+    pub(crate) fn clear_id(&mut self) {
+        self.id = None;
+    }
+
     /// Sets an id known to be valid (no NUL, CR or LF).
     pub(crate) fn set_valid_id(&mut self, id: String) {
         debug_assert!(memchr::memchr3(b'\0', b'\r', b'\n', id.as_bytes()).is_none());
@@ -257,6 +262,47 @@ impl Event {
         }
     }
 
+    /// The number of bytes [`encode`](Self::encode) writes for this event.
+    ///
+    /// Exact: data and a comment are scanned for line breaks, as `encode` does.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use brigade_sse::Event;
+    /// use bytes::BytesMut;
+    ///
+    /// let event = Event::default().id("7")?.data("two\nlines");
+    /// let mut buf = BytesMut::new();
+    /// event.encode(&mut buf);
+    /// assert_eq!(event.encoded_len(), buf.len()); // "id: 7\ndata: two\ndata: lines\n\n"
+    /// assert_eq!(Event::default().encoded_len(), 0);
+    /// # Ok::<(), brigade_sse::InvalidEvent>(())
+    /// ```
+    pub fn encoded_len(&self) -> usize {
+        let mut len = 0;
+        if let Some(comment) = &self.comment {
+            len += lines_len(b": ".len(), comment);
+        }
+        if let Some(id) = &self.id {
+            len += field_len(b"id: ".len(), id.len());
+        }
+        if let Some(event) = &self.event {
+            len += field_len(b"event: ".len(), event.len());
+        }
+        if let Some(retry) = self.retry {
+            let millis = u64::try_from(retry.as_millis()).unwrap_or(u64::MAX);
+            len += b"retry: ".len() + decimal_len(millis) + 1;
+        }
+        if let Some(data) = &self.data {
+            len += lines_len(b"data: ".len(), data);
+        }
+        if len > 0 {
+            len += 1; // the blank line
+        }
+        len
+    }
+
     /// An estimate of the encoded size: exact for single-line values, a little short when data
     /// or a comment spans several lines.
     fn size_hint(&self) -> usize {
@@ -303,6 +349,36 @@ fn put_field(buf: &mut BytesMut, prefix: &[u8], value: &[u8]) {
     buf.put_u8(b'\n');
 }
 
+/// The length of what [`put_lines`] writes.
+fn lines_len(prefix: usize, text: &str) -> usize {
+    let bytes = text.as_bytes();
+    let mut len = 0;
+    let mut start = 0;
+    while let Some(offset) = memchr::memchr2(b'\n', b'\r', &bytes[start..]) {
+        len += field_len(prefix, offset);
+        let end = start + offset;
+        start = end + 1;
+        if bytes[end] == b'\r' && bytes.get(start) == Some(&b'\n') {
+            start += 1;
+        }
+    }
+    len + field_len(prefix, bytes.len() - start)
+}
+
+/// The length of what [`put_field`] writes: `name: value` and a LF, or `name:` and a LF.
+fn field_len(prefix: usize, value: usize) -> usize {
+    if value == 0 {
+        prefix
+    } else {
+        prefix + value + 1
+    }
+}
+
+/// The number of decimal digits of `n`.
+fn decimal_len(n: u64) -> usize {
+    n.checked_ilog10().map_or(1, |log| log as usize + 1)
+}
+
 fn put_decimal(buf: &mut BytesMut, mut n: u64) {
     let mut digits = [0u8; 20];
     let mut i = digits.len();
@@ -335,6 +411,13 @@ mod tests {
         buf.put_u8(b' ');
         put_decimal(&mut buf, u64::MAX);
         assert_eq!(&buf[..], b"0 18446744073709551615");
+    }
+
+    #[test]
+    fn decimal_len_counts_digits() {
+        for n in [0, 9, 10, 99, 100, 1_000_000, u64::MAX] {
+            assert_eq!(decimal_len(n), n.to_string().len(), "{n}");
+        }
     }
 
     #[test]

@@ -1,12 +1,12 @@
 //! The pass window: server-sent events that follow the WHATWG event-stream rules exactly, an
 //! incremental linear-time decoder, a hyper body with keep-alive, and `Last-Event-ID` replay.
 //!
-//! Tokens reach the client before the whole answer exists. Each Rust SSE crate breaks the
-//! event-stream rules somewhere: a CRLF inside data doubled, an event with empty data never sent,
-//! a panic on a newline in an id, a bare CR let through so untrusted text can forge fields,
-//! `retry` written in seconds, a panic on a leading BOM, a decoder that rescans its buffer and
-//! turns quadratic on long lines. This crate gets every rule right, never panics on input, and
-//! is faster than all of them:
+//! Tokens reach the client before the whole answer exists, as events of a `text/event-stream`.
+//! This crate writes and reads that format to the letter of the WHATWG specification: line
+//! breaks in data (LF, CR or CRLF) become separate `data:` lines and read back as LF; empty data
+//! and a trailing line break survive; a line break in an id or event type is refused, never
+//! written; `retry` is in milliseconds; a leading BOM is stripped; memory is bounded; and no
+//! input makes it panic.
 //!
 //! - [`Event`]: a builder that cannot produce a corrupt stream (a line break in an id or event
 //!   type is an [`InvalidEvent`], line breaks in data and comments become more lines), encoded
@@ -14,11 +14,13 @@
 //! - [`SseBody`]: an [`http_body::Body`] over a `Stream` of events, coalescing events that are
 //!   ready together into one frame, with a [`KeepAlive`] comment when idle, and
 //!   [`into_response`](SseBody::into_response) for the right headers.
-//! - [`Replay`]: a bounded buffer of recent events under ids it issues, telling a client that
-//!   can resume after its `Last-Event-ID` from one that has missed too much, or that holds an id
-//!   of another buffer, such as one from before a server restart ([`ReplayMiss`]).
+//! - [`Replay`]: a buffer of recent events, bounded by events and by bytes, under ids it
+//!   issues, telling a client that can resume after its `Last-Event-ID` from one that has missed
+//!   too much, or that holds an id of another buffer, such as one from before a server restart
+//!   ([`ReplayMiss`]). Events are shared (`Arc<Event>`), never copied to be replayed.
 //! - [`Decoder`]: feed byte chunks of any size, get [`DecodedEvent`]s; the same events however
-//!   the bytes are chunked, linear time, bounded memory ([`EventTooLarge`]).
+//!   the bytes are chunked, linear time, bounded memory ([`EventTooLarge`]); the data as `&str`
+//!   or, for forwarding, as [`Bytes`](bytes::Bytes) sharing the input.
 //! - [`EventStream`]: the decoder over any byte stream or [`http_body::Body`], for proxying an
 //!   upstream.
 //!
@@ -70,10 +72,15 @@
 //!
 //! Encoding is a copy of the text with a `memchr` scan for line breaks. Decoding looks at every
 //! byte once: a scan position survives between chunks, and consumed bytes are dropped only when
-//! they outweigh what is left. `docs/benchmarks.md` in the repository holds the figures against
-//! axum's encoder and `eventsource-stream`.
+//! they outweigh what is left. The data of a one-line event is a slice of the decoder's input
+//! buffer, shared by reference count: no allocation or copy per event.
+//! `docs/benchmarks.md` in the repository holds the figures, with the commands.
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
+
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+mod readme_doctests {}
 
 mod body;
 mod decode;
@@ -83,6 +90,8 @@ mod replay;
 
 pub use crate::body::{KeepAlive, SseBody};
 pub use crate::decode::{DEFAULT_MAX_EVENT_SIZE, DecodedEvent, Decoder, EventStream};
-pub use crate::error::{DecodeError, EventField, EventTooLarge, InvalidEvent, ReplayMiss};
+pub use crate::error::{
+    DecodeError, EventField, EventTooLarge, InvalidConfig, InvalidEvent, ReplayMiss,
+};
 pub use crate::event::Event;
-pub use crate::replay::Replay;
+pub use crate::replay::{Replay, ReplayBuilder};

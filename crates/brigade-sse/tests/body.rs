@@ -334,3 +334,15 @@ async fn huge_keep_alive_interval_does_not_overflow_the_clock() {
     let idle = time::timeout(Duration::from_secs(3600), next_data(&mut body)).await;
     assert!(idle.is_err(), "no keep-alive within an hour");
 }
+
+#[tokio::test(start_paused = true)]
+async fn body_sends_the_shared_events_of_a_replay() {
+    let replay = brigade_sse::Replay::builder().epoch(0xa).build().unwrap();
+    let shared: Vec<_> = ["x", "y"]
+        .into_iter()
+        .map(|data| replay.push(Event::default().data(data)).1)
+        .collect();
+    let events = futures::stream::iter(shared.into_iter().map(Ok::<_, Infallible>));
+    let bytes = SseBody::new(events).collect().await.unwrap().to_bytes();
+    assert_eq!(&bytes[..], b"id: a-1\ndata: x\n\nid: a-2\ndata: y\n\n");
+}

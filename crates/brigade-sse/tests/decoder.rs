@@ -341,7 +341,7 @@ fn leading_bom_does_not_count_toward_the_maximum_event_size() {
         for piece in input.chunks(chunk) {
             decoder.feed(piece);
             while let Some(event) = decoder.next_event().expect("within the limit") {
-                datas.push(event.into_data());
+                datas.push(event.data().to_owned());
             }
         }
         assert_eq!(datas, ["12"], "chunk size {chunk}");
@@ -391,7 +391,7 @@ fn oversized_error_is_the_same_for_every_chunking() {
             decoder.feed(piece);
             loop {
                 match decoder.next_event() {
-                    Ok(Some(event)) => out.push(Ok(event.into_data())),
+                    Ok(Some(event)) => out.push(Ok(event.data().to_owned())),
                     Ok(None) => break,
                     Err(err) => out.push(Err(err.limit())),
                 }
@@ -434,4 +434,63 @@ fn id_of_an_oversized_event_is_not_committed() {
     assert_eq!(decoder.last_event_id(), Some("1"));
     decoder.feed(b"data: b\n\n");
     assert_eq!(decoder.next_event().unwrap().unwrap().id(), Some("1"));
+}
+
+#[test]
+fn one_line_data_is_a_slice_of_the_input_buffer() {
+    let mut decoder = Decoder::new();
+    decoder.feed(b"data: a\n\ndata: b\n\n");
+    let first = decoder.next_event().unwrap().unwrap();
+    let second = decoder.next_event().unwrap().unwrap();
+    assert_eq!(first.data_bytes(), &b"a"[..]);
+    assert_eq!(second.data_bytes(), &b"b"[..]);
+    // Nine bytes apart, as in the input: both point into the buffer the chunk was copied to.
+    let distance = second.data_bytes().as_ptr() as usize - first.data_bytes().as_ptr() as usize;
+    assert_eq!(distance, b"data: a\n\n".len());
+}
+
+#[test]
+fn data_bytes_match_data_for_every_kind_of_event() {
+    let events =
+        decode(b"event: e\ndata: one\n\ndata: two\ndata: lines\n\ndata: \xFF\n\ndata:\n\n");
+    let datas: Vec<&[u8]> = events.iter().map(|e| &e.data_bytes()[..]).collect();
+    assert_eq!(
+        datas,
+        [&b"one"[..], b"two\nlines", "\u{FFFD}".as_bytes(), b""]
+    );
+    for event in &events {
+        assert_eq!(event.data_bytes(), event.data().as_bytes());
+        assert_eq!(event.clone().into_data_bytes(), event.data().as_bytes());
+    }
+    assert_eq!(events[0].event_type(), "e");
+}
+
+#[test]
+fn events_held_across_feeds_keep_their_data() {
+    // Some events are kept while the decoder reads on (the buffer they share must not be
+    // overwritten), others dropped at once (the buffer can be reused in place).
+    let mut input = Vec::new();
+    for i in 0..20_000 {
+        input.extend_from_slice(format!("event: e{i}\ndata: {i:06}\n\n").as_bytes());
+    }
+    for chunk_len in [7, 64, 8 * 1024 + 3] {
+        let mut decoder = Decoder::new();
+        let mut kept = Vec::new();
+        let mut seen = 0;
+        for chunk in input.chunks(chunk_len) {
+            decoder.feed(chunk);
+            while let Some(event) = decoder.next_event().unwrap() {
+                assert_eq!(event.data(), format!("{seen:06}"));
+                if seen % 3 == 0 {
+                    kept.push((seen, event));
+                }
+                seen += 1;
+            }
+        }
+        assert_eq!(seen, 20_000);
+        for (i, event) in &kept {
+            assert_eq!(event.data(), format!("{i:06}"), "chunks of {chunk_len}");
+            assert_eq!(event.event_type(), format!("e{i}"), "chunks of {chunk_len}");
+        }
+    }
 }

@@ -29,7 +29,7 @@ fn read_back(event: &Event) -> Vec<DecodedEvent> {
 fn read_data(event: &Event) -> Vec<String> {
     read_back(event)
         .into_iter()
-        .map(DecodedEvent::into_data)
+        .map(|event| event.data().to_owned())
         .collect()
 }
 
@@ -309,4 +309,25 @@ fn json_data_that_cannot_serialize_is_an_error() {
     let mut map = BTreeMap::new();
     map.insert(vec![1u8], 1);
     assert!(Event::default().json_data(&map).is_err());
+}
+
+#[cfg(feature = "serde")]
+#[test]
+fn json_data_of_a_struct_reads_back_as_the_same_value() {
+    #[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+    struct Delta {
+        content: String,
+        index: u32,
+    }
+    // Line breaks of every kind, and the separators JSON leaves raw, stay inside one line.
+    let delta = Delta {
+        content: "one\ntwo\r\nthree\rfour\u{2028}five\u{2029}".to_owned(),
+        index: 3,
+    };
+    let event = Event::default().json_data(&delta).unwrap();
+    assert_eq!(encode(&event).matches("data:").count(), 1);
+    let read = read_back(&event);
+    assert_eq!(read.len(), 1);
+    let back: Delta = serde_json::from_str(read[0].data()).unwrap();
+    assert_eq!(back, delta);
 }

@@ -232,6 +232,18 @@ proptest! {
     }
 
     #[test]
+    fn encoded_len_is_what_encode_writes(spec in spec(), with_data in any::<bool>()) {
+        let mut event = build(&spec);
+        if !with_data {
+            // `build` always sets data: also an event with only a comment, or nothing at all.
+            event = spec.comment.map_or_else(Event::default, |c| Event::default().comment(c));
+        }
+        let mut buf = BytesMut::new();
+        event.encode(&mut buf);
+        prop_assert_eq!(event.encoded_len(), buf.len());
+    }
+
+    #[test]
     fn decoder_agrees_with_a_plain_reading_of_the_specification(input in stream_bytes(), chunk in 1usize..8) {
         let (expected, expected_last_id) = reference(&input);
         let outcome = decode_chunks(input.chunks(chunk), usize::MAX);

@@ -2,16 +2,21 @@
 //! a per-buffer epoch so ids of another buffer (a restarted server) are never resumed.
 
 use std::num::NonZeroUsize;
+use std::sync::Arc;
 
-use brigade_sse::{Decoder, Event, Replay, ReplayMiss};
+use brigade_sse::{Decoder, Event, InvalidConfig, Replay, ReplayMiss};
 use bytes::BytesMut;
 
-/// A buffer with the fixed epoch `0xe`: ids `e-1`, `e-2`, ...
-fn replay(capacity: usize) -> Replay {
-    Replay::with_epoch(NonZeroUsize::new(capacity).unwrap(), 0xe)
+/// A buffer of `max_events` with the fixed epoch `0xe`: ids `e-1`, `e-2`, ...
+fn replay(max_events: usize) -> Replay {
+    Replay::builder()
+        .max_events(max_events)
+        .epoch(0xe)
+        .build()
+        .unwrap()
 }
 
-fn encoded(events: &[(u64, Event)]) -> String {
+fn encoded(events: &[(u64, Arc<Event>)]) -> String {
     let mut buf = BytesMut::new();
     for (_, event) in events {
         event.encode(&mut buf);
@@ -19,7 +24,7 @@ fn encoded(events: &[(u64, Event)]) -> String {
     String::from_utf8(buf.to_vec()).unwrap()
 }
 
-fn seqs(events: &[(u64, Event)]) -> Vec<u64> {
+fn seqs(events: &[(u64, Arc<Event>)]) -> Vec<u64> {
     events.iter().map(|(seq, _)| *seq).collect()
 }
 
@@ -193,7 +198,7 @@ fn buffer_keeps_at_most_its_capacity() {
         replay.push(Event::default().data(n.to_string()));
     }
     assert_eq!(replay.len(), 3);
-    assert_eq!(replay.capacity(), 3);
+    assert_eq!(replay.max_events(), 3);
     assert_eq!(seqs(&replay.events_after("e-7").unwrap()), [8, 9, 10]);
     assert_eq!(
         replay.events_after("e-6"),
@@ -258,8 +263,177 @@ fn id_of(event: &Event) -> String {
 #[test]
 fn huge_capacity_is_not_allocated_up_front() {
     // `VecDeque::with_capacity(usize::MAX)` would panic (or abort on a large real allocation).
-    let replay = Replay::with_epoch(NonZeroUsize::MAX, 1);
+    let replay = Replay::builder()
+        .max_events(usize::MAX)
+        .epoch(1)
+        .build()
+        .unwrap();
     replay.push(Event::default().data("x"));
-    assert_eq!((replay.len(), replay.capacity()), (1, usize::MAX));
+    assert_eq!((replay.len(), replay.max_events()), (1, usize::MAX));
     assert_eq!(seqs(&replay.events_after("1-0").unwrap()), [1]);
+}
+
+/// An event of 100 encoded bytes in a buffer of epoch `e` while the sequence number has one
+/// digit: `id: e-1\n` (8), `data: ` and 84 bytes and a LF (91), the blank line (1).
+fn hundred_bytes() -> Event {
+    Event::default().data("x".repeat(84))
+}
+
+/// A buffer of epoch `e` keeping at most `max_bytes` (and 1000 events).
+fn replay_of_bytes(max_bytes: usize) -> Replay {
+    Replay::builder()
+        .max_events(1000)
+        .max_bytes(max_bytes)
+        .epoch(0xe)
+        .build()
+        .unwrap()
+}
+
+#[test]
+fn byte_bound_evicts_the_oldest_events() {
+    let replay = replay_of_bytes(300);
+    for _ in 0..5 {
+        let (_, event) = replay.push(hundred_bytes());
+        assert_eq!(event.encoded_len(), 100);
+    }
+    assert_eq!((replay.len(), replay.bytes()), (3, 300));
+    assert_eq!(seqs(&replay.events_after("e-2").unwrap()), [3, 4, 5]);
+    // One byte less and only two fit.
+    let replay = replay_of_bytes(299);
+    for _ in 0..5 {
+        replay.push(hundred_bytes());
+    }
+    assert_eq!((replay.len(), replay.bytes()), (2, 200));
+}
+
+#[test]
+fn resume_after_eviction_by_bytes_has_aged_out() {
+    let replay = replay_of_bytes(300);
+    for _ in 0..5 {
+        replay.push(hundred_bytes());
+    }
+    // Held: 3, 4 and 5 (the event count alone would have kept all five).
+    let aged_out = Err(ReplayMiss::AgedOut {
+        oldest_seq: Some(3),
+    });
+    assert_eq!(replay.events_after("e-1"), aged_out);
+    assert_eq!(replay.events_after("e-0"), aged_out);
+    assert_eq!(seqs(&replay.events_after("e-2").unwrap()), [3, 4, 5]);
+}
+
+#[test]
+fn replay_from_new_is_bounded_by_a_mebibyte() {
+    // Twenty events of about 100 KB: 2 MB, within the event count of 1024.
+    let replay = Replay::new(NonZeroUsize::new(1024).unwrap());
+    for _ in 0..20 {
+        replay.push(Event::default().data("x".repeat(100_000)));
+    }
+    let first = format!("{:x}-1", replay.epoch());
+    assert!(
+        matches!(
+            replay.events_after(&first),
+            Err(ReplayMiss::AgedOut {
+                oldest_seq: Some(_)
+            })
+        ),
+        "the whole 2 MB is still held"
+    );
+    assert_eq!(replay.len(), 10); // 10 events of about 100,030 bytes within 1 MiB
+    assert!(replay.bytes() <= 1024 * 1024);
+}
+
+#[test]
+fn event_larger_than_the_byte_bound_is_sent_but_not_kept() {
+    let replay = replay_of_bytes(300);
+    replay.push(hundred_bytes());
+    replay.push(hundred_bytes());
+    let (seq, big) = replay.push(Event::default().data("x".repeat(400)));
+    assert_eq!(seq, 3);
+    assert_eq!(id_of(&big), "e-3", "the event is numbered and sent");
+    assert_eq!(
+        (replay.len(), replay.bytes()),
+        (0, 0),
+        "and nothing is kept"
+    );
+    // A client that saw 2 missed 3, which cannot be replayed; one that saw 3 is up to date.
+    assert_eq!(
+        replay.events_after("e-2"),
+        Err(ReplayMiss::AgedOut { oldest_seq: None })
+    );
+    assert_eq!(replay.events_after("e-3"), Ok(vec![]));
+    // The next event is kept again.
+    replay.push(hundred_bytes());
+    assert_eq!(seqs(&replay.events_after("e-3").unwrap()), [4]);
+    assert_eq!(
+        replay.events_after("e-2"),
+        Err(ReplayMiss::AgedOut {
+            oldest_seq: Some(4)
+        })
+    );
+}
+
+#[test]
+fn event_of_exactly_the_byte_bound_is_kept() {
+    let replay = replay_of_bytes(100);
+    replay.push(hundred_bytes());
+    replay.push(hundred_bytes());
+    assert_eq!((replay.len(), replay.bytes()), (1, 100));
+    assert_eq!(seqs(&replay.events_after("e-1").unwrap()), [2]);
+}
+
+#[test]
+fn bounds_of_zero_are_refused_when_built() {
+    assert_eq!(
+        Replay::builder().max_events(0).build().unwrap_err(),
+        InvalidConfig::ZeroMaxEvents
+    );
+    assert_eq!(
+        Replay::builder().max_bytes(0).build().unwrap_err(),
+        InvalidConfig::ZeroMaxBytes
+    );
+    let message = InvalidConfig::ZeroMaxBytes.to_string();
+    assert!(message.starts_with(char::is_lowercase) && !message.ends_with('.'));
+}
+
+#[test]
+fn builder_defaults_are_1024_events_and_a_mebibyte() {
+    let replay = Replay::builder().build().unwrap();
+    assert_eq!(
+        (replay.max_events(), replay.max_bytes()),
+        (1024, 1024 * 1024)
+    );
+    let replay = Replay::new(NonZeroUsize::new(16).unwrap());
+    assert_eq!((replay.max_events(), replay.max_bytes()), (16, 1024 * 1024));
+}
+
+#[test]
+fn resume_shares_the_pushed_events_without_copying() {
+    let replay = replay(8);
+    let pushed: Vec<Arc<Event>> = (0..4)
+        .map(|n| replay.push(Event::default().data(n.to_string())).1)
+        .collect();
+    let resumed = replay.events_after("e-0").unwrap();
+    assert_eq!(resumed.len(), 4);
+    for ((_, resumed), pushed) in resumed.iter().zip(&pushed) {
+        assert!(Arc::ptr_eq(resumed, pushed), "a resume copied an event");
+    }
+    // The buffer, the pushed handle and the resumed one.
+    assert_eq!(Arc::strong_count(&pushed[0]), 3);
+}
+
+#[test]
+fn bytes_count_the_encoded_events_with_their_ids() {
+    let replay = replay(8);
+    let mut total = 0;
+    for data in ["a", "bb", ""] {
+        let (_, event) = replay.push(Event::default().data(data));
+        let mut buf = BytesMut::new();
+        event.encode(&mut buf);
+        total += buf.len();
+    }
+    // An event with nothing but the id still ends with its blank line.
+    let (_, event) = replay.push(Event::default());
+    assert_eq!(event.encoded_len(), "id: e-4\n\n".len());
+    total += event.encoded_len();
+    assert_eq!(replay.bytes(), total);
 }
