@@ -16,7 +16,8 @@
 //!   cancelled probe hands its slot back and records nothing.
 //! - The caller [classifies](Classify) results: success, failure, or [ignored](Outcome::Ignored)
 //!   (a client's cancel, a 4xx). A cancelled call is never a failure.
-//! - [`KeyedCircuitBreaker`]: one breaker per upstream, model or provider, idle ones evicted.
+//! - [`KeyedCircuitBreaker`]: one breaker per upstream, model or provider, at most `max_keys`;
+//!   the least recently used make room for new keys, never one that is open or in use.
 //! - A [`Listener`] and `tracing` for transitions, and a [`Metrics`] snapshot.
 //!
 //! # Example

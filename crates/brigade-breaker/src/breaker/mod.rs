@@ -111,6 +111,18 @@ impl CircuitBreaker {
         }
     }
 
+    /// Whether a keyed breaker may forget this breaker without losing anything a caller relies
+    /// on: nothing outside the map holds it (no clone, handle or permit), and it is closed, or
+    /// half-open (an open period that has ended included). An open breaker before its open period
+    /// ends, and every state set by hand, must stay.
+    ///
+    /// Exact when called by the only holder that hands out clones (the keyed map, under its
+    /// lock): with no other holder, neither count nor state can change but by time passing.
+    pub(crate) fn is_evictable(&self) -> bool {
+        Arc::strong_count(&self.core) == 1
+            && matches!(self.core.state(), State::Closed | State::HalfOpen)
+    }
+
     /// Asks for permission to make one call.
     ///
     /// Use it for work that cannot be wrapped in one future; prefer [`call`](Self::call)
