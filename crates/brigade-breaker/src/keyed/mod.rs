@@ -25,7 +25,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use self::table::{Room, Table};
-use crate::{Builder, CircuitBreaker, Error, InvalidConfig, Metrics};
+use crate::{CircuitBreaker, CircuitBreakerBuilder, Error, InvalidConfig, Metrics};
 
 /// A breaker per key, made from one configuration on first use.
 ///
@@ -99,7 +99,7 @@ pub struct KeyedCircuitBreaker<K> {
 }
 
 struct Inner<K> {
-    template: Builder,
+    template: CircuitBreakerBuilder,
     max_keys: usize,
     idle: Duration,
     overflow: CircuitBreaker,
@@ -152,14 +152,14 @@ impl<K: Hash + Eq + Clone> KeyedCircuitBreaker<K> {
     /// those idle for `evict_idle_after` are evicted first (see
     /// [capacity and eviction](Self#capacity-and-eviction)).
     ///
-    /// With a [`jitter_seed`](Builder::jitter_seed) on the template, each key's breaker gets
-    /// its own seed derived from it, so keys do not reopen in lockstep.
+    /// With a [`jitter_seed`](CircuitBreakerBuilder::jitter_seed) on the template, each key's
+    /// breaker gets its own seed derived from it, so keys do not reopen in lockstep.
     ///
     /// # Errors
     ///
     /// [`InvalidConfig`] if the template is invalid, or `max_keys` is zero.
     pub fn new(
-        template: Builder,
+        template: CircuitBreakerBuilder,
         max_keys: usize,
         evict_idle_after: Duration,
     ) -> Result<Self, InvalidConfig> {
@@ -268,7 +268,7 @@ impl<K: Hash + Eq + Clone> KeyedCircuitBreaker<K> {
 
 /// The template for the `n`th breaker made: its jitter seed, if any, derived from the
 /// template's, so keys do not reopen in lockstep.
-fn derive(template: &Builder, n: u64) -> Builder {
+fn derive(template: &CircuitBreakerBuilder, n: u64) -> CircuitBreakerBuilder {
     let mut builder = template.clone();
     if let Some(seed) = builder.seed {
         builder.seed = Some(seed ^ n.wrapping_mul(0x9E37_79B9_7F4A_7C15));
