@@ -72,7 +72,7 @@
 //! The tree is this crate's own (tokio-util's token cannot carry a reason or have two parents),
 //! built like tokio-util's: [`is_cancelled`](CancelScope::is_cancelled) is one atomic load, a
 //! child costs one allocation and one lock of its parent, and removing a child touches no
-//! sibling. `docs/benchmarks.md` in the repository holds the figures against tokio-util.
+//! sibling. `docs/benchmarks.md` in the repository holds the figures.
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
