@@ -70,7 +70,7 @@ async fn main() {
         match breaker.call(upstream(start, &calls)).await {
             Ok(_) => ok += 1,
             Err(Error::Inner(_)) => failed += 1,
-            Err(Error::Rejected { .. }) => rejected += 1,
+            Err(Error::Rejected(_)) => rejected += 1,
             Err(_) => unreachable!("no other error"),
         }
         sleep(Duration::from_millis(20)).await;

@@ -5,7 +5,7 @@
 //! with the deadline) → rate limits (reserve the estimate, settle at the end) → bulkhead slot
 //! (held by the body) → breaker permit (held by the body; a client's cancel records nothing)
 //! → retries only before the first token (the commit point) → the line cook → an SSE body
-//! with keep-alive inside a `DisconnectBody`, so a dropped body cancels the scope with
+//! with keep-alive inside a `DisconnectBody`, so a body dropped mid-stream cancels the scope with
 //! `ClientDisconnected` and the line cook stops at once.
 
 use std::convert::Infallible;

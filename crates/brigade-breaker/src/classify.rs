@@ -16,8 +16,8 @@ pub enum Outcome {
     /// The upstream failed. `retry_after` is the upstream's own hint (an HTTP `Retry-After`),
     /// honoured when this failure opens the breaker (a trip, or a failed probe) and the hint
     /// asks for a longer open period than the breaker's own, up to
-    /// [`max_retry_after`](crate::Builder::max_retry_after). A hint on a failure that opens
-    /// nothing is not remembered.
+    /// [`max_retry_after`](crate::CircuitBreakerBuilder::max_retry_after). A hint on a failure
+    /// that opens nothing is not remembered.
     Failure {
         /// The upstream's hint of when to come back, if it gave one.
         retry_after: Option<Duration>,

@@ -19,9 +19,11 @@ pub(crate) enum WindowKind {
 }
 
 impl Window {
-    /// The largest count window, in calls, that [`Builder::build`] accepts: 2^20.
+    /// The largest count window, in calls, that [`CircuitBreakerBuilder::build`] accepts:
+    /// 2^20.
     pub const MAX_CALLS: u32 = 1 << 20;
-    /// The most buckets a time window may have, that [`Builder::build`] accepts: 2^16.
+    /// The most buckets a time window may have, that [`CircuitBreakerBuilder::build`]
+    /// accepts: 2^16.
     pub const MAX_BUCKETS: u32 = 1 << 16;
 
     /// The last `calls` calls, at most [`MAX_CALLS`](Self::MAX_CALLS). Recording a call costs
@@ -95,7 +97,7 @@ impl OpenDuration {
 
     /// Random spread: each duration is scaled by a factor drawn uniformly from
     /// `[1 - jitter, 1 + jitter]`, then capped. `jitter` is in `[0, 1]`; default 0. The random
-    /// source is seeded ([`Builder::jitter_seed`]).
+    /// source is seeded ([`CircuitBreakerBuilder::jitter_seed`]).
     #[must_use]
     pub const fn jitter(mut self, jitter: f64) -> Self {
         self.jitter = jitter;
@@ -128,7 +130,7 @@ impl OpenDuration {
 /// # }
 /// ```
 #[derive(Clone)]
-pub struct Builder {
+pub struct CircuitBreakerBuilder {
     pub(crate) window: Window,
     pub(crate) failure_rate: f64,
     pub(crate) slow: Option<(Duration, f64)>,
@@ -142,9 +144,9 @@ pub struct Builder {
     pub(crate) listener: Option<Arc<dyn Listener>>,
 }
 
-impl fmt::Debug for Builder {
+impl fmt::Debug for CircuitBreakerBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Builder")
+        f.debug_struct("CircuitBreakerBuilder")
             .field("window", &self.window)
             .field("failure_rate", &self.failure_rate)
             .field("slow", &self.slow)
@@ -160,13 +162,13 @@ impl fmt::Debug for Builder {
     }
 }
 
-impl Default for Builder {
+impl Default for CircuitBreakerBuilder {
     fn default() -> Self {
         Self::new()
     }
 }
 
-impl Builder {
+impl CircuitBreakerBuilder {
     /// The defaults: the last 100 calls, trip at 50 % failures once 20 calls are in the window,
     /// no slow-call or consecutive-failure threshold, open for 30 s, 3 probes at once, close
     /// after 3 successful probes.

@@ -53,14 +53,34 @@ impl StdError for Rejected {}
 
 /// The error of [`CircuitBreaker::call`](crate::CircuitBreaker::call): the breaker rejected the
 /// call, or the call ran and failed.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use brigade_breaker::{CircuitBreaker, Error, State};
+///
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+/// # async fn main() {
+/// let breaker = CircuitBreaker::default();
+/// breaker.handle().force_open();
+/// match breaker.call(async { Ok::<_, std::io::Error>("tokens") }).await {
+///     Err(Error::Rejected(rejected)) => {
+///         // 503 with `Retry-After`
+///         assert_eq!(rejected.state(), State::ForcedOpen);
+///         assert_eq!(rejected.retry_after(), Duration::from_secs(30));
+///     }
+///     Err(Error::Inner(_upstream)) => unreachable!("the call never ran"),
+///     Ok(_) | Err(_) => unreachable!(),
+/// }
+/// # }
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Error<E> {
-    /// The breaker did not run the call.
-    Rejected {
-        /// How long to wait before trying again (see [`Rejected::retry_after`]).
-        retry_after: Duration,
-    },
+    /// The breaker did not run the call; the rejection says in which state, and when to try
+    /// again ([`Rejected::retry_after`]).
+    Rejected(Rejected),
     /// The call ran and returned this error.
     Inner(E),
 }
@@ -68,34 +88,29 @@ pub enum Error<E> {
 impl<E> Error<E> {
     /// Whether the breaker rejected the call.
     pub const fn is_rejected(&self) -> bool {
-        matches!(self, Self::Rejected { .. })
+        matches!(self, Self::Rejected(_))
     }
 
     /// The call's own error, if it ran.
     pub fn into_inner(self) -> Option<E> {
         match self {
             Self::Inner(error) => Some(error),
-            Self::Rejected { .. } => None,
+            Self::Rejected(_) => None,
         }
     }
 }
 
 impl<E> From<Rejected> for Error<E> {
     fn from(rejected: Rejected) -> Self {
-        Self::Rejected {
-            retry_after: rejected.retry_after,
-        }
+        Self::Rejected(rejected)
     }
 }
 
 impl<E: fmt::Display> fmt::Display for Error<E> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::Rejected { retry_after } => write!(
-                f,
-                "circuit breaker rejected the call: retry after {} ms",
-                retry_after.as_millis()
-            ),
+            // The rejection is the whole error, not a cause: shown as is.
+            Self::Rejected(rejected) => rejected.fmt(f),
             Self::Inner(_) => f.write_str("call through the circuit breaker failed"),
         }
     }
@@ -105,13 +120,13 @@ impl<E: StdError + 'static> StdError for Error<E> {
     fn source(&self) -> Option<&(dyn StdError + 'static)> {
         match self {
             Self::Inner(error) => Some(error),
-            Self::Rejected { .. } => None,
+            Self::Rejected(_) => None,
         }
     }
 }
 
 /// A breaker configuration that cannot work, rejected by
-/// [`Builder::build`](crate::Builder::build).
+/// [`CircuitBreakerBuilder::build`](crate::CircuitBreakerBuilder::build).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum InvalidConfig {

@@ -1,8 +1,6 @@
 //! The circuit breaker: stop calling a sick upstream, and probe it back without flooding it.
 //!
-//! tower has no circuit breaker, and failsafe-rs lets every call through when half-open,
-//! panics on open durations under a second, and has neither a slow-call threshold nor a count
-//! window. This crate follows resilience4j's model, without a lock on the hot path:
+//! The model is resilience4j's, without a lock on the hot path:
 //!
 //! - States [`Closed`](State::Closed), [`Open`](State::Open), [`HalfOpen`](State::HalfOpen),
 //!   and by hand ([`Handle`]) [`ForcedOpen`](State::ForcedOpen),
@@ -16,7 +14,8 @@
 //!   cancelled probe hands its slot back and records nothing.
 //! - The caller [classifies](Classify) results: success, failure, or [ignored](Outcome::Ignored)
 //!   (a client's cancel, a 4xx). A cancelled call is never a failure.
-//! - [`KeyedCircuitBreaker`]: one breaker per upstream, model or provider, idle ones evicted.
+//! - [`KeyedCircuitBreaker`]: one breaker per upstream, model or provider, at most `max_keys`;
+//!   the least recently used make room for new keys, never one that is open or in use.
 //! - A [`Listener`] and `tracing` for transitions, and a [`Metrics`] snapshot.
 //!
 //! # Example
@@ -45,8 +44,10 @@
 //! assert_eq!(breaker.state(), State::Open);
 //!
 //! // Calls are now rejected at once, without touching the upstream.
-//! let rejected = breaker.call(async { Ok::<_, &str>("tokens") }).await.unwrap_err();
-//! assert_eq!(rejected, Error::Rejected { retry_after: Duration::from_secs(1) });
+//! let result = breaker.call(async { Ok::<_, &str>("tokens") }).await;
+//! let Err(Error::Rejected(rejected)) = result else { unreachable!() };
+//! assert_eq!(rejected.state(), State::Open);
+//! assert_eq!(rejected.retry_after(), Duration::from_secs(1)); // for `Retry-After`
 //!
 //! // A second later one probe at a time goes through; two successes close the breaker.
 //! tokio::time::sleep(Duration::from_secs(1)).await;
@@ -62,7 +63,7 @@
 //!
 //! | feature | default | what it adds |
 //! | --- | --- | --- |
-//! | `tower` | no | [`tower::CircuitBreakerLayer`]: rejects in `call`, before the inner service is touched |
+//! | `tower` | no | [`tower::CircuitBreakerLayer`] and the [`tower::CircuitBreaker`] service: rejects in `call`, before the inner service is touched |
 //!
 //! # Cancel safety
 //!
@@ -75,14 +76,15 @@
 //!
 //! All time is tokio's clock ([`tokio::time::Instant`]), so tests can pause and advance it.
 //! The clock is read only where needed: on a call or a state read while open, at both ends of
-//! a call when slow calls are detected, and at the end of a call with a time window. With the default
-//! configuration (a count window, no slow-call threshold) a successful call reads no clock.
+//! a call when slow calls are detected, and at the end of a call with a time window. With the
+//! default configuration (a count window, no slow-call threshold) a successful call reads no
+//! clock.
 //!
 //! # Performance
 //!
 //! A successful call through a closed breaker is a few atomic operations, with no lock and no
 //! allocation; transitions take a small lock. `docs/benchmarks.md` in the repository holds the
-//! figures against failsafe-rs (`cargo bench -p brigade-breaker --bench breaker`).
+//! figures (`cargo bench -p brigade-breaker --bench breaker`).
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
@@ -100,7 +102,11 @@ mod window;
 
 pub use crate::breaker::{CircuitBreaker, Handle, Metrics, OwnedPermit, Permit, State};
 pub use crate::classify::{Classify, ErrorsAreFailures, Outcome};
-pub use crate::config::{Builder, OpenDuration, Window};
+pub use crate::config::{CircuitBreakerBuilder, OpenDuration, Window};
 pub use crate::error::{Error, InvalidConfig, Rejected};
 pub use crate::keyed::KeyedCircuitBreaker;
 pub use crate::listener::{Listener, Transition, Trigger};
+
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+mod readme_doctests {}

@@ -3,12 +3,12 @@
 use std::time::Duration;
 
 use brigade_breaker::{
-    Builder, CircuitBreaker, InvalidConfig, KeyedCircuitBreaker, OpenDuration, Window,
+    CircuitBreaker, CircuitBreakerBuilder, InvalidConfig, KeyedCircuitBreaker, OpenDuration, Window,
 };
 
 const SEC: Duration = Duration::from_secs(1);
 
-fn error(builder: Builder) -> InvalidConfig {
+fn error(builder: CircuitBreakerBuilder) -> InvalidConfig {
     builder.build().unwrap_err()
 }
 
@@ -164,11 +164,18 @@ fn errors_read_as_lowercase_phrases() {
     let message = InvalidConfig::HalfOpenProbes.to_string();
     assert!(message.starts_with("half-open"));
     assert!(!message.ends_with('.'));
-    let rejected = brigade_breaker::Error::<std::io::Error>::Rejected { retry_after: SEC };
+    let breaker = CircuitBreaker::builder()
+        .open_duration(OpenDuration::fixed(SEC))
+        .build()
+        .unwrap();
+    breaker.handle().force_open();
+    let rejected =
+        brigade_breaker::Error::<std::io::Error>::from(breaker.try_acquire().unwrap_err());
     assert_eq!(
         rejected.to_string(),
-        "circuit breaker rejected the call: retry after 1000 ms"
+        "circuit breaker forced open: retry after 1000 ms"
     );
+    assert!(std::error::Error::source(&rejected).is_none());
     let inner = brigade_breaker::Error::Inner(std::io::Error::other("reset"));
     assert_eq!(
         std::error::Error::source(&inner).unwrap().to_string(),

@@ -6,7 +6,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use brigade_breaker::tower::CircuitBreakerLayer;
+use brigade_breaker::tower::future::ResponseFuture;
+use brigade_breaker::tower::{self as breaker_tower, CircuitBreakerLayer};
 use brigade_breaker::{CircuitBreaker, Outcome, Rejected, State};
 use tower::{Layer, Service, ServiceExt, service_fn};
 
@@ -64,13 +65,14 @@ fn tower_secs(secs: u64) -> brigade_breaker::OpenDuration {
 #[tokio::test(start_paused = true)]
 async fn a_classifier_can_ignore_client_errors() {
     let breaker = CircuitBreaker::builder().minimum_calls(1).build().unwrap();
-    let layer = CircuitBreakerLayer::new(breaker.clone()).with_classifier(
-        |result: &Result<u16, Infallible>| match result {
-            Ok(status) if *status >= 500 => Outcome::FAILURE,
-            Ok(status) if *status >= 400 => Outcome::Ignored,
-            _ => Outcome::Success,
-        },
-    );
+    let layer =
+        CircuitBreakerLayer::new(breaker.clone()).classify(|result: &Result<u16, Infallible>| {
+            match result {
+                Ok(status) if *status >= 500 => Outcome::FAILURE,
+                Ok(status) if *status >= 400 => Outcome::Ignored,
+                _ => Outcome::Success,
+            }
+        });
     let mut service = layer.layer(service_fn(|status: u16| async move { Ok(status) }));
     service.ready().await.unwrap().call(404).await.unwrap();
     assert_eq!(breaker.metrics().calls, 0);
@@ -94,4 +96,23 @@ async fn a_dropped_response_future_records_nothing() {
     );
     assert_eq!(breaker.state(), State::Closed);
     assert_eq!(breaker.metrics().calls, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_service_is_made_by_new_and_gives_its_inner_service_back() {
+    let breaker = CircuitBreaker::builder().minimum_calls(1).build().unwrap();
+    let inner = service_fn(|status: u16| async move { Ok::<_, Infallible>(status) });
+    let mut service = breaker_tower::CircuitBreaker::new(inner, breaker.clone()).classify(
+        |result: &Result<u16, Infallible>| match result {
+            Ok(503) => Outcome::FAILURE,
+            _ => Outcome::Success,
+        },
+    );
+    let _: &_ = service.get_ref();
+    let _: &mut _ = service.get_mut();
+    let future: ResponseFuture<_, _> = service.ready().await.unwrap().call(503);
+    assert_eq!(future.await.unwrap(), 503);
+    assert_eq!(service.breaker().state(), State::Open);
+    let mut inner = service.into_inner();
+    assert_eq!(inner.ready().await.unwrap().call(200).await.unwrap(), 200);
 }

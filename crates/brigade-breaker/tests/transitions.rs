@@ -414,6 +414,33 @@ async fn call_returns_the_inner_error_and_rejects_without_running() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_rejected_call_carries_the_whole_rejection() {
+    let breaker = CircuitBreaker::builder()
+        .minimum_calls(1)
+        .open_duration(OpenDuration::fixed(10 * SEC))
+        .half_open_probes(1)
+        .build()
+        .unwrap();
+    let _ = breaker.call(async { Err::<(), _>("boom") }).await;
+    advance(4 * SEC).await;
+    let Err(Error::Rejected(rejected)) = breaker.call(async { Ok::<_, &str>(()) }).await else {
+        panic!("an open breaker rejects");
+    };
+    assert_eq!(rejected.state(), State::Open);
+    assert_eq!(rejected.retry_after(), 6 * SEC);
+    assert_eq!(rejected, breaker.try_acquire().unwrap_err());
+
+    // Half-open with its one probe slot taken: the state says so.
+    advance(6 * SEC).await;
+    let _probe = breaker.try_acquire().unwrap();
+    let Err(Error::Rejected(rejected)) = breaker.call(async { Ok::<_, &str>(()) }).await else {
+        panic!("every probe slot is taken");
+    };
+    assert_eq!(rejected.state(), State::HalfOpen);
+    assert_eq!(rejected.retry_after(), SEC);
+}
+
+#[tokio::test(start_paused = true)]
 async fn regression_a_time_window_keeps_tripping_after_closing_late_in_its_life() {
     // 1 ms buckets. A window emptied when the breaker closed used to stop counting once the
     // breaker had lived 2^23 bucket lengths (2.3 hours here), so it could never trip again.

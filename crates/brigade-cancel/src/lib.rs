@@ -11,7 +11,7 @@
 //!   ([`CancelScope::linked`]), and [`run_until_cancelled`](CancelScope::run_until_cancelled).
 //! - [`CancelOnDrop`]: cancels with a reason when dropped, unless disarmed.
 //! - [`DisconnectBody`]: an `http_body::Body` that cancels with
-//!   [`ClientDisconnected`](CancelReason::ClientDisconnected) when hyper drops it before its end.
+//!   [`ClientDisconnected`](CancelReason::ClientDisconnected) when hyper drops it mid-stream.
 //! - [`Shutdown`]: SIGINT/SIGTERM, a drain signal, tracked tasks, a grace period, a cancel with
 //!   reason [`Shutdown`](CancelReason::Shutdown), and a hard deadline that always ends it.
 //!
@@ -52,8 +52,9 @@
 //!
 //! # Cancel safety
 //!
-//! [`CancelScope::cancelled`] and [`Shutdown::draining`] are cancel safe: drop them and wait
-//! again, nothing is lost. [`CancelScope::run_until_cancelled`] is as cancel safe as the future
+//! [`CancelScope::cancelled`], [`Shutdown::draining`] and [`Shutdown::drained`] are cancel
+//! safe: drop them and wait again, nothing is lost (the shutdown's phases run on a task of
+//! their own, not in `drained`). [`CancelScope::run_until_cancelled`] is as cancel safe as the future
 //! it runs.
 //!
 //! # Time
@@ -61,12 +62,17 @@
 //! Deadlines use tokio's clock ([`tokio::time::Instant`]), so tests can pause and advance time.
 //! A scope with a deadline of its own runs a small timer task, aborted when the scope is dropped.
 //!
+//! No duration overflows. Wherever this crate adds a duration to an instant (a scope's
+//! timeout, the shutdown's grace period and hard deadline), a duration longer than about 30
+//! years (tokio's own "far future"; `Duration::MAX` among them) is taken as 30 years: the
+//! deadline saturates at a far instant that never comes in practice, and nothing panics.
+//!
 //! # Performance
 //!
 //! The tree is this crate's own (tokio-util's token cannot carry a reason or have two parents),
 //! built like tokio-util's: [`is_cancelled`](CancelScope::is_cancelled) is one atomic load, a
 //! child costs one allocation and one lock of its parent, and removing a child touches no
-//! sibling. `docs/benchmarks.md` in the repository holds the figures against tokio-util.
+//! sibling. `docs/benchmarks.md` in the repository holds the figures.
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
@@ -77,6 +83,7 @@ mod loom;
 mod reason;
 mod scope;
 mod shutdown;
+mod time;
 
 pub use crate::body::DisconnectBody;
 pub use crate::error::{Cancelled, InvalidConfig};
@@ -90,3 +97,7 @@ pub use crate::shutdown::signal;
 pub use crate::shutdown::{Shutdown, ShutdownBuilder, ShutdownOutcome, ShutdownReport};
 
 pub use tokio_util::sync::CancellationToken;
+
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+mod readme_doctests {}

@@ -10,20 +10,29 @@
 //! 2. **Cancel.** When the grace period is over, [`scope`](Shutdown::scope) is cancelled with
 //!    [`CancelReason::Shutdown`]: every request scope made from it stops, and streams can send
 //!    a last event and end.
-//! 3. **Give up.** At the hard deadline [`drained`](Shutdown::drained) resolves whatever is still
-//!    running, and its report says how many tasks that is.
+//! 3. **Give up.** At the hard deadline the shutdown ends whatever is still running;
+//!    [`drained`](Shutdown::drained) resolves, and its report says how many tasks that is.
+//!
+//! The phases run on a task of their own, spawned by the trigger, so they run whether or not
+//! anyone waits on [`drained`](Shutdown::drained): a `drained()` future dropped halfway (a
+//! `select!` that took another branch) does not stop the scope from being cancelled when the
+//! grace period ends. `drained()` only waits for the report.
 
 use std::fmt;
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use tokio::runtime::Handle;
+use tokio::sync::SetOnce;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 use tokio_util::task::TaskTracker;
 use tokio_util::task::task_tracker::TrackedFuture;
 
+use crate::time::deadline_after;
 use crate::{CancelReason, CancelScope, InvalidConfig};
 
 /// Coordinates a graceful shutdown: a drain signal, a tracked set of tasks, a grace period, a
@@ -69,6 +78,16 @@ struct Inner {
     tracker: TaskTracker,
     grace: Duration,
     hard_deadline: Duration,
+    /// When the shutdown was triggered; set once, by the first trigger, before `draining` is
+    /// cancelled.
+    triggered_at: OnceLock<Instant>,
+    /// Whether the task running the phases has been spawned (at most one ever is).
+    phases_spawned: AtomicBool,
+    /// The runtime the coordinator was built in, if any: the phases run there when the trigger
+    /// comes from outside a runtime.
+    runtime: Option<Handle>,
+    /// Set by the phases task when the shutdown ends.
+    report: SetOnce<ShutdownReport>,
 }
 
 /// Builds a [`Shutdown`].
@@ -121,22 +140,28 @@ impl ShutdownReport {
 impl ShutdownBuilder {
     /// How long tracked work may go on after the trigger before the scope is cancelled.
     ///
+    /// A grace period longer than about 30 years (`Duration::MAX`, say) is taken as 30 years
+    /// (see [Time](crate#time)).
+    ///
     /// Default: 30 seconds.
     pub const fn grace(mut self, grace: Duration) -> Self {
         self.grace = grace;
         self
     }
 
-    /// How long after the trigger [`Shutdown::drained`] resolves at the latest, whatever is
-    /// still running. Must be at least the grace period.
+    /// How long after the trigger the shutdown ends at the latest, whatever is still running.
+    /// Must be at least the grace period. Longer than about 30 years, it is taken as 30 years.
     ///
-    /// Default: the grace period plus 5 seconds.
+    /// Default: the grace period plus 5 seconds (saturating).
     pub const fn hard_deadline(mut self, hard_deadline: Duration) -> Self {
         self.hard_deadline = Some(hard_deadline);
         self
     }
 
     /// Builds the coordinator.
+    ///
+    /// Built inside a tokio runtime, the coordinator remembers it: a trigger from a thread
+    /// outside any runtime then starts the phases there.
     ///
     /// # Errors
     ///
@@ -156,6 +181,10 @@ impl ShutdownBuilder {
                 tracker: TaskTracker::new(),
                 grace: self.grace,
                 hard_deadline,
+                triggered_at: OnceLock::new(),
+                phases_spawned: AtomicBool::new(false),
+                runtime: Handle::try_current().ok(),
+                report: SetOnce::new(),
             }),
         })
     }
@@ -185,12 +214,38 @@ impl Shutdown {
     }
 
     /// Starts the shutdown. Returns `false` when it had already started.
+    ///
+    /// [`draining`](Self::draining) resolves, and a task is spawned that runs the phases: the
+    /// grace period, the cancel of [`scope`](Self::scope), the hard deadline. It runs on the
+    /// current runtime, or, called from outside one, on the runtime the coordinator was built
+    /// in; with neither, the phases start when [`drained`](Self::drained) is first polled,
+    /// timed from this call all the same.
+    ///
+    /// May be called from any thread. The runtime that runs the phases needs its time driver.
     pub fn trigger(&self) -> bool {
-        if self.inner.draining.is_cancelled() {
+        if self.inner.triggered_at.set(Instant::now()).is_err() {
             return false;
         }
+        self.inner.tracker.close();
         self.inner.draining.cancel();
+        self.spawn_phases();
         true
+    }
+
+    /// Spawns the task that runs the phases, unless it was spawned already, the shutdown has
+    /// not started, or there is no runtime to spawn it on.
+    fn spawn_phases(&self) {
+        let inner = &self.inner;
+        let Some(&started) = inner.triggered_at.get() else {
+            return;
+        };
+        let Some(runtime) = Handle::try_current().ok().or_else(|| inner.runtime.clone()) else {
+            return;
+        };
+        if inner.phases_spawned.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        runtime.spawn(run_phases(Arc::clone(inner), started));
     }
 
     /// Whether the shutdown has started.
@@ -208,7 +263,8 @@ impl Shutdown {
     }
 
     /// The root scope of the work being shut down: make each request's scope a child of it. It
-    /// is cancelled with [`CancelReason::Shutdown`] when the grace period is over.
+    /// is cancelled with [`CancelReason::Shutdown`] when the grace period is over (unless every
+    /// tracked task ended before), whether or not anyone waits on [`drained`](Self::drained).
     pub fn scope(&self) -> &CancelScope {
         &self.inner.scope
     }
@@ -260,60 +316,72 @@ impl Shutdown {
         })
     }
 
-    /// Waits for the shutdown to start, then for the tracked work: through the grace period,
-    /// then, having cancelled [`scope`](Self::scope), until the hard deadline at the latest.
+    /// Waits for the shutdown to start, then for it to end, and reports how it ended: every
+    /// tracked task done within the grace period, or after the cancel, or the hard deadline
+    /// passed first.
+    ///
+    /// The phases do not run in this future but on the task [`trigger`](Self::trigger)
+    /// spawns, so every call (before the end or after it, from any clone) sees the same
+    /// report, and the scope is cancelled at the end of the grace period whether or not this
+    /// future is polled.
     ///
     /// # Cancel safety
     ///
-    /// Cancel safe until the shutdown starts. Once started, the phases run on the clock, not
-    /// on this future: dropping it early does not cancel the scope.
+    /// Cancel safe: dropping this future changes nothing about the shutdown; wait again for
+    /// the same report.
     pub async fn drained(&self) -> ShutdownReport {
-        let inner = &*self.inner;
-        inner.draining.cancelled().await;
-        let started = Instant::now();
-        inner.tracker.close();
+        self.inner.draining.cancelled().await;
+        // The trigger may have found no runtime to spawn the phases on.
+        self.spawn_phases();
+        *self.inner.report.wait().await
+    }
+}
+
+/// The phases of a shutdown triggered at `started`, run on a task of their own.
+async fn run_phases(inner: Arc<Inner>, started: Instant) {
+    let grace_end = deadline_after(started, inner.grace);
+    let hard_end = deadline_after(started, inner.hard_deadline);
+    tracing::info!(
+        tasks = inner.tracker.len(),
+        grace = ?inner.grace,
+        "shutdown: draining"
+    );
+
+    let outcome = if tokio::time::timeout_at(grace_end, inner.tracker.wait())
+        .await
+        .is_ok()
+    {
+        ShutdownOutcome::Drained
+    } else {
         tracing::info!(
             tasks = inner.tracker.len(),
-            grace = ?inner.grace,
-            "shutdown: draining"
+            "shutdown: grace period over, cancelling"
         );
-
-        let outcome = if tokio::time::timeout(inner.grace, inner.tracker.wait())
+        inner.scope.cancel(CancelReason::Shutdown);
+        if tokio::time::timeout_at(hard_end, inner.tracker.wait())
             .await
             .is_ok()
         {
-            ShutdownOutcome::Drained
+            ShutdownOutcome::Cancelled
         } else {
-            tracing::info!(
-                tasks = inner.tracker.len(),
-                "shutdown: grace period over, cancelling"
-            );
-            inner.scope.cancel(CancelReason::Shutdown);
-            let hard = started + inner.hard_deadline;
-            if tokio::time::timeout_at(hard, inner.tracker.wait())
-                .await
-                .is_ok()
-            {
-                ShutdownOutcome::Cancelled
-            } else {
-                ShutdownOutcome::TimedOut
-            }
-        };
-        let report = ShutdownReport {
-            outcome,
-            elapsed: started.elapsed(),
-            still_running: inner.tracker.len(),
-        };
-        if outcome == ShutdownOutcome::TimedOut {
-            tracing::warn!(
-                still_running = report.still_running,
-                "shutdown: hard deadline passed with tasks still running"
-            );
-        } else {
-            tracing::info!(?outcome, elapsed = ?report.elapsed, "shutdown: complete");
+            ShutdownOutcome::TimedOut
         }
-        report
+    };
+    let report = ShutdownReport {
+        outcome,
+        elapsed: started.elapsed(),
+        still_running: inner.tracker.len(),
+    };
+    if outcome == ShutdownOutcome::TimedOut {
+        tracing::warn!(
+            still_running = report.still_running,
+            "shutdown: hard deadline passed with tasks still running"
+        );
+    } else {
+        tracing::info!(?outcome, elapsed = ?report.elapsed, "shutdown: complete");
     }
+    // Only this task sets the report, once.
+    let _ = inner.report.set(report);
 }
 
 impl fmt::Debug for Shutdown {

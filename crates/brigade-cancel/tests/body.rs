@@ -5,11 +5,11 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use brigade_cancel::{CancelReason, CancelScope, DisconnectBody};
+use brigade_cancel::{CancelReason, CancelScope, CancellationToken, DisconnectBody};
 use bytes::Bytes;
 use futures::StreamExt;
 use http_body::{Body, Frame};
-use http_body_util::{BodyExt, Full, StreamBody};
+use http_body_util::{BodyExt, Empty, Full, StreamBody};
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 
@@ -77,10 +77,51 @@ async fn an_error_of_the_body_own_is_not_a_disconnect() {
     assert!(!scope.is_cancelled());
 }
 
-#[tokio::test]
-async fn dropped_unpolled_cancels() {
+#[test]
+fn an_unpolled_body_at_its_end_cancels_nothing() {
+    // A 304 or a 204: hyper sees `is_end_stream()` and drops the body without polling it.
     let scope = CancelScope::new();
-    drop(DisconnectBody::new(Full::new(Bytes::new()), scope.clone()));
+    drop(DisconnectBody::new(Empty::<Bytes>::new(), scope.clone()));
+    assert!(!scope.is_cancelled());
+
+    let body = DisconnectBody::new(Full::new(Bytes::new()), scope.clone());
+    assert!(body.is_end_stream());
+    drop(body);
+    assert!(!scope.is_cancelled());
+}
+
+#[test]
+fn a_body_dropped_before_its_first_poll_cancels_nothing() {
+    // The answer to a HEAD request: hyper sends the head and drops the body unpolled.
+    let scope = CancelScope::new();
+    let body = DisconnectBody::new(Full::new(Bytes::from("tokens")), scope.clone());
+    assert!(!body.is_end_stream());
+    drop(body);
+    assert!(!scope.is_cancelled());
+}
+
+#[tokio::test]
+async fn a_body_whose_last_frame_was_read_is_not_a_disconnect() {
+    // hyper may drop a body whose inner body says it ended without asking the wrapper.
+    let scope = CancelScope::new();
+    let mut body = DisconnectBody::new(Full::new(Bytes::from("all of it")), scope.clone());
+    let _ = body.frame().await.unwrap().unwrap();
+    assert!(body.is_ended());
+    drop(body);
+    assert!(!scope.is_cancelled());
+}
+
+#[tokio::test]
+async fn dropped_while_waiting_for_its_first_frame_cancels() {
+    // A client that leaves before the first token of a slow answer.
+    let scope = CancelScope::new();
+    let mut body = DisconnectBody::new(
+        StreamBody::new(futures::stream::pending::<Result<Frame<Bytes>, Infallible>>()),
+        scope.clone(),
+    );
+    let first = std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut body).poll_frame(cx))).await;
+    assert!(first.is_pending());
+    drop(body);
     assert_eq!(scope.reason(), Some(CancelReason::ClientDisconnected));
 }
 
@@ -144,4 +185,74 @@ async fn hyper_dropping_a_streamed_response_cancels_the_generation() {
         .expect("the server noticed the disconnect");
     assert_eq!(reason, CancelReason::ClientDisconnected);
     server.await.unwrap();
+}
+
+/// A token stream that says when it is dropped.
+fn endless_tokens(
+    dropped: CancellationToken,
+) -> impl futures::Stream<Item = Result<Frame<Bytes>, Infallible>> {
+    let guard = dropped.drop_guard();
+    futures::stream::unfold((0u32, guard), |(n, guard)| async move {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        Some((
+            Ok(Frame::data(Bytes::from(format!("t{n} ")))),
+            (n + 1, guard),
+        ))
+    })
+}
+
+/// The answer to a HEAD request, through a real hyper server: hyper writes the head and drops
+/// the body without polling it. The client did not go away, so nothing is cancelled.
+#[tokio::test(start_paused = true)]
+async fn hyper_dropping_the_body_of_a_head_response_cancels_nothing() {
+    let (client_io, server_io) = tokio::io::duplex(1024);
+    let request_scope = CancelScope::new();
+    let body_dropped = CancellationToken::new();
+
+    let server_scope = request_scope.clone();
+    let server_dropped = body_dropped.clone();
+    let server = tokio::spawn(async move {
+        let service = service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
+            assert_eq!(request.method(), http::Method::HEAD);
+            let body = DisconnectBody::new(
+                StreamBody::new(endless_tokens(server_dropped.clone())),
+                server_scope.clone(),
+            );
+            async move { Ok::<_, Infallible>(hyper::Response::new(body)) }
+        });
+        hyper::server::conn::http1::Builder::new()
+            .serve_connection(TokioIo::new(server_io), service)
+            .await
+    });
+
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(client_io))
+        .await
+        .unwrap();
+    let client_connection = tokio::spawn(connection);
+    let response = sender
+        .send_request(
+            http::Request::head("/v1/models")
+                .body(Empty::<Bytes>::new())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(response.status(), http::StatusCode::OK);
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    assert!(body.is_empty());
+
+    tokio::time::timeout(Duration::from_secs(5), body_dropped.cancelled())
+        .await
+        .expect("hyper dropped the response body");
+    assert!(
+        !request_scope.is_cancelled(),
+        "a HEAD answer is not a disconnect: {:?}",
+        request_scope.reason()
+    );
+
+    // The connection stays usable, and ends cleanly when the client closes it.
+    drop(sender);
+    client_connection.await.unwrap().unwrap();
+    server.await.unwrap().unwrap();
+    assert!(!request_scope.is_cancelled());
 }

@@ -328,3 +328,34 @@ fn reasons_have_stable_labels() {
     );
     assert_eq!(CancelReason::Shutdown.to_string(), "shutting down");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_huge_child_timeout_does_not_overflow() {
+    let start = Instant::now();
+    let root = CancelScope::new();
+    let child = root.child_with_timeout(Duration::MAX);
+    assert_eq!(
+        child.deadline(),
+        Some(start + Duration::from_secs(86_400 * 365 * 30)),
+        "saturates at the far future"
+    );
+    assert!(!child.is_cancelled());
+
+    // Under a parent with a deadline, the parent's (earlier) deadline applies.
+    let parent = CancelScope::with_timeout(Duration::from_secs(5));
+    let child = parent.child_with_timeout(Duration::MAX);
+    assert_eq!(child.deadline(), Some(start + Duration::from_secs(5)));
+    assert_eq!(child.cancelled().await, CancelReason::DeadlineExceeded);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_huge_timeout_saturates_at_the_far_future() {
+    let start = Instant::now();
+    let scope = CancelScope::with_timeout(Duration::MAX);
+    assert_eq!(
+        scope.deadline(),
+        Some(start + Duration::from_secs(86_400 * 365 * 30))
+    );
+    let longer = CancelScope::with_timeout(Duration::from_secs(86_400 * 365 * 100));
+    assert_eq!(longer.deadline(), scope.deadline());
+}

@@ -196,3 +196,127 @@ async fn an_open_stream_that_ignores_the_cancel_cannot_hold_shutdown_past_its_ha
         "the connection task is still open"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn the_phases_run_when_nobody_waits_for_drained() {
+    let shutdown = shutdown(10, 15);
+    let scope = shutdown.scope().child();
+    // A task that ignores the cancel, so only the hard deadline ends the shutdown.
+    shutdown.spawn(std::future::pending::<()>());
+    let start = Instant::now();
+    shutdown.trigger();
+
+    // Nobody calls `drained()`: the grace period still ends in a cancel.
+    let reason = tokio::time::timeout(Duration::from_secs(60), scope.cancelled())
+        .await
+        .expect("the scope is cancelled at the end of the grace period");
+    assert_eq!(reason, CancelReason::Shutdown);
+    assert_eq!(Instant::now(), start + Duration::from_secs(10));
+
+    // Past the hard deadline, `drained()` reports what happened then, at once.
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    let asked = Instant::now();
+    let report = shutdown.drained().await;
+    assert_eq!(Instant::now(), asked, "the shutdown had already ended");
+    assert_eq!(report.outcome(), ShutdownOutcome::TimedOut);
+    assert_eq!(report.elapsed(), Duration::from_secs(15));
+    assert_eq!(report.still_running(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn dropping_drained_after_the_trigger_still_cancels_the_scope() {
+    let shutdown = shutdown(10, 15);
+    let scope = shutdown.scope().child();
+    shutdown.spawn({
+        let scope = scope.clone();
+        async move { scope.cancelled().await }
+    });
+    let start = Instant::now();
+    shutdown.trigger();
+    // Polled into the grace period, then dropped (a `select!` that took another branch).
+    let waited = tokio::time::timeout(Duration::from_secs(1), shutdown.drained()).await;
+    assert!(waited.is_err());
+
+    let reason = tokio::time::timeout(Duration::from_secs(60), scope.cancelled())
+        .await
+        .expect("the scope is cancelled at the end of the grace period");
+    assert_eq!(reason, CancelReason::Shutdown);
+    assert_eq!(Instant::now(), start + Duration::from_secs(10));
+    let report = shutdown.drained().await;
+    assert_eq!(report.outcome(), ShutdownOutcome::Cancelled);
+    assert_eq!(report.elapsed(), Duration::from_secs(10));
+}
+
+#[test]
+fn a_trigger_outside_the_runtime_starts_the_phases_on_the_runtime_it_was_built_in() {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .unwrap();
+    let shutdown = runtime.block_on(async {
+        let shutdown = shutdown(10, 15);
+        shutdown.spawn(std::future::pending::<()>());
+        shutdown
+    });
+    let scope = shutdown.scope().clone();
+    // From a thread that is not the runtime's, as a signal-handler crate would; the last
+    // handle goes with it.
+    let trigger = std::thread::spawn(move || shutdown.trigger());
+    assert!(trigger.join().unwrap());
+    runtime.block_on(async {
+        let reason = tokio::time::timeout(Duration::from_secs(60), scope.cancelled())
+            .await
+            .expect("the phases ran without anyone polling drained()");
+        assert_eq!(reason, CancelReason::Shutdown);
+    });
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_hard_deadline_of_duration_max_does_not_overflow() {
+    let shutdown = Shutdown::builder()
+        .grace(Duration::from_secs(10))
+        .hard_deadline(Duration::MAX)
+        .build()
+        .unwrap();
+    let scope = shutdown.scope().child();
+    shutdown.spawn(async move { scope.cancelled().await });
+    shutdown.trigger();
+    let report = shutdown.drained().await;
+    assert_eq!(report.outcome(), ShutdownOutcome::Cancelled);
+    assert_eq!(report.elapsed(), Duration::from_secs(10));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_grace_period_of_duration_max_does_not_overflow() {
+    // The default hard deadline (grace + 5 s) saturates too.
+    let shutdown = Shutdown::new(Duration::MAX);
+    let scope = shutdown.scope().child();
+    shutdown.spawn(async move {
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+        scope.is_cancelled()
+    });
+    shutdown.trigger();
+    let report = shutdown.drained().await;
+    assert_eq!(report.outcome(), ShutdownOutcome::Drained);
+    assert_eq!(report.elapsed(), Duration::from_secs(3600));
+    assert!(!shutdown.scope().is_cancelled());
+}
+
+#[tokio::test(start_paused = true)]
+async fn work_that_never_ends_under_duration_max_is_given_up_at_the_far_future() {
+    let shutdown = Shutdown::builder()
+        .grace(Duration::MAX)
+        .hard_deadline(Duration::MAX)
+        .build()
+        .unwrap();
+    shutdown.spawn(std::future::pending::<()>());
+    shutdown.trigger();
+    let far = Duration::from_secs(86_400 * 365 * 30);
+    let report = tokio::time::timeout(far + far, shutdown.drained())
+        .await
+        .expect("the hard deadline saturates at the far future");
+    assert_eq!(report.outcome(), ShutdownOutcome::TimedOut);
+    assert_eq!(report.elapsed(), far);
+    assert_eq!(shutdown.scope().reason(), Some(CancelReason::Shutdown));
+}

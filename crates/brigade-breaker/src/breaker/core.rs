@@ -34,7 +34,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::state::{State, Word};
-use crate::config::{Builder, OpenDuration};
+use crate::config::{CircuitBreakerBuilder, OpenDuration};
 use crate::listener::{Listener, Transition, Trigger};
 use crate::loom::{
     AtomicBool, AtomicU32, AtomicU64, CachePadded, Mutex, Ordering::AcqRel, Ordering::Acquire,
@@ -146,7 +146,7 @@ pub(crate) struct Snapshot {
 }
 
 impl Core {
-    pub(crate) fn new(builder: Builder) -> Self {
+    pub(crate) fn new(builder: CircuitBreakerBuilder) -> Self {
         let seed = builder.seed.unwrap_or_else(random_seed);
         Self {
             word: AtomicU64::new(Word::new(State::Closed, 0).0),

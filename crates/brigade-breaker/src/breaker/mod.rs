@@ -3,13 +3,14 @@
 //! # Why a limited number of probes?
 //!
 //! When the open period ends, the breaker must find out whether the upstream is back. The
-//! naive way, letting every call through again (failsafe-rs does this), sends the full load of
+//! naive way, letting every call through again, sends the full load of
 //! a busy service at an upstream that is still recovering, and likely knocks it over again:
 //! half-open flooding is the circuit-breaker bug reported most across resilience4j, Polly and
-//! others. Here half-open grants at most [`half_open_probes`](crate::Builder::half_open_probes)
-//! permits at once and rejects the rest; the breaker closes after
-//! [`half_open_successes`](crate::Builder::half_open_successes) probes succeed and reopens on
-//! the first that fails.
+//! others. Here half-open grants at most
+//! [`half_open_probes`](crate::CircuitBreakerBuilder::half_open_probes) permits at once and
+//! rejects the rest; the breaker closes after
+//! [`half_open_successes`](crate::CircuitBreakerBuilder::half_open_successes) probes succeed and
+//! reopens on the first that fails.
 //!
 //! # Why RAII permits?
 //!
@@ -40,7 +41,7 @@ use std::sync::Arc;
 pub(crate) use self::core::Core;
 pub use self::permit::{OwnedPermit, Permit};
 pub use self::state::State;
-use crate::{Builder, Classify, Error, ErrorsAreFailures, Rejected};
+use crate::{CircuitBreakerBuilder, Classify, Error, ErrorsAreFailures, Rejected};
 
 /// A circuit breaker: stops calling a sick upstream, and probes it back.
 ///
@@ -66,13 +67,13 @@ use crate::{Builder, Classify, Error, ErrorsAreFailures, Rejected};
 /// assert_eq!(breaker.state(), State::Open);
 ///
 /// // Rejected without running the call, with a hint for `Retry-After`.
-/// let Err(Error::Rejected { retry_after }) = breaker.call(async { Ok::<_, &str>(()) }).await else {
+/// let Err(Error::Rejected(rejected)) = breaker.call(async { Ok::<_, &str>(()) }).await else {
 ///     unreachable!()
 /// };
-/// assert_eq!(retry_after, Duration::from_millis(500));
+/// assert_eq!(rejected.retry_after(), Duration::from_millis(500));
 ///
 /// // After the open period, probes go through and close the breaker again.
-/// tokio::time::sleep(retry_after).await;
+/// tokio::time::sleep(rejected.retry_after()).await;
 /// for _ in 0..3 {
 ///     breaker.call(async { Ok::<_, &str>(()) }).await.unwrap();
 /// }
@@ -85,9 +86,9 @@ pub struct CircuitBreaker {
 }
 
 impl Default for CircuitBreaker {
-    /// A breaker with [`Builder::new`]'s defaults.
+    /// A breaker with [`CircuitBreakerBuilder::new`]'s defaults.
     fn default() -> Self {
-        Self::from_builder(Builder::new())
+        Self::from_builder(CircuitBreakerBuilder::new())
     }
 }
 
@@ -100,15 +101,27 @@ impl fmt::Debug for CircuitBreaker {
 }
 
 impl CircuitBreaker {
-    /// A builder with the defaults of [`Builder::new`].
-    pub fn builder() -> Builder {
-        Builder::new()
+    /// A builder with the defaults of [`CircuitBreakerBuilder::new`].
+    pub fn builder() -> CircuitBreakerBuilder {
+        CircuitBreakerBuilder::new()
     }
 
-    pub(crate) fn from_builder(builder: Builder) -> Self {
+    pub(crate) fn from_builder(builder: CircuitBreakerBuilder) -> Self {
         Self {
             core: Arc::new(Core::new(builder)),
         }
+    }
+
+    /// Whether a keyed breaker may forget this breaker without losing anything a caller relies
+    /// on: nothing outside the map holds it (no clone, handle or permit), and it is closed, or
+    /// half-open (an open period that has ended included). An open breaker before its open period
+    /// ends, and every state set by hand, must stay.
+    ///
+    /// Exact when called by the only holder that hands out clones (the keyed map, under its
+    /// lock): with no other holder, neither count nor state can change but by time passing.
+    pub(crate) fn is_evictable(&self) -> bool {
+        Arc::strong_count(&self.core) == 1
+            && matches!(self.core.state(), State::Closed | State::HalfOpen)
     }
 
     /// Asks for permission to make one call.

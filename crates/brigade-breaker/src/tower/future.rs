@@ -1,3 +1,5 @@
+//! The response future of the [`CircuitBreaker`](super::CircuitBreaker) service.
+
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
@@ -9,9 +11,8 @@ use super::BoxError;
 use crate::{Classify, OwnedPermit, Rejected};
 
 pin_project! {
-    /// The response future of [`CircuitBreakerService`](super::CircuitBreakerService): the
-    /// inner service's future, whose result is recorded when it completes; or a rejection,
-    /// ready at once.
+    /// The response future of [`CircuitBreaker`](super::CircuitBreaker): the inner service's
+    /// future, whose result is recorded when it completes; or a rejection, ready at once.
     ///
     /// Dropped before it completes, it records nothing.
     #[must_use = "futures do nothing unless polled"]

@@ -2,15 +2,16 @@ use std::fmt;
 
 use tower_layer::Layer;
 
-use super::CircuitBreakerService;
-use crate::{CircuitBreaker, ErrorsAreFailures};
+use super::CircuitBreaker;
+use crate::ErrorsAreFailures;
 
-/// Puts a [`CircuitBreaker`] in front of a service; see the [module docs](super).
+/// Puts a [`CircuitBreaker`](crate::CircuitBreaker) in front of a service; see the
+/// [module docs](super).
 ///
 /// Every service the layer makes shares the one breaker.
 #[derive(Clone)]
 pub struct CircuitBreakerLayer<C = ErrorsAreFailures> {
-    breaker: CircuitBreaker,
+    breaker: crate::CircuitBreaker,
     classify: C,
 }
 
@@ -24,7 +25,7 @@ impl<C> fmt::Debug for CircuitBreakerLayer<C> {
 
 impl CircuitBreakerLayer {
     /// A layer over `breaker`, with `Ok` a success and `Err` a failure.
-    pub const fn new(breaker: CircuitBreaker) -> Self {
+    pub const fn new(breaker: crate::CircuitBreaker) -> Self {
         Self {
             breaker,
             classify: ErrorsAreFailures,
@@ -35,7 +36,7 @@ impl CircuitBreakerLayer {
 impl<C> CircuitBreakerLayer<C> {
     /// The same layer, classifying results with `classify` (a
     /// [`Classify`](crate::Classify), such as a closure over `&Result<Response, Error>`).
-    pub fn with_classifier<D>(self, classify: D) -> CircuitBreakerLayer<D> {
+    pub fn classify<D>(self, classify: D) -> CircuitBreakerLayer<D> {
         CircuitBreakerLayer {
             breaker: self.breaker,
             classify,
@@ -44,9 +45,9 @@ impl<C> CircuitBreakerLayer<C> {
 }
 
 impl<S, C: Clone> Layer<S> for CircuitBreakerLayer<C> {
-    type Service = CircuitBreakerService<S, C>;
+    type Service = CircuitBreaker<S, C>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        CircuitBreakerService::with_classifier(inner, self.breaker.clone(), self.classify.clone())
+        CircuitBreaker::new(inner, self.breaker.clone()).classify(self.classify.clone())
     }
 }

@@ -1,5 +1,5 @@
-//! A tower [`Layer`](tower_layer::Layer) and [`Service`] that put a breaker in front of a
-//! service.
+//! A tower [`Layer`](tower_layer::Layer) and [`Service`](tower_service::Service) that put a
+//! breaker in front of a service.
 //!
 //! The service asks the breaker in `call`, before the inner service is touched: a rejected
 //! request never reaches it. Its permit travels with the response future and records the
@@ -29,106 +29,15 @@
 //! # }
 //! ```
 
-mod future;
+pub mod future;
 mod layer;
+mod service;
 
-use std::fmt;
-use std::task::{Context, Poll};
-
-use tower_service::Service;
-
-pub use self::future::ResponseFuture;
 pub use self::layer::CircuitBreakerLayer;
-use crate::{CircuitBreaker, Classify, ErrorsAreFailures};
+pub use self::service::CircuitBreaker;
 
-/// The error type of [`CircuitBreakerService`]: tower's customary boxed error.
+/// The error type of [`CircuitBreaker`]: tower's customary boxed error.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 #[doc(no_inline)]
 pub use crate::Rejected;
-
-/// A service behind a circuit breaker; made by [`CircuitBreakerLayer`].
-#[derive(Clone)]
-pub struct CircuitBreakerService<S, C = ErrorsAreFailures> {
-    inner: S,
-    breaker: CircuitBreaker,
-    classify: C,
-}
-
-impl<S, C> fmt::Debug for CircuitBreakerService<S, C>
-where
-    S: fmt::Debug,
-{
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("CircuitBreakerService")
-            .field("inner", &self.inner)
-            .field("breaker", &self.breaker)
-            .finish_non_exhaustive()
-    }
-}
-
-impl<S> CircuitBreakerService<S> {
-    /// `inner` behind `breaker`, with `Ok` a success and `Err` a failure.
-    pub const fn new(inner: S, breaker: CircuitBreaker) -> Self {
-        Self {
-            inner,
-            breaker,
-            classify: ErrorsAreFailures,
-        }
-    }
-}
-
-impl<S, C> CircuitBreakerService<S, C> {
-    /// `inner` behind `breaker`, with results classified by `classify`.
-    pub const fn with_classifier(inner: S, breaker: CircuitBreaker, classify: C) -> Self {
-        Self {
-            inner,
-            breaker,
-            classify,
-        }
-    }
-
-    /// The breaker.
-    pub const fn breaker(&self) -> &CircuitBreaker {
-        &self.breaker
-    }
-
-    /// The inner service.
-    pub const fn get_ref(&self) -> &S {
-        &self.inner
-    }
-
-    /// The inner service, mutably.
-    pub const fn get_mut(&mut self) -> &mut S {
-        &mut self.inner
-    }
-
-    /// The inner service, taken out.
-    pub fn into_inner(self) -> S {
-        self.inner
-    }
-}
-
-impl<S, C, Request> Service<Request> for CircuitBreakerService<S, C>
-where
-    S: Service<Request>,
-    S::Error: Into<BoxError>,
-    C: Classify<S::Response, S::Error> + Clone,
-{
-    type Response = S::Response;
-    type Error = BoxError;
-    type Future = ResponseFuture<S::Future, C>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx).map_err(Into::into)
-    }
-
-    fn call(&mut self, request: Request) -> Self::Future {
-        match self.breaker.try_acquire_owned() {
-            Ok(permit) => {
-                ResponseFuture::running(self.inner.call(request), permit, self.classify.clone())
-            }
-            Err(rejected) => ResponseFuture::rejected(rejected),
-        }
-    }
-}

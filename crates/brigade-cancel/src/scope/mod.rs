@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 use self::node::Node;
 use crate::CancelReason;
+use crate::time::deadline_after;
 
 /// A cancel scope: a [`CancellationToken`] with a reason, an optional deadline and any number
 /// of parents.
@@ -95,12 +96,15 @@ impl CancelScope {
 
     /// A new root scope cancelled with [`CancelReason::DeadlineExceeded`] after `timeout`.
     ///
+    /// A timeout longer than about 30 years (`Duration::MAX`, say) is taken as 30 years: the
+    /// deadline saturates at a far instant instead of overflowing (see [Time](crate#time)).
+    ///
     /// # Panics
     ///
     /// As [`with_deadline`](Self::with_deadline).
     #[must_use]
     pub fn with_timeout(timeout: Duration) -> Self {
-        Self::with_deadline(deadline_after(timeout))
+        Self::with_deadline(deadline_after(Instant::now(), timeout))
     }
 
     /// A child scope: cancelled, with this scope's reason, whenever this scope is; it inherits
@@ -139,12 +143,14 @@ impl CancelScope {
 
     /// A child scope cancelled after `timeout` at the latest.
     ///
+    /// A timeout longer than about 30 years saturates, as in [`with_timeout`](Self::with_timeout).
+    ///
     /// # Panics
     ///
     /// As [`child_with_deadline`](Self::child_with_deadline).
     #[must_use]
     pub fn child_with_timeout(&self, timeout: Duration) -> Self {
-        self.child_with_deadline(deadline_after(timeout))
+        self.child_with_deadline(deadline_after(Instant::now(), timeout))
     }
 
     /// A scope cancelled when any one of `parents` is, with that parent's reason (.NET's linked
@@ -375,13 +381,6 @@ fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
     }
-}
-
-fn deadline_after(timeout: Duration) -> Instant {
-    let now = Instant::now();
-    now.checked_add(timeout)
-        // Far enough to never fire, near enough for the timer wheel.
-        .unwrap_or_else(|| now + Duration::from_secs(86_400 * 365 * 30))
 }
 
 #[cfg(all(test, not(loom)))]
