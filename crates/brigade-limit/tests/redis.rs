@@ -50,7 +50,7 @@ fn paused_runtime() -> Runtime {
         .unwrap()
 }
 
-fn builder(limits: &[Limit]) -> RedisRateLimiterBuilder {
+fn builder<K>(limits: &[Limit]) -> RedisRateLimiterBuilder<K> {
     limits
         .iter()
         .fold(RedisRateLimiter::builder(), |b, l| b.limit(*l))
@@ -408,12 +408,12 @@ fn replicas_whose_clocks_are_shifted_agree_because_time_is_the_server_s() {
     });
     let quota = Quota::per_second(nz(5)); // one cell every 200 ms
     let make = || {
-        RedisRateLimiter::builder()
+        RedisRateLimiter::<&'static str>::builder()
             .limit(Limit::new("default", quota))
             .key_prefix("s:")
             .fallback(Fallback::FailClosed)
             .call_timeout(Duration::from_secs(2))
-            .build::<&'static str>(server.url())
+            .build(server.url())
             .unwrap()
     };
     let a = a_rt.block_on(async { make() });
@@ -941,7 +941,7 @@ async fn the_script_is_the_default_and_the_native_command_is_not_asked_for() {
 #[tokio::test]
 async fn invalid_configurations_fail_when_built() {
     let rpm = Limit::new("default", Quota::per_minute(nz(60)));
-    let build = |b: RedisRateLimiterBuilder| b.build::<String>("redis://127.0.0.1/");
+    let build = |b: RedisRateLimiterBuilder<String>| b.build("redis://127.0.0.1/");
     assert_eq!(
         build(RedisRateLimiter::builder()).unwrap_err(),
         InvalidConfig::NoLimits
@@ -989,7 +989,7 @@ async fn invalid_configurations_fail_when_built() {
         InvalidConfig::BraceInRedisKey(_)
     ));
     assert!(matches!(
-        builder(&[rpm]).build::<String>("not a url").unwrap_err(),
+        builder::<String>(&[rpm]).build("not a url").unwrap_err(),
         InvalidConfig::RedisUrl(_)
     ));
     let long = Limit::new(

@@ -202,6 +202,7 @@ mod script;
 
 use std::fmt::{self, Display};
 use std::hash::Hash;
+use std::marker::PhantomData;
 use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -382,7 +383,7 @@ fn nanos(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
-/// Builds a [`RedisRateLimiter`]; each setter documents its default.
+/// Builds a [`RedisRateLimiter`] with keys of type `K`; each setter documents its default.
 ///
 /// # Examples
 ///
@@ -393,20 +394,20 @@ fn nanos(d: Duration) -> u64 {
 /// use brigade_limit::{InvalidConfig, Limit, Quota};
 ///
 /// let rpm = Quota::per_minute(NonZeroU32::new(60).unwrap());
-/// let built = RedisRateLimiter::builder()
+/// let built = RedisRateLimiter::<String>::builder()
 ///     .limit(Limit::per_request("requests", rpm))
 ///     .fallback(Fallback::Local { replicas: 0 })
-///     .build::<String>("redis://127.0.0.1/");
+///     .build("redis://127.0.0.1/");
 /// assert_eq!(built.unwrap_err(), InvalidConfig::ZeroReplicas);
 ///
-/// let built = RedisRateLimiter::builder()
+/// let built = RedisRateLimiter::<String>::builder()
 ///     .limit(Limit::per_request("requests", rpm))
 ///     .call_timeout(Duration::ZERO)
-///     .build::<String>("redis://127.0.0.1/");
+///     .build("redis://127.0.0.1/");
 /// assert_eq!(built.unwrap_err(), InvalidConfig::ZeroDuration("call_timeout"));
 /// ```
 #[must_use]
-pub struct RedisRateLimiterBuilder {
+pub struct RedisRateLimiterBuilder<K> {
     limits: Vec<Limit>,
     prefix: String,
     call_timeout: Duration,
@@ -419,9 +420,11 @@ pub struct RedisRateLimiterBuilder {
     max_batch: usize,
     outage_after: u32,
     overload: Overload,
+    // `fn() -> K`: the builder holds no `K`, so it is `Send` and `Sync` whatever `K`.
+    key: PhantomData<fn() -> K>,
 }
 
-impl fmt::Debug for RedisRateLimiterBuilder {
+impl<K> fmt::Debug for RedisRateLimiterBuilder<K> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RedisRateLimiterBuilder")
             .field("limits", &self.limits)
@@ -440,7 +443,7 @@ impl fmt::Debug for RedisRateLimiterBuilder {
     }
 }
 
-impl Default for RedisRateLimiterBuilder {
+impl<K> Default for RedisRateLimiterBuilder<K> {
     fn default() -> Self {
         Self {
             limits: Vec::new(),
@@ -455,11 +458,12 @@ impl Default for RedisRateLimiterBuilder {
             max_batch: 16,
             outage_after: 3,
             overload: Overload::Refuse,
+            key: PhantomData,
         }
     }
 }
 
-impl RedisRateLimiterBuilder {
+impl<K> RedisRateLimiterBuilder<K> {
     /// Adds a limit; at least one, at most [`MAX_LIMITS`], names unique, printable ASCII and
     /// without braces. No default.
     pub fn limit(mut self, limit: Limit) -> Self {
@@ -559,10 +563,7 @@ impl RedisRateLimiterBuilder {
     /// [`Overload::Wait`] bound (`ZeroDuration`), an `outage_after` of zero (`ZeroCount`), a
     /// batch size out of range, a local fallback over zero replicas (or whose divided quota
     /// overflows), or a URL that does not parse.
-    pub fn build<K: Hash + Eq + Clone>(
-        self,
-        url: impl IntoConnectionInfo,
-    ) -> Result<RedisRateLimiter<K>, InvalidConfig> {
+    pub fn build(self, url: impl IntoConnectionInfo) -> Result<RedisRateLimiter<K>, InvalidConfig> {
         // The in-process builder checks the limits (count, names, quotas).
         let mut check = RateLimiter::<()>::builder();
         for limit in &self.limits {
@@ -754,14 +755,53 @@ enum Waited {
     BatchFailed,
 }
 
-impl RedisRateLimiter<()> {
-    /// A builder.
-    pub fn builder() -> RedisRateLimiterBuilder {
+impl<K> RedisRateLimiter<K> {
+    /// A builder, for keys of any type (`K: Hash + Eq + Clone + Display` to decide: the key's
+    /// `Display` is its part of the Redis key, see [Keys](self#keys)).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::fmt;
+    /// use std::num::NonZeroU32;
+    /// use brigade_limit::redis::{RedisRateLimiter, State};
+    /// use brigade_limit::{AcquireError, Admitted, Limit, Quota};
+    ///
+    /// /// A tenant and a model: each pair has its own quota.
+    /// #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+    /// struct Tenant {
+    ///     id: u32,
+    ///     model: &'static str,
+    /// }
+    ///
+    /// // Its part of the Redis key: `brigade:limit:{7/small}:tokens`.
+    /// impl fmt::Display for Tenant {
+    ///     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+    ///         write!(f, "{}/{}", self.id, self.model)
+    ///     }
+    /// }
+    ///
+    /// async fn charge(
+    ///     limiter: &RedisRateLimiter<Tenant>,
+    ///     tenant: &Tenant,
+    ///     tokens: u32,
+    /// ) -> Result<Admitted, AcquireError> {
+    ///     limiter.try_acquire(tenant, tokens).await
+    /// }
+    ///
+    /// let tokens = Quota::per_minute(NonZeroU32::new(10_000).unwrap());
+    /// let limiter = RedisRateLimiter::<Tenant>::builder()
+    ///     .limit(Limit::new("tokens", tokens))
+    ///     .build("redis://127.0.0.1:6379/")?;
+    /// // Building does not connect: the first call (or `connect`) does.
+    /// assert_eq!(limiter.state(), State::Fallback);
+    /// # let _ = charge;
+    /// # Ok::<(), brigade_limit::InvalidConfig>(())
+    /// ```
+    pub fn builder() -> RedisRateLimiterBuilder<K> {
         RedisRateLimiterBuilder::default()
     }
-}
 
-impl<K> RedisRateLimiter<K> {
     /// Who decides now: Redis (and how), or the fallback.
     pub fn state(&self) -> State {
         self.inner.link.state()
