@@ -257,7 +257,7 @@ fn redis_rate(
     limits: Vec<Limit>,
     metrics: &Arc<Metrics>,
 ) -> Result<Rate, String> {
-    use brigade_limit::redis::{Fallback, RedisRateLimiter, State};
+    use brigade_limit::redis::{Fallback, RedisRateLimiter, RedisRateLimiterBuilder, State};
 
     use crate::config::RedisFallback;
 
@@ -271,9 +271,7 @@ fn redis_rate(
     let on_switch = Arc::clone(metrics);
     let builder = limits
         .into_iter()
-        .fold(RedisRateLimiter::builder(), |builder, limit| {
-            builder.limit(limit)
-        })
+        .fold(RedisRateLimiter::builder(), RedisRateLimiterBuilder::limit)
         .key_prefix("kitchen:limit:")
         .call_timeout(Duration::from_millis(config.redis_timeout_ms))
         .fallback(fallback)

@@ -172,8 +172,12 @@ pub enum AcquireError {
     /// refuses new keys then ([`WhenFull::RefuseNewKeys`](crate::WhenFull::RefuseNewKeys)),
     /// or of keys with callers waiting; retry after the given time.
     KeysExhausted {
-        /// When a key is expected to become idle, freeing room (an estimate while keys
-        /// have waiters).
+        /// When to look again: when the shard's limited keys are expected to go idle,
+        /// freeing room, but never more than the longest limit's window (burst × interval),
+        /// since a key charged past its burst by a settle may stay limited far longer and a
+        /// refusal is cheap to ask again. While keys with callers waiting fill the shard
+        /// there is no estimate (the callers may be admitted or leave at any time): one
+        /// second, or the longest window if that is shorter.
         retry_after: Duration,
     },
     /// The wait was cancelled by its token (async acquire only). Nothing was charged.

@@ -229,3 +229,103 @@ async fn keys_whose_waiters_left_are_evicted_again_when(when_full: WhenFull) {
     assert!(limiter.try_acquire(&2, 1).is_ok());
     assert!(limiter.len() <= 2);
 }
+
+/// A new key refused because its shard is full of keys with callers waiting gets a
+/// `retry_after` a client can use. The waiters may be admitted or leave at any time, so there
+/// is no estimate: the hint is a second, or the longest limit's window (burst × interval) if
+/// that is shorter. Once the waiters have left, the hint is when the keys go idle.
+#[tokio::test(start_paused = true)]
+async fn a_table_full_of_keys_with_waiters_hints_a_retry_a_client_can_use() {
+    let nz = |n| NonZeroU32::new(n).unwrap();
+    let cases = [
+        // A cell a second, a burst of 60: a window of a minute.
+        (Quota::per_minute(nz(60)), 60, Duration::from_secs(1)),
+        // A cell every 10 ms, a burst of 10: a window of 100 ms, shorter than a second.
+        (
+            Quota::with_period(Duration::from_millis(10))
+                .unwrap()
+                .allow_burst(nz(10)),
+            10,
+            Duration::from_millis(100),
+        ),
+    ];
+    for (quota, burst, hint) in cases {
+        for when_full in [WhenFull::RefuseNewKeys, WhenFull::EvictNearestIdle] {
+            let limiter: RateLimiter<u64> = RateLimiter::builder()
+                .limit(Limit::new("default", quota))
+                .max_keys(2)
+                .when_full(when_full)
+                .build()
+                .unwrap();
+            let cancel = brigade_limit::CancellationToken::new();
+            let mut waiters = Vec::new();
+            for key in 0..2u64 {
+                limiter.try_acquire(&key, burst).unwrap();
+                waiters.push(tokio::spawn({
+                    let (limiter, cancel) = (limiter.clone(), cancel.clone());
+                    async move { limiter.acquire(&key, 1, &cancel, None).await.map(drop) }
+                }));
+            }
+            tokio::task::yield_now().await;
+            let refused = limiter.try_acquire(&2, 1).unwrap_err();
+            let AcquireError::KeysExhausted { retry_after } = refused else {
+                panic!("{refused:?}")
+            };
+            assert_eq!(retry_after, hint, "{when_full:?}, {quota:?}");
+            // `acquire` on a new key is refused alike.
+            let waited = limiter.acquire(&3, 1, &cancel, None).await.unwrap_err();
+            assert_eq!(waited.retry_after(), Some(hint), "{when_full:?}");
+
+            // The waiters leave. Refusing, the keys are held until idle, a window after their
+            // burst was taken: that is the hint. Evicting, a key goes at once.
+            cancel.cancel();
+            for w in waiters {
+                assert!(matches!(w.await.unwrap(), Err(AcquireError::Cancelled)));
+            }
+            let window = quota.replenish_interval() * burst;
+            match (when_full, limiter.try_acquire(&2, 1)) {
+                (WhenFull::RefuseNewKeys, Err(AcquireError::KeysExhausted { retry_after })) => {
+                    assert_eq!(retry_after, window);
+                }
+                (WhenFull::EvictNearestIdle, Ok(_)) => {}
+                (_, other) => panic!("{when_full:?}: {other:?}"),
+            }
+        }
+    }
+}
+
+/// Keys charged far past their burst (a settle for much more than was reserved) are idle
+/// years from now; a new key refused meanwhile is still told to retry within the longest
+/// limit's window, not years later. A refusal costs the limiter nothing: it may look again.
+#[tokio::test(start_paused = true)]
+async fn a_refused_new_key_never_waits_longer_than_the_longest_window() {
+    let nz = |n| NonZeroU32::new(n).unwrap();
+    // Tokens: a window of 100 ms; requests: a window of a second, the longest.
+    let limiter: RateLimiter<u64> = RateLimiter::builder()
+        .limit(Limit::new(
+            "tokens",
+            Quota::with_period(Duration::from_millis(10))
+                .unwrap()
+                .allow_burst(nz(10)),
+        ))
+        .limit(Limit::per_request("requests", Quota::per_second(nz(10))))
+        .max_keys(2)
+        .when_full(WhenFull::RefuseNewKeys)
+        .build()
+        .unwrap();
+    for key in 0..2u64 {
+        // u32::MAX tokens of 10 ms each: idle in about 1.4 years.
+        limiter.try_reserve(&key, 1).unwrap().settle(u32::MAX);
+    }
+    let refused = limiter.try_acquire(&2, 1).unwrap_err();
+    let AcquireError::KeysExhausted { retry_after } = refused else {
+        panic!("{refused:?}")
+    };
+    assert_eq!(retry_after, Duration::from_secs(1));
+    // A second later the keys are still limited, and the hint the same.
+    advance(retry_after).await;
+    assert_eq!(
+        limiter.try_acquire(&2, 1).unwrap_err().retry_after(),
+        Some(Duration::from_secs(1))
+    );
+}

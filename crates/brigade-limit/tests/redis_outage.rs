@@ -608,11 +608,11 @@ async fn fail_open_fail_closed_and_local_fallbacks_on_a_dead_port() {
     };
     let quota = Quota::per_minute(nz(30)); // one cell every 2 s
     let with = |fallback| {
-        RedisRateLimiter::builder()
+        RedisRateLimiter::<&'static str>::builder()
             .limit(Limit::new("default", quota))
             .fallback(fallback)
             .probe_interval(Duration::from_secs(5))
-            .build::<&'static str>(dead.as_str())
+            .build(dead.as_str())
             .unwrap()
     };
     let open = with(Fallback::FailOpen);

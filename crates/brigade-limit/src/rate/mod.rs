@@ -83,6 +83,10 @@ use crate::{AcquireError, InvalidConfig, Quota, Unsatisfiable};
 /// The most limits one rate limiter checks together.
 pub const MAX_LIMITS: usize = 4;
 
+/// The hint of [`AcquireError::KeysExhausted`] when the shard cannot tell when it will have
+/// room (keys with callers waiting fill it): one second, in nanoseconds.
+const NO_ROOM_ESTIMATE: u64 = 1_000_000_000;
+
 /// One limit of a rate limiter: a name and a quota.
 ///
 /// # Examples
@@ -585,11 +589,12 @@ impl<K: Hash + Eq> RateLimiter<K> {
         if matches!(outcome, Outcome::Admit(_)) && tats.iter().any(|&t| t > now) {
             let entry = Entry::new(key.to_owned(), tats);
             let inner = &self.inner;
-            shard
+            if let Err(at) = shard
                 .insert(hash, entry, now, inner.cap, inner.evict, |k| inner.hash(k))
-                .map_err(|at| AcquireError::KeysExhausted {
-                    retry_after: Duration::from_nanos(at.saturating_sub(now)),
-                })?;
+                .map(drop)
+            {
+                return Err(self.keys_exhausted(&shard.limits, at, now));
+            }
         }
         self.finish(outcome)
     }
@@ -734,6 +739,26 @@ impl<K> RateLimiter<K> {
                     }
                 }
             }
+        }
+    }
+
+    /// The refusal of a new key whose shard expects room at `at` (`u64::MAX`: no estimate),
+    /// with the hint [`AcquireError::KeysExhausted`] documents.
+    #[cold]
+    fn keys_exhausted(&self, limits: &Limits, at: u64, now: u64) -> AcquireError {
+        // A window is `t × burst`, which fits (checked when built).
+        let longest = limits.gcra[..self.inner.len]
+            .iter()
+            .map(|g| g.t.saturating_mul(u64::from(g.burst)))
+            .max()
+            .unwrap_or(u64::MAX);
+        let wait = if at == u64::MAX {
+            NO_ROOM_ESTIMATE
+        } else {
+            at.saturating_sub(now)
+        };
+        AcquireError::KeysExhausted {
+            retry_after: Duration::from_nanos(wait.min(longest).max(1)),
         }
     }
 

@@ -17,6 +17,8 @@
 //!     cap/8 inserts; until then new keys are refused at once. An entry with waiters counts
 //!     as never idle; when its queue empties, `next_sweep` is brought forward to the time it
 //!     becomes idle, so a sweep that found only waiting keys cannot refuse new keys for ever.
+//!     A refused insert reports `next_sweep`, which is `u64::MAX` (no estimate) while
+//!     entries with waiters are in the way; the limiter turns it into a bounded hint.
 //!   - `EvictNearestIdle`: the insert evicts the entry with the earliest idle time (an idle
 //!     one if there is one; never one with waiters, so it fails only if every entry has
 //!     waiters) through the eviction order below.
@@ -222,7 +224,9 @@ impl<K> Shard<K> {
 
     /// Inserts a new entry into a shard that may be full. Then `evict` evicts the entry idle
     /// soonest; otherwise a sweep (when one is due) removes the idle entries, and the insert
-    /// fails if none was idle. `Err` holds the time at which the next insert may find room.
+    /// fails if none was idle. `Err` holds the time at which the next insert may find room,
+    /// or `u64::MAX` if the shard cannot tell: entries with waiters are in the way, and they
+    /// may leave at any time.
     pub(crate) fn insert(
         &mut self,
         hash: u64,
@@ -237,8 +241,8 @@ impl<K> Shard<K> {
                 // Idle entries are idle soonest: evicted first, one per insert, so no sweep
                 // is needed (a sweep's scan, due at a time, could come once per insert).
                 if !self.evict_nearest(&rehash) {
-                    // Every entry has waiters; one may leave at any time.
-                    return Err(now + 1);
+                    // Every entry has waiters; one may leave at any time: no estimate.
+                    return Err(u64::MAX);
                 }
                 // Erasing may have left a tombstone rather than room: rebuild rather than
                 // let the table double.

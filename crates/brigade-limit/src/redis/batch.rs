@@ -360,12 +360,6 @@ async fn send(task: &Task, mut batch: Vec<Pending>) {
     }
 }
 
-// The tests' redis-server helper (a path inside an inline module would be resolved from a
-// directory that does not exist).
-#[cfg(test)]
-#[path = "../../tests/support/redis_server.rs"]
-mod redis_server;
-
 #[cfg(test)]
 mod tests {
     use std::num::NonZeroU32;
@@ -373,11 +367,11 @@ mod tests {
 
     use redis::Client;
 
-    use super::redis_server::RedisServer;
     use super::*;
     use crate::Quota;
     use crate::redis::State;
     use crate::redis::link::{Link, Timing};
+    use crate::redis::redis_server::RedisServer;
 
     /// A link that is up on `server` and switches at the first failed round trip, and a
     /// batching task's state for its connection: one limit of 10 a second, keys under `rl:`.

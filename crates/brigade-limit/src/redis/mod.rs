@@ -130,8 +130,7 @@
 //!   rebuilt from `remaining` and are late by less than one interval (never early);
 //! - a settle charges extra cells when they fit the burst, and cannot refund;
 //! - the arithmetic is in microseconds, and a cost of 0 reads the state with an oversized
-//!   `TOKENS` (which the command rejects without charging);
-//! - [`TestClock`] does not apply.
+//!   `TOKENS` (which the command rejects without charging).
 //!
 //! Its keys end in `:gcra` (another value format), so a fleet must not mix native and script
 //! replicas on one prefix. The command was held out of the 8.8 release while this was
@@ -199,12 +198,19 @@ mod link;
 mod native;
 mod reservation;
 mod script;
+// The tests' redis-server helper, for the unit tests of this module and of `batch`.
+#[cfg(test)]
+#[path = "../../tests/support/redis_server.rs"]
+mod redis_server;
+#[cfg(test)]
+mod tests;
 
 use std::fmt::{self, Display};
 use std::hash::Hash;
+use std::marker::PhantomData;
 use std::num::NonZeroU32;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use redis::{Client, IntoConnectionInfo, Script, Value};
@@ -216,6 +222,8 @@ pub use self::error::RedisUnavailable;
 use self::link::{Link, Listener, Live, Route, Timing};
 pub use self::reservation::RedisReservation;
 use self::script::{Adjust, KeyArg, Limits, Operation};
+#[cfg(test)]
+use self::tests::TestClock;
 use crate::gcra::Gcra;
 use crate::rate::Snapshot;
 use crate::{
@@ -337,52 +345,7 @@ pub struct Counters {
     pub overloaded: u64,
 }
 
-/// A clock that replaces Redis's in the script: for deterministic tests only.
-///
-/// Every limiter built with the same `TestClock` (clones share it) decides at the time it
-/// holds, which moves only when [`advance`](Self::advance) moves it, as tokio's paused clock
-/// does for the in-process limiter. Replicas on different clocks would disagree: never use it
-/// in production. The native `GCRA` path ignores it.
-///
-/// # Examples
-///
-/// ```
-/// use std::time::Duration;
-/// use brigade_limit::redis::TestClock;
-///
-/// let clock = TestClock::new(Duration::from_secs(1_700_000_000));
-/// clock.advance(Duration::from_millis(250));
-/// assert_eq!(clock.now(), Duration::from_millis(1_700_000_000_250));
-/// ```
-#[derive(Clone, Debug)]
-pub struct TestClock {
-    nanos: Arc<AtomicU64>,
-}
-
-impl TestClock {
-    /// A clock at `since_epoch` after the Unix epoch (saturating at 584 years).
-    pub fn new(since_epoch: Duration) -> Self {
-        Self {
-            nanos: Arc::new(AtomicU64::new(nanos(since_epoch))),
-        }
-    }
-
-    /// Moves the clock forward.
-    pub fn advance(&self, by: Duration) {
-        self.nanos.fetch_add(nanos(by), Ordering::Relaxed);
-    }
-
-    /// The time since the Unix epoch.
-    pub fn now(&self) -> Duration {
-        Duration::from_nanos(self.nanos.load(Ordering::Relaxed))
-    }
-}
-
-fn nanos(d: Duration) -> u64 {
-    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
-}
-
-/// Builds a [`RedisRateLimiter`]; each setter documents its default.
+/// Builds a [`RedisRateLimiter`] with keys of type `K`; each setter documents its default.
 ///
 /// # Examples
 ///
@@ -393,20 +356,20 @@ fn nanos(d: Duration) -> u64 {
 /// use brigade_limit::{InvalidConfig, Limit, Quota};
 ///
 /// let rpm = Quota::per_minute(NonZeroU32::new(60).unwrap());
-/// let built = RedisRateLimiter::builder()
+/// let built = RedisRateLimiter::<String>::builder()
 ///     .limit(Limit::per_request("requests", rpm))
 ///     .fallback(Fallback::Local { replicas: 0 })
-///     .build::<String>("redis://127.0.0.1/");
+///     .build("redis://127.0.0.1/");
 /// assert_eq!(built.unwrap_err(), InvalidConfig::ZeroReplicas);
 ///
-/// let built = RedisRateLimiter::builder()
+/// let built = RedisRateLimiter::<String>::builder()
 ///     .limit(Limit::per_request("requests", rpm))
 ///     .call_timeout(Duration::ZERO)
-///     .build::<String>("redis://127.0.0.1/");
+///     .build("redis://127.0.0.1/");
 /// assert_eq!(built.unwrap_err(), InvalidConfig::ZeroDuration("call_timeout"));
 /// ```
 #[must_use]
-pub struct RedisRateLimiterBuilder {
+pub struct RedisRateLimiterBuilder<K> {
     limits: Vec<Limit>,
     prefix: String,
     call_timeout: Duration,
@@ -415,13 +378,16 @@ pub struct RedisRateLimiterBuilder {
     fallback: Fallback,
     native: NativeGcra,
     listener: Option<Listener>,
+    #[cfg(test)]
     clock: Option<TestClock>,
     max_batch: usize,
     outage_after: u32,
     overload: Overload,
+    // `fn() -> K`: the builder holds no `K`, so it is `Send` and `Sync` whatever `K`.
+    key: PhantomData<fn() -> K>,
 }
 
-impl fmt::Debug for RedisRateLimiterBuilder {
+impl<K> fmt::Debug for RedisRateLimiterBuilder<K> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RedisRateLimiterBuilder")
             .field("limits", &self.limits)
@@ -432,15 +398,14 @@ impl fmt::Debug for RedisRateLimiterBuilder {
             .field("fallback", &self.fallback)
             .field("native", &self.native)
             .field("listener", &self.listener.is_some())
-            .field("clock", &self.clock)
             .field("max_batch", &self.max_batch)
             .field("outage_after", &self.outage_after)
             .field("overload", &self.overload)
-            .finish()
+            .finish_non_exhaustive()
     }
 }
 
-impl Default for RedisRateLimiterBuilder {
+impl<K> Default for RedisRateLimiterBuilder<K> {
     fn default() -> Self {
         Self {
             limits: Vec::new(),
@@ -451,15 +416,17 @@ impl Default for RedisRateLimiterBuilder {
             fallback: Fallback::Local { replicas: 1 },
             native: NativeGcra::Never,
             listener: None,
+            #[cfg(test)]
             clock: None,
             max_batch: 16,
             outage_after: 3,
             overload: Overload::Refuse,
+            key: PhantomData,
         }
     }
 }
 
-impl RedisRateLimiterBuilder {
+impl<K> RedisRateLimiterBuilder<K> {
     /// Adds a limit; at least one, at most [`MAX_LIMITS`], names unique, printable ASCII and
     /// without braces. No default.
     pub fn limit(mut self, limit: Limit) -> Self {
@@ -543,8 +510,9 @@ impl RedisRateLimiterBuilder {
         self
     }
 
-    /// Decides at `clock`'s time instead of Redis's: for tests only. Default: Redis's clock.
-    pub fn test_clock(mut self, clock: TestClock) -> Self {
+    /// Decides at `clock`'s time instead of Redis's (the unit tests' clock, which they move).
+    #[cfg(test)]
+    pub(crate) fn test_clock(mut self, clock: TestClock) -> Self {
         self.clock = Some(clock);
         self
     }
@@ -559,10 +527,7 @@ impl RedisRateLimiterBuilder {
     /// [`Overload::Wait`] bound (`ZeroDuration`), an `outage_after` of zero (`ZeroCount`), a
     /// batch size out of range, a local fallback over zero replicas (or whose divided quota
     /// overflows), or a URL that does not parse.
-    pub fn build<K: Hash + Eq + Clone>(
-        self,
-        url: impl IntoConnectionInfo,
-    ) -> Result<RedisRateLimiter<K>, InvalidConfig> {
+    pub fn build(self, url: impl IntoConnectionInfo) -> Result<RedisRateLimiter<K>, InvalidConfig> {
         // The in-process builder checks the limits (count, names, quotas).
         let mut check = RateLimiter::<()>::builder();
         for limit in &self.limits {
@@ -647,6 +612,7 @@ impl RedisRateLimiterBuilder {
                 native: self.native == NativeGcra::Auto && len == 1,
                 native_args: native::Args::new(&gcra[0]),
                 fallback,
+                #[cfg(test)]
                 clock: self.clock,
                 max_batch: self.max_batch,
                 patience,
@@ -654,6 +620,26 @@ impl RedisRateLimiterBuilder {
         })
     }
 }
+
+/// The unit tests' clock (Redis's time, moved by the tests) is not public API:
+///
+/// ```compile_fail
+/// use brigade_limit::redis::TestClock;
+/// ```
+///
+/// ```compile_fail
+/// use brigade_limit::redis::RedisRateLimiter;
+/// let _ = RedisRateLimiter::<String>::builder().test_clock(todo!());
+/// ```
+///
+/// while the builder's other setters are:
+///
+/// ```
+/// use brigade_limit::redis::RedisRateLimiter;
+/// let _ = RedisRateLimiter::<String>::builder().max_batch(1);
+/// ```
+#[cfg(doctest)]
+struct TestClockIsNotPublic;
 
 /// A quota shared by `replicas`: the burst divided (rounded down, at least 1), the interval
 /// multiplied.
@@ -711,6 +697,8 @@ struct Shared<K> {
     native: bool,
     native_args: native::Args,
     fallback: Fell<K>,
+    /// The unit tests' clock, in place of Redis's.
+    #[cfg(test)]
     clock: Option<TestClock>,
     max_batch: usize,
     /// How long a decision may wait for its batch (see [`Overload`]).
@@ -754,14 +742,53 @@ enum Waited {
     BatchFailed,
 }
 
-impl RedisRateLimiter<()> {
-    /// A builder.
-    pub fn builder() -> RedisRateLimiterBuilder {
+impl<K> RedisRateLimiter<K> {
+    /// A builder, for keys of any type (`K: Hash + Eq + Clone + Display` to decide: the key's
+    /// `Display` is its part of the Redis key, see [Keys](self#keys)).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::fmt;
+    /// use std::num::NonZeroU32;
+    /// use brigade_limit::redis::{RedisRateLimiter, State};
+    /// use brigade_limit::{AcquireError, Admitted, Limit, Quota};
+    ///
+    /// /// A tenant and a model: each pair has its own quota.
+    /// #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+    /// struct Tenant {
+    ///     id: u32,
+    ///     model: &'static str,
+    /// }
+    ///
+    /// // Its part of the Redis key: `brigade:limit:{7/small}:tokens`.
+    /// impl fmt::Display for Tenant {
+    ///     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+    ///         write!(f, "{}/{}", self.id, self.model)
+    ///     }
+    /// }
+    ///
+    /// async fn charge(
+    ///     limiter: &RedisRateLimiter<Tenant>,
+    ///     tenant: &Tenant,
+    ///     tokens: u32,
+    /// ) -> Result<Admitted, AcquireError> {
+    ///     limiter.try_acquire(tenant, tokens).await
+    /// }
+    ///
+    /// let tokens = Quota::per_minute(NonZeroU32::new(10_000).unwrap());
+    /// let limiter = RedisRateLimiter::<Tenant>::builder()
+    ///     .limit(Limit::new("tokens", tokens))
+    ///     .build("redis://127.0.0.1:6379/")?;
+    /// // Building does not connect: the first call (or `connect`) does.
+    /// assert_eq!(limiter.state(), State::Fallback);
+    /// # let _ = charge;
+    /// # Ok::<(), brigade_limit::InvalidConfig>(())
+    /// ```
+    pub fn builder() -> RedisRateLimiterBuilder<K> {
         RedisRateLimiterBuilder::default()
     }
-}
 
-impl<K> RedisRateLimiter<K> {
     /// Who decides now: Redis (and how), or the fallback.
     pub fn state(&self) -> State {
         self.inner.link.state()
@@ -782,8 +809,21 @@ impl<K> RedisRateLimiter<K> {
         &self.inner.prefix
     }
 
+    /// The time the script decides at, in nanoseconds since the Unix epoch: `None` for
+    /// Redis's own (`TIME`), or the unit tests' clock.
+    #[cfg(not(test))]
+    #[inline]
+    #[allow(
+        clippy::unused_self,
+        reason = "the unit tests' version reads the limiter's test clock"
+    )]
     fn clock(&self) -> Option<u64> {
-        self.inner.clock.as_ref().map(|c| nanos(c.now()))
+        None
+    }
+
+    #[cfg(test)]
+    fn clock(&self) -> Option<u64> {
+        self.inner.clock.as_ref().map(TestClock::now)
     }
 }
 
