@@ -8,7 +8,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use brigade_retry::{
-    Action, Backoff, InvalidConfig, Jitter, Retry, RetryBudget, RetryCause, RetryEvent, StopReason,
+    Action, Attempt, Backoff, InvalidConfig, Jitter, Retry, RetryBudget, RetryCause, RetryEvent,
+    StopReason,
 };
 use tokio::time::{Instant, sleep};
 use tokio_util::sync::CancellationToken;
@@ -204,6 +205,36 @@ async fn stop_deadline_cuts_a_running_attempt() {
     // The deadline counts from the first failure here: the first attempt never waited.
     assert_eq!(start.elapsed(), SEC);
     assert_eq!(err.error(), Some(&Upstream("reset")));
+}
+
+/// `Retry::run` runs the first attempt on its own path (the retry loop boxed only after a
+/// failure); a first attempt that outlives the deadline ends the same way through both.
+#[tokio::test(start_paused = true)]
+async fn a_first_attempt_past_the_deadline_ends_alike_through_run_and_call() {
+    let policy = plain(10).deadline(SEC).build().unwrap();
+    for via_call in [false, true] {
+        let start = Instant::now();
+        let slow = async |_: &Attempt| {
+            sleep(SEC * 60).await;
+            Ok::<(), Upstream>(())
+        };
+        let err = if via_call {
+            policy.call().run(slow).await
+        } else {
+            policy.run(slow).await
+        }
+        .unwrap_err();
+        assert_eq!(
+            err.stop(),
+            StopReason::DeadlineExceeded,
+            "via_call: {via_call}"
+        );
+        assert_eq!(err.attempts(), 1);
+        assert!(err.is_timed_out());
+        assert!(err.last().is_none());
+        assert_eq!(start.elapsed(), SEC);
+        assert_eq!(err.elapsed(), SEC);
+    }
 }
 
 #[tokio::test(start_paused = true)]

@@ -284,7 +284,11 @@ impl<S: Schedule> Retry<S> {
     /// an async closure that borrows locals of the task trips a compiler limitation on `Send`
     /// ("implementation of `Send` is not general enough"). A plain closure returning a future
     /// (`|attempt| async move { ... }`) works too, when the future need not borrow the attempt.
-    /// Shorthand for `self.call().run(op)`.
+    ///
+    /// Does what `self.call().run(op)` does, on a shorter path: the first attempt runs in this
+    /// future, and only a call whose first attempt fails allocates, once, for the retry loop
+    /// (its schedule, last outcome and wait would otherwise widen every call's future and
+    /// cost its drop). `call().run` keeps the loop in place and never allocates.
     ///
     /// # Errors
     ///
@@ -295,11 +299,57 @@ impl<S: Schedule> Retry<S> {
     ///
     /// Dropping the future drops the running attempt or wait; nothing else is left behind. A
     /// retry taken from the budget stays taken.
-    pub fn run<T, E, F>(&self, op: F) -> impl Future<Output = Result<T, RetryError<T, E>>>
+    pub async fn run<T, E, F>(&self, mut op: F) -> Result<T, RetryError<T, E>>
     where
         F: AsyncFnMut(&Attempt) -> Result<T, E>,
     {
-        self.call().run(op)
+        let inner = &*self.inner;
+        if let Some(budget) = &inner.budget {
+            budget.deposit();
+        }
+        let attempt = Attempt::new();
+        // Read lazily: on the first wait of an attempt, or on the first failure.
+        let mut start: Option<Instant> = None;
+        // The first attempt runs in this future, built in place; no token, so it watches at
+        // most a timer, armed only if it waits.
+        let first = if inner.has_timers() {
+            let mut fut = pin!(op(&attempt));
+            let mut timer = pin!(None::<Sleep>);
+            let mut armed = Timer::Unarmed;
+            poll_fn(|cx| {
+                if let Poll::Ready(output) = fut.as_mut().poll(cx) {
+                    return Poll::Ready(Ok(output));
+                }
+                poll_timer(cx, timer.as_mut(), &mut armed, inner, &mut start)
+            })
+            .await
+        } else {
+            let mut fut = pin!(op(&attempt));
+            Ok(poll_fn(|cx| {
+                let poll = fut.as_mut().poll(cx);
+                if poll.is_pending() && start.is_none() {
+                    start = Some(Instant::now());
+                }
+                poll
+            })
+            .await)
+        };
+        let first = match first {
+            Ok(Ok(value)) => return Ok(value),
+            Ok(Err(e)) => Ok((Err(e), Action::Retry)),
+            Err(interrupted) => Err(interrupted),
+        };
+        // The rest of a call whose first attempt failed runs in one boxed future: its state
+        // (the schedule, the last outcome, the wait's timer) would otherwise widen this
+        // future, and its drop glue would cost every call that succeeds at once.
+        let rest = RetryLoop {
+            inner,
+            classify: RetryOnError,
+            cancel: None,
+            attempt,
+            start,
+        };
+        Box::pin(rest.run(op, Some(first))).await
     }
 
     /// A call with a classifier: which outcomes to retry, stop on or treat as throttled.
@@ -371,6 +421,9 @@ impl<S: fmt::Debug, C> fmt::Debug for Call<'_, S, C> {
     }
 }
 
+/// How an attempt ended: its outcome and the classifier's action, or why it was interrupted.
+type AttemptEnd<T, E> = Result<(Result<T, E>, Action), Interrupted>;
+
 /// Why an attempt ended without an outcome.
 enum Interrupted {
     TimedOut,
@@ -414,8 +467,8 @@ impl<'a, S: Schedule, C> Call<'a, S, C> {
     /// into the budget, a thread-local increment; a thread that makes many calls adds them to
     /// the shared window and reads the clock once per 32 calls: see
     /// [batching](crate::budget#deposits-are-batched-per-thread)); the clock is read when an
-    /// attempt first waits, and on failures. Each retry allocates once: its wait is boxed,
-    /// which keeps the future of every call small.
+    /// attempt first waits, and on failures. It never allocates, retries included: the retry
+    /// loop and its wait live in this future.
     ///
     /// # Errors
     ///
@@ -426,7 +479,7 @@ impl<'a, S: Schedule, C> Call<'a, S, C> {
     ///
     /// Dropping the future drops the running attempt or wait; nothing else is left behind. A
     /// retry taken from the budget stays taken.
-    pub async fn run<T, E, F>(self, mut op: F) -> Result<T, RetryError<T, E>>
+    pub async fn run<T, E, F>(self, op: F) -> Result<T, RetryError<T, E>>
     where
         F: AsyncFnMut(&Attempt) -> Result<T, E>,
         C: Classify<T, E>,
@@ -440,9 +493,62 @@ impl<'a, S: Schedule, C> Call<'a, S, C> {
         if let Some(budget) = &inner.budget {
             budget.deposit();
         }
-        let mut attempt = Attempt::new();
-        // Read lazily: on the first wait of an attempt, or on the first failure.
-        let mut start: Option<Instant> = None;
+        let rest = RetryLoop {
+            inner,
+            classify,
+            cancel,
+            attempt: Attempt::new(),
+            start: None,
+        };
+        rest.run(op, None).await
+    }
+}
+
+/// The outcome the classifier accepted: the value, or the error that is not retried.
+fn stop<T, E>(
+    outcome: Result<T, E>,
+    attempt: &Attempt,
+    start: Option<Instant>,
+) -> Result<T, RetryError<T, E>> {
+    outcome.map_err(|e| RetryError {
+        attempts: attempt.number(),
+        elapsed: start.map_or(Duration::ZERO, |s| s.elapsed()),
+        stop: StopReason::NotRetryable,
+        last: Some(Err(e)),
+        timed_out: false,
+    })
+}
+
+/// The retry loop: a call's attempts and waits, from the first attempt or after it.
+struct RetryLoop<'a, S, C> {
+    inner: &'a Inner<S>,
+    classify: C,
+    cancel: Option<CancellationToken>,
+    attempt: Attempt,
+    start: Option<Instant>,
+}
+
+impl<S: Schedule, C> RetryLoop<'_, S, C> {
+    /// Runs attempts until the classifier accepts an outcome or retrying stops; `first` is the
+    /// end of an attempt already made (its outcome and the classifier's action, or why it was
+    /// interrupted), if any.
+    async fn run<T, E, F>(
+        self,
+        mut op: F,
+        mut first: Option<AttemptEnd<T, E>>,
+    ) -> Result<T, RetryError<T, E>>
+    where
+        F: AsyncFnMut(&Attempt) -> Result<T, E>,
+        C: Classify<T, E>,
+    {
+        let Self {
+            inner,
+            classify,
+            cancel,
+            mut attempt,
+            mut start,
+        } = self;
+        let cancel = cancel.as_ref();
         let give_up = |stop, attempt: &Attempt, start: Option<Instant>, last, timed_out| {
             Err(RetryError {
                 attempts: attempt.number(),
@@ -453,49 +559,12 @@ impl<'a, S: Schedule, C> Call<'a, S, C> {
             })
         };
 
-        // The fast path: a first attempt with no limits to watch, run before any retry state
-        // exists; it only notes when the attempt first waits.
-        let mut first = None;
-        let cancel = if cancel.is_none() && !inner.has_timers() {
-            // Nothing to hold across the await: an empty token would only add drop glue.
-            drop(cancel);
-            let outcome = {
-                let mut fut = pin!(op(&attempt));
-                poll_fn(|cx| {
-                    let poll = fut.as_mut().poll(cx);
-                    if poll.is_pending() && start.is_none() {
-                        start = Some(Instant::now());
-                    }
-                    poll
-                })
-                .await
-            };
-            let action = classify.classify(&outcome);
-            if action == Action::Stop {
-                return match outcome {
-                    Ok(value) => Ok(value),
-                    Err(e) => give_up(
-                        StopReason::NotRetryable,
-                        &attempt,
-                        start,
-                        Some(Err(e)),
-                        false,
-                    ),
-                };
-            }
-            first = Some((outcome, action));
-            None
-        } else {
-            cancel
-        };
-        let cancel = cancel.as_ref();
-
         let mut delays: Option<S::Delays> = None;
         let mut last: Option<Result<T, E>> = None;
         let mut timed_out = false;
         loop {
             let end = match first.take() {
-                Some(classified) => Ok(classified),
+                Some(end) => end,
                 None => {
                     if cancel.is_some_and(CancellationToken::is_cancelled) {
                         // This attempt never started.
@@ -536,18 +605,7 @@ impl<'a, S: Schedule, C> Call<'a, S, C> {
                 Ok((outcome, action)) => {
                     timed_out = false;
                     let cause = match action {
-                        Action::Stop => {
-                            return match outcome {
-                                Ok(value) => Ok(value),
-                                Err(e) => give_up(
-                                    StopReason::NotRetryable,
-                                    &attempt,
-                                    start,
-                                    Some(Err(e)),
-                                    false,
-                                ),
-                            };
-                        }
+                        Action::Stop => return stop(outcome, &attempt, start),
                         Action::Retry => RetryCause::Failed,
                         Action::Throttled(hint) => RetryCause::Throttled(hint),
                     };
@@ -629,9 +687,7 @@ impl<'a, S: Schedule, C> Call<'a, S, C> {
                 hook(&event);
             }
 
-            // Boxed: the wait's timer and cancellation future would otherwise widen every
-            // call's future, the success path's included. One allocation per retry.
-            if Box::pin(wait_unless_cancelled(wake, wait, cancel)).await {
+            if wait_unless_cancelled(wake, wait, cancel).await {
                 return give_up(StopReason::Cancelled, &attempt, start, last, timed_out);
             }
             attempt.advance();
@@ -681,7 +737,7 @@ impl<S> Inner<S> {
 fn poll_limits<R, S>(
     cx: &mut Context<'_>,
     cancelled: Pin<&mut Option<WaitForCancellationFuture<'_>>>,
-    mut timer: Pin<&mut Option<Sleep>>,
+    timer: Pin<&mut Option<Sleep>>,
     armed: &mut Timer,
     inner: &Inner<S>,
     start: &mut Option<Instant>,
@@ -691,6 +747,17 @@ fn poll_limits<R, S>(
     {
         return Poll::Ready(Err(Interrupted::Cancelled));
     }
+    poll_timer(cx, timer, armed, inner, start)
+}
+
+/// Polls a pending attempt's timer, armed on its first poll (see [`poll_limits`]).
+fn poll_timer<R, S>(
+    cx: &mut Context<'_>,
+    mut timer: Pin<&mut Option<Sleep>>,
+    armed: &mut Timer,
+    inner: &Inner<S>,
+    start: &mut Option<Instant>,
+) -> Poll<Result<R, Interrupted>> {
     if *armed == Timer::Unarmed {
         *armed = Timer::Never;
         if start.is_none() || inner.attempt_timeout.is_some() {
