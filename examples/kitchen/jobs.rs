@@ -18,10 +18,10 @@
 //!   I/O wait (`--job-chunk-io-ms`, storing the vector), which is async and costs no thread.
 //! - **Events.** Each job has a brigade-sse [`Replay`] sized for every event the job will ever
 //!   publish (queued, running, one progress per chunk, the end: `chunks + 3`, and `chunks` is
-//!   bounded by `--job-max-chunks`) and not bounded by bytes, so a `Last-Event-ID` from this job
-//!   always resumes right after itself, with no gap and no duplicate. Followers wait on a `watch` of the newest sequence
-//!   number and read the replay after their cursor: there is no second copy of the events to
-//!   drift from the first. The stream ends after the job's last event; a browser's
+//!   bounded by `--job-max-chunks`) and not bounded by bytes, so a `Last-Event-ID` from this
+//!   job always resumes right after itself, with no gap and no duplicate. Followers wait on a
+//!   `watch` of the newest sequence number and read the replay after their cursor: there is no
+//!   second copy of the events to drift from the first. The stream ends after the job's last event; a browser's
 //!   `EventSource` then reconnects with that id and gets 204, which tells it to stop.
 //! - **Cancel.** Each job has a brigade-cancel [`CancelScope`], a child of the shutdown's scope.
 //!   `DELETE` cancels it with the reason `client_request` and finishes the job at once (a queued
