@@ -1,5 +1,4 @@
 //! The tower layer: rejects before the inner service is touched, records what it lets through.
-#![cfg(feature = "tower")]
 
 use std::convert::Infallible;
 use std::sync::Arc;

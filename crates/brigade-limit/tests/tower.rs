@@ -1,6 +1,5 @@
 //! The tower middleware: 429 and header fields from `RateLimit`, the body-held permit and
 //! the 503 from `ConcurrencyLimit`, built by their layers or by `new`.
-#![cfg(feature = "tower")]
 
 use std::convert::Infallible;
 use std::num::NonZeroU32;

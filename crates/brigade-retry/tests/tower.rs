@@ -1,7 +1,6 @@
 //! The tower integration: `RetryLayer` and `Retry` retry cloneable requests, pass the inner
 //! service's readiness through, honour `Retry-After` on 429 and 503 by default, and
 //! `buffer_request` makes an `http::Request` with a streaming body replayable.
-#![cfg(feature = "tower")]
 
 use std::convert::Infallible;
 use std::future::{Ready, ready};
