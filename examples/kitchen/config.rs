@@ -16,6 +16,14 @@ pub(crate) struct Config {
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub(crate) addr: SocketAddr,
 
+    /// Time a client has to send a request's head, in milliseconds, from 1 to 3,600,000: a new
+    /// connection's first request (HTTP/1.1 or h2c), and each later request head on HTTP/1.1
+    /// (so an idle keep-alive connection is closed after it too). A connection that has not
+    /// sent it by then is closed.
+    #[arg(long, default_value_t = 10_000, value_name = "MS",
+          value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
+    pub(crate) header_read_timeout_ms: u64,
+
     /// Proxy to this OpenAI-compatible server (e.g. `http://127.0.0.1:8000`) instead of the mock.
     #[arg(long, value_name = "URL")]
     pub(crate) upstream: Option<String>,
@@ -165,6 +173,11 @@ pub(crate) struct Config {
 }
 
 impl Config {
+    /// The time a client has to send a request's head.
+    pub(crate) fn header_read_timeout(&self) -> Duration {
+        Duration::from_millis(self.header_read_timeout_ms)
+    }
+
     pub(crate) fn grace(&self) -> Duration {
         Duration::from_secs(self.grace_secs)
     }

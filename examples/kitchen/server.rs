@@ -5,16 +5,28 @@
 //! (`graceful_shutdown`), `/readyz` turns 503, open streams get the grace period, then the
 //! shutdown scope is cancelled and each stream ends with a final SSE error event, so no open
 //! stream holds the shutdown forever.
+//!
+//! A client that connects and dawdles holds a socket and a task, so the server bounds it:
+//!
+//! - **Header-read timeout** (`--header-read-timeout-ms`, 10 s). hyper enforces its HTTP/1.1
+//!   `header_read_timeout` only when the builder has a timer (without one the setting is
+//!   silently off), so the builder gets hyper-util's `TokioTimer`, which reads tokio's clock.
+//!   hyper's timer covers each request head once the connection is known to be HTTP/1.1,
+//!   including the wait for the next request on an idle keep-alive connection. It does not
+//!   cover the first bytes, which hyper-util's auto builder reads to tell HTTP/1.1 from h2c
+//!   (a client that sends nothing waits there forever), nor h2c: so each connection must
+//!   also deliver its first request head within the same timeout, or it is closed.
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use brigade_cancel::Shutdown;
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 
@@ -55,7 +67,13 @@ pub(crate) async fn start(config: Config) -> std::io::Result<Running> {
 
 async fn accept(listener: TcpListener, app: Arc<App>) {
     let shutdown = app.shutdown.clone();
-    let builder = auto::Builder::new(TrackedExecutor(shutdown.clone()));
+    let header_read_timeout = app.config.header_read_timeout();
+    let mut builder = auto::Builder::new(TrackedExecutor(shutdown.clone()));
+    // hyper enforces the header-read timeout only with a timer: without one it is silently off.
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_read_timeout);
     loop {
         let (stream, peer) = tokio::select! {
             () = shutdown.draining() => break,
@@ -74,20 +92,40 @@ async fn accept(listener: TcpListener, app: Arc<App>) {
         let builder = builder.clone();
         let shutdown_conn = shutdown.clone();
         shutdown.spawn(async move {
+            // Set when the first request head has been read.
+            let first_request = Arc::new(AtomicBool::new(false));
+            let seen = Arc::clone(&first_request);
             let service = service_fn(move |request| {
+                seen.store(true, Ordering::Relaxed);
                 let app = Arc::clone(&app);
                 async move { Ok::<_, Infallible>(app.handle(request, peer).await) }
             });
             let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
             tokio::pin!(connection);
-            tokio::select! {
-                result = connection.as_mut() => {
-                    if let Err(error) = result {
-                        tracing::debug!(%error, %peer, "connection ended with an error");
+            // hyper's timer starts once the connection is known to be HTTP/1.1; before that,
+            // while hyper-util reads the first bytes to tell HTTP/1.1 from h2c (a client that
+            // sends nothing, or part of the h2c preface), and on h2c, nothing bounds the wait.
+            // So the first request head is due within the same timeout, whatever the protocol.
+            let first_deadline = tokio::time::sleep(header_read_timeout);
+            tokio::pin!(first_deadline);
+            let mut awaiting_first = true;
+            loop {
+                tokio::select! {
+                    result = connection.as_mut() => {
+                        if let Err(error) = result {
+                            tracing::debug!(%error, %peer, "connection ended with an error");
+                        }
+                        return;
                     }
-                    return;
+                    () = first_deadline.as_mut(), if awaiting_first => {
+                        if !first_request.load(Ordering::Relaxed) {
+                            tracing::debug!(%peer, "no request head within the header-read timeout; closed");
+                            return;
+                        }
+                        awaiting_first = false;
+                    }
+                    () = shutdown_conn.draining() => break,
                 }
-                () = shutdown_conn.draining() => {}
             }
             connection.as_mut().graceful_shutdown();
             if let Err(error) = connection.await {

@@ -42,12 +42,14 @@ mod upstream;
 #[path = "../../../examples/kitchen/ws.rs"]
 mod ws;
 
-// The tests of the prep shelf, the fan-out and the WebSocket chat, beside the chat tests below.
+// The tests of the prep shelf, the fan-out, the server and the WebSocket chat, beside the chat
+// tests below.
 mod fanout_tests;
 mod jobs_tests;
 // Needs a redis-server: `cargo test -p brigade-kitchen-tests --features redis` (.ci/redis-tests).
 #[cfg(feature = "redis")]
 mod redis_tests;
+mod server_tests;
 mod ws_tests;
 
 use std::net::SocketAddr;

@@ -1,0 +1,119 @@
+//! Tests of the server's exposure to slow or idle clients: the header-read timeout and the cap
+//! on open connections, on the paused clock (hyper's timer is tokio's).
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::time::Instant;
+
+use super::*;
+
+/// Reads until the server closes the connection (end of stream or reset), for at most a
+/// minute of virtual time; returns what it sent and when it closed.
+async fn read_until_closed(stream: &mut TcpStream) -> (Vec<u8>, Option<Instant>) {
+    let mut received = Vec::new();
+    let mut buf = [0_u8; 1024];
+    let read_all = async {
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return Instant::now(),
+                Ok(n) => received.extend_from_slice(&buf[..n]),
+            }
+        }
+    };
+    let closed_at = tokio::time::timeout(Duration::from_secs(60), read_all)
+        .await
+        .ok();
+    (received, closed_at)
+}
+
+/// Asserts that the server closed `stream` `after` the moment `since`, give or take 10 ms.
+async fn assert_closed_after(stream: &mut TcpStream, since: Instant, after: Duration, what: &str) {
+    let (received, closed_at) = read_until_closed(stream).await;
+    let Some(closed_at) = closed_at else {
+        panic!("{what}: still open after a minute");
+    };
+    let waited = closed_at - since;
+    assert!(
+        waited >= after && waited < after + Duration::from_millis(10),
+        "{what}: closed after {waited:?}, expected {after:?}; it sent {:?}",
+        String::from_utf8_lossy(&received)
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn half_a_request_line_is_closed_after_the_header_read_timeout() {
+    let kitchen = kitchen(&["--header-read-timeout-ms", "2000"]).await;
+    let mut stream = TcpStream::connect(kitchen.addr).await.unwrap();
+    let start = Instant::now();
+    stream.write_all(b"GET /heal").await.unwrap();
+    assert_closed_after(
+        &mut stream,
+        start,
+        Duration::from_secs(2),
+        "half a request line",
+    )
+    .await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_connection_that_sends_no_request_is_closed_after_the_header_read_timeout() {
+    let kitchen = kitchen(&["--header-read-timeout-ms", "2000"]).await;
+    // Nothing at all, and a part of the h2c preface: hyper-util is still telling HTTP/1.1 from
+    // h2c, before hyper's own timer runs.
+    for sent in [&b""[..], b"PRI * HTTP/2.0\r\n"] {
+        let mut stream = TcpStream::connect(kitchen.addr).await.unwrap();
+        let start = Instant::now();
+        stream.write_all(sent).await.unwrap();
+        let what = format!("a connection that sent {:?}", String::from_utf8_lossy(sent));
+        assert_closed_after(&mut stream, start, Duration::from_secs(2), &what).await;
+    }
+    // A whole h2c preface, and no request.
+    let mut stream = TcpStream::connect(kitchen.addr).await.unwrap();
+    let start = Instant::now();
+    stream
+        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+        .await
+        .unwrap();
+    assert_closed_after(
+        &mut stream,
+        start,
+        Duration::from_secs(2),
+        "an h2c connection without a request",
+    )
+    .await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_slow_but_whole_request_is_served_and_an_idle_keep_alive_connection_closed() {
+    let kitchen = kitchen(&["--header-read-timeout-ms", "2000"]).await;
+    let mut stream = TcpStream::connect(kitchen.addr).await.unwrap();
+    stream.write_all(b"GET /healthz HTTP/1.1\r\n").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    stream.write_all(b"host: kitchen\r\n\r\n").await.unwrap();
+    let mut head = [0_u8; 15];
+    stream.read_exact(&mut head).await.unwrap();
+    assert_eq!(&head, b"HTTP/1.1 200 OK");
+    // The answer is in; the next request head is due within the timeout too.
+    let answered = Instant::now();
+    assert_closed_after(
+        &mut stream,
+        answered,
+        Duration::from_secs(2),
+        "an idle keep-alive connection",
+    )
+    .await;
+}
+
+#[test]
+fn the_header_read_timeout_defaults_to_ten_seconds_and_is_bounded() {
+    let parse = |args: &[&str]| Config::try_parse_from([&["kitchen"], args].concat());
+    assert_eq!(
+        parse(&[]).unwrap().header_read_timeout(),
+        Duration::from_secs(10)
+    );
+    for bad in ["0", "3600001", "soon"] {
+        assert!(
+            parse(&["--header-read-timeout-ms", bad]).is_err(),
+            "--header-read-timeout-ms {bad} was accepted"
+        );
+    }
+}
