@@ -24,6 +24,15 @@ pub(crate) struct Config {
           value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
     pub(crate) header_read_timeout_ms: u64,
 
+    /// Most connections open at once, from 1. At the cap the server stops accepting until a
+    /// connection closes: new ones wait in the kernel's listen backlog. The default is the
+    /// 4,096 streams of `--max-streams` and half as many again, for queued requests, probes,
+    /// metrics, WebSockets and idle keep-alive connections. Each connection holds a file
+    /// descriptor: the process's limit (`ulimit -n`) should be above the cap.
+    #[arg(long, default_value_t = 6144, value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub(crate) max_connections: u32,
+
     /// Proxy to this OpenAI-compatible server (e.g. `http://127.0.0.1:8000`) instead of the mock.
     #[arg(long, value_name = "URL")]
     pub(crate) upstream: Option<String>,

@@ -16,19 +16,33 @@
 //!   cover the first bytes, which hyper-util's auto builder reads to tell HTTP/1.1 from h2c
 //!   (a client that sends nothing waits there forever), nor h2c: so each connection must
 //!   also deliver its first request head within the same timeout, or it is closed.
+//! - **Connection cap** (`--max-connections`, 6,144). Each connection task holds a permit of a
+//!   semaphore, held by its socket (so a WebSocket holds it until it ends); with none left
+//!   the accept loop waits for one before it accepts again. It
+//!   stops accepting rather than accepting and closing at once: waiting costs nothing per
+//!   connection attempt, whereas accept-and-close spends an accept, a file descriptor and a
+//!   close on each one, flat out under a flood. Connections that arrive meanwhile wait in the
+//!   kernel's listen backlog and are served as soon as a connection ends, so a short burst
+//!   over the cap is delayed, not refused; a client that cannot wait has its own connect
+//!   timeout. The cap counts connections, not requests: h2c multiplexes streams on one.
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::io::IoSlice;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use brigade_cancel::Shutdown;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use tokio::net::TcpListener;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::config::Config;
 use crate::routes::App;
@@ -74,7 +88,38 @@ async fn accept(listener: TcpListener, app: Arc<App>) {
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(header_read_timeout);
+    // One permit per open connection, held by its task.
+    let max_connections = app.config.max_connections;
+    let slots = Arc::new(Semaphore::new(
+        usize::try_from(max_connections)
+            .map_or(Semaphore::MAX_PERMITS, |n| n.min(Semaphore::MAX_PERMITS)),
+    ));
+    // Whether the loop has waited for a permit since one was last free: logged once a spell.
+    let mut capped = false;
     loop {
+        let slot = match Arc::clone(&slots).try_acquire_owned() {
+            Ok(slot) => {
+                capped = false;
+                slot
+            }
+            Err(_) => {
+                if !capped {
+                    capped = true;
+                    tracing::warn!(
+                        max_connections,
+                        "connection cap reached; not accepting until a connection closes"
+                    );
+                }
+                tokio::select! {
+                    () = shutdown.draining() => break,
+                    slot = Arc::clone(&slots).acquire_owned() => match slot {
+                        Ok(slot) => slot,
+                        // Never closed: the loop owns the semaphore.
+                        Err(_) => break,
+                    },
+                }
+            }
+        };
         let (stream, peer) = tokio::select! {
             () = shutdown.draining() => break,
             accepted = listener.accept() => match accepted {
@@ -88,6 +133,10 @@ async fn accept(listener: TcpListener, app: Arc<App>) {
             },
         };
         let _ = stream.set_nodelay(true);
+        let stream = Counted {
+            stream,
+            _slot: slot,
+        };
         let app = Arc::clone(&app);
         let builder = builder.clone();
         let shutdown_conn = shutdown.clone();
@@ -134,4 +183,53 @@ async fn accept(listener: TcpListener, app: Arc<App>) {
         });
     }
     tracing::info!("stopped accepting connections");
+}
+
+/// A connection's socket with its permit of the connection cap: the permit returns when the
+/// socket is closed, which for a connection upgraded to a WebSocket is when the WebSocket ends
+/// (the upgraded connection owns the socket), not when hyper hands it over.
+#[derive(Debug)]
+struct Counted {
+    stream: TcpStream,
+    _slot: OwnedSemaphorePermit,
+}
+
+impl AsyncRead for Counted {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Counted {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
+    }
 }

@@ -86,7 +86,10 @@ async fn a_connection_that_sends_no_request_is_closed_after_the_header_read_time
 async fn a_slow_but_whole_request_is_served_and_an_idle_keep_alive_connection_closed() {
     let kitchen = kitchen(&["--header-read-timeout-ms", "2000"]).await;
     let mut stream = TcpStream::connect(kitchen.addr).await.unwrap();
-    stream.write_all(b"GET /healthz HTTP/1.1\r\n").await.unwrap();
+    stream
+        .write_all(b"GET /healthz HTTP/1.1\r\n")
+        .await
+        .unwrap();
     tokio::time::sleep(Duration::from_millis(1500)).await;
     stream.write_all(b"host: kitchen\r\n\r\n").await.unwrap();
     let mut head = [0_u8; 15];
@@ -116,4 +119,92 @@ fn the_header_read_timeout_defaults_to_ten_seconds_and_is_bounded() {
             "--header-read-timeout-ms {bad} was accepted"
         );
     }
+}
+
+/// An open HTTP/1.1 connection: its sender, and the task that drives it (the connection
+/// closes when both are gone).
+type Client = (
+    hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+    JoinHandle<()>,
+);
+
+/// Opens an HTTP/1.1 connection and asks for `/healthz` on it: the status, or `None` if no
+/// answer came within a second.
+async fn healthz(addr: SocketAddr) -> (Option<StatusCode>, Client) {
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    let connection = tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    let request = Request::get("/healthz").body(Full::default()).unwrap();
+    let answered = tokio::time::timeout(Duration::from_secs(1), sender.send_request(request)).await;
+    (
+        answered.ok().map(|r| r.unwrap().status()),
+        (sender, connection),
+    )
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_connection_cap_stops_accepting_until_a_connection_closes() {
+    let kitchen = kitchen(&[
+        "--max-connections",
+        "2",
+        "--header-read-timeout-ms",
+        "60000",
+    ])
+    .await;
+    // Two connections open: a keep-alive HTTP/1.1 one, and a WebSocket (hyper hands its socket
+    // over, but the WebSocket still holds it, and its place).
+    let (status, keep_alive) = healthz(kitchen.addr).await;
+    assert_eq!(status, Some(StatusCode::OK));
+    let stream = TcpStream::connect(kitchen.addr).await.unwrap();
+    let (socket, response) =
+        tokio_tungstenite::client_async(format!("ws://{}/v1/ws", kitchen.addr), stream)
+            .await
+            .unwrap();
+    assert_eq!(response.status(), StatusCode::SWITCHING_PROTOCOLS);
+
+    // A third connects (the kernel's backlog takes it) but is not served.
+    let stream = TcpStream::connect(kitchen.addr).await.unwrap();
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    let _third = tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    let request = Request::get("/healthz")
+        .body(Full::<Bytes>::default())
+        .unwrap();
+    let mut waiting = Box::pin(sender.send_request(request));
+    assert!(
+        tokio::time::timeout(Duration::from_secs(5), waiting.as_mut())
+            .await
+            .is_err(),
+        "a connection over the cap was served"
+    );
+
+    // The WebSocket ends: its place goes to the waiting connection.
+    drop(socket);
+    let response = tokio::time::timeout(Duration::from_secs(1), waiting)
+        .await
+        .expect("served once a connection closed")
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+
+    // Both places are taken again; a closed HTTP connection frees one too.
+    let (status, _fourth) = healthz(kitchen.addr).await;
+    assert_eq!(status, None, "a connection over the cap was served");
+    drop(keep_alive);
+    let (status, _fifth) = healthz(kitchen.addr).await;
+    assert_eq!(status, Some(StatusCode::OK));
+}
+
+#[test]
+fn the_connection_cap_defaults_above_the_stream_bulkhead_and_is_at_least_one() {
+    let config = Config::try_parse_from(["kitchen"]).unwrap();
+    assert_eq!(config.max_connections, 6144);
+    assert!(config.max_connections as usize > config.max_streams + config.queue_size);
+    assert!(Config::try_parse_from(["kitchen", "--max-connections", "0"]).is_err());
 }
