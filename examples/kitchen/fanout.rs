@@ -270,11 +270,12 @@ struct Plan {
 impl Plan {
     fn parse(query: Option<&str>) -> Result<Self, ApiError> {
         let mut plan = Self::default();
-        for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
-            let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let query = query.unwrap_or("").as_bytes();
+        for (name, value) in form_urlencoded::parse(query) {
+            let name = &*name;
             match name {
                 "mode" => {
-                    plan.sequential = match value {
+                    plan.sequential = match &*value {
                         "concurrent" => false,
                         "sequential" => true,
                         _ => {
@@ -285,13 +286,13 @@ impl Plan {
                     };
                 }
                 "timeout_ms" => {
-                    let timeout = Some(Duration::from_millis(millis(name, value, 1)?));
+                    let timeout = Some(Duration::from_millis(millis(name, &value, 1)?));
                     for source in &mut plan.sources {
                         source.timeout = timeout;
                     }
                 }
                 "fail" | "flaky" => {
-                    for listed in value.replace("%2C", ",").replace("%2c", ",").split(',') {
+                    for listed in value.split(',') {
                         let Some(i) = NAMES.iter().position(|n| *n == listed) else {
                             return Err(ApiError::invalid(format!(
                                 "`{name}` must list sources among weather, image, chat; got `{listed}`"
@@ -313,7 +314,7 @@ impl Plan {
                             "unknown query parameter `{name}`; known: mode, weather_ms, image_ms, chat_ms, timeout_ms, fail, flaky"
                         )));
                     };
-                    plan.sources[i].latency = Some(Duration::from_millis(millis(name, value, 0)?));
+                    plan.sources[i].latency = Some(Duration::from_millis(millis(name, &value, 0)?));
                 }
             }
         }
