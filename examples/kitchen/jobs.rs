@@ -2,7 +2,7 @@
 //!
 //! | request | answer |
 //! | --- | --- |
-//! | `POST /v1/jobs` `{"document": "...", "chunk_size": 256}` | 202, `Location: /v1/jobs/{id}`, the job (`queued`) |
+//! | `POST /v1/jobs` `{"document": "...", "chunk_size": 256}` | 202, `Location: /v1/jobs/{id}`, the job (`queued`); its id is 128 random bits (`job-` and 32 hex digits) |
 //! | `GET /v1/jobs/{id}` | the job: status, progress, the result when done, the cancel reason or error |
 //! | `GET /v1/jobs/{id}/events` | SSE: one event per step, with ids; `Last-Event-ID` resumes; ends after the last step |
 //! | `DELETE /v1/jobs/{id}` | cancels a queued or running job (200, `cancelled`); 409 once it has finished |
@@ -52,7 +52,6 @@ use std::num::{NonZeroU32, NonZeroUsize};
 use std::ops::Range;
 use std::panic::AssertUnwindSafe;
 use std::pin::pin;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -209,7 +208,6 @@ struct Inner {
     fail_text: Option<Arc<str>>,
     metrics: Arc<Metrics>,
     shutdown: Shutdown,
-    next_id: AtomicU64,
     /// Every job not yet expired, by id.
     jobs: Mutex<HashMap<String, Arc<Job>>>,
     /// Jobs waiting for a worker, oldest first.
@@ -325,7 +323,6 @@ impl Shelf {
                 .map(Arc::from),
             metrics,
             shutdown: shutdown.clone(),
-            next_id: AtomicU64::new(1),
             jobs: Mutex::default(),
             queue: Mutex::default(),
             queued: Notify::new(),
@@ -447,7 +444,7 @@ async fn create(
     if app.shutdown.is_draining() {
         return Err(shutting_down(app.config.grace()));
     }
-    let job = shelf.new_job(document, chunk_size, total, caller);
+    let job = shelf.new_job(document, chunk_size, total, caller)?;
     // The answer says `queued`: what the job is when it enters the queue.
     let body = job.snapshot();
     shelf.enqueue(&job, app.config.grace())?;
@@ -579,8 +576,11 @@ impl Inner {
         chunk_size: usize,
         total: usize,
         owner: Option<String>,
-    ) -> Arc<Job> {
-        let n = self.next_id.fetch_add(1, Ordering::Relaxed);
+    ) -> Result<Arc<Job>, ApiError> {
+        let id = job_id().map_err(|error| {
+            tracing::error!(%error, "the operating system's random generator failed");
+            ApiError::internal()
+        })?;
         // queued, running, one progress per chunk, the end: the replay never evicts an event.
         let capacity = total.saturating_add(3);
         // Bounded by the count alone: a job's events are few and small, and evicting one would
@@ -592,7 +592,7 @@ impl Inner {
             .expect("the event count is at least 3 and the byte bound is not zero");
         let event_prefix = format!("{:x}-", events.epoch());
         let job = Arc::new(Job {
-            id: format!("job-{n}"),
+            id,
             owner,
             created_at: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
@@ -614,7 +614,7 @@ impl Inner {
             }),
         });
         job.publish(&job.lock(), "queued");
-        job
+        Ok(job)
     }
 
     /// Stores `job` and queues it, or refuses it: the queue is full or the server is
@@ -1152,6 +1152,17 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
         .map(|s| (*s).to_owned())
         .or_else(|| panic.downcast_ref::<String>().cloned())
         .unwrap_or_else(|| "panicked".to_owned())
+}
+
+/// A new job id: `job-` and 128 bits from the operating system's random generator, in hex.
+///
+/// Unguessable, unlike a counter: knowing one's own job says nothing about the next one, so
+/// without API keys a job's id is what it takes to read or cancel it, and with keys a guessed
+/// id of another key's job still finds nothing (jobs belong to their key).
+fn job_id() -> Result<String, getrandom::Error> {
+    let mut bits = [0_u8; 16];
+    getrandom::fill(&mut bits)?;
+    Ok(format!("job-{:032x}", u128::from_be_bytes(bits)))
 }
 
 /// `after` from now, or about 30 years from now if an `Instant` cannot hold that.

@@ -675,3 +675,42 @@ async fn shutdown_cancels_a_running_job_after_the_grace_period() {
     );
     assert_eq!(metric_now(&kitchen, "kitchen_jobs_running"), 0.0);
 }
+
+#[tokio::test(start_paused = true)]
+async fn job_ids_are_random_and_a_guessed_neighbour_is_a_404() {
+    let kitchen = kitchen(&["--job-embed-rounds", "1"]).await;
+    let ids = [
+        submit_ok(kitchen.addr, 1).await,
+        submit_ok(kitchen.addr, 1).await,
+    ];
+    let mut values = Vec::new();
+    for id in &ids {
+        let hex = id.strip_prefix("job-").unwrap();
+        assert_eq!(hex.len(), 32, "{id}: 128 bits in hex");
+        assert!(
+            hex.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)),
+            "{id}"
+        );
+        values.push(u128::from_str_radix(hex, 16).unwrap());
+    }
+    // Not a counter: two ids in a row differ in about half their bits, not in the last few.
+    let differing = (values[0] ^ values[1]).count_ones();
+    assert!(differing > 16, "{ids:?} differ in {differing} bits");
+
+    // Guesses next to a job's id, or a counter's, find nothing.
+    let mut guesses = vec!["job-1".to_owned(), "job-2".to_owned(), "job-0".to_owned()];
+    for value in values {
+        for neighbour in [value.wrapping_add(1), value.wrapping_sub(1)] {
+            guesses.push(format!("job-{neighbour:032x}"));
+        }
+    }
+    for guess in guesses {
+        let response = get(kitchen.addr, &format!("/v1/jobs/{guess}")).await;
+        assert_eq!(response.status(), StatusCode::NOT_FOUND, "{guess}");
+        assert_eq!(error_of(response).await["code"], "not_found");
+    }
+    for id in &ids {
+        assert_eq!(status_of(kitchen.addr, id).await["id"], id.as_str());
+    }
+}
