@@ -41,9 +41,18 @@ pub(crate) struct Config {
     #[arg(long, value_name = "KEY")]
     pub(crate) upstream_key: Option<String>,
 
-    /// An accepted API key (repeatable). With none, no key is required and limits are per client IP.
-    #[arg(long = "api-key", value_name = "KEY")]
-    pub(crate) api_keys: Vec<String>,
+    /// An accepted API key (repeatable, or comma-separated). The command line is visible to
+    /// every user of the machine (`ps`): prefer `KITCHEN_API_KEYS`, read when this flag is not
+    /// given, or `--api-keys-file`. With no key from any source, no key is required and the
+    /// limits are per client IP.
+    #[arg(long = "api-key", value_name = "KEY", env = "KITCHEN_API_KEYS", hide_env_values = true,
+          value_delimiter = ',', value_parser = crate::auth::ApiKey::parse)]
+    pub(crate) api_keys: Vec<crate::auth::ApiKey>,
+
+    /// A file of accepted API keys, one per line (`#` starts a comment), read at start; they
+    /// are accepted with those of `--api-key` or `KITCHEN_API_KEYS`.
+    #[arg(long, value_name = "PATH", value_parser = crate::auth::KeyFile::read)]
+    pub(crate) api_keys_file: Option<crate::auth::KeyFile>,
 
     /// Requests per minute per key (0: unlimited).
     #[arg(long, default_value_t = 600)]

@@ -48,6 +48,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::num::{NonZeroU32, NonZeroUsize};
 use std::ops::Range;
 use std::panic::AssertUnwindSafe;
@@ -58,7 +59,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use brigade_cancel::{CancelReason, CancelScope, CancellationToken, Shutdown};
 use brigade_sse::{Event, KeepAlive, Replay, SseBody};
 use futures::{FutureExt, Stream, StreamExt};
-use http::header::{AUTHORIZATION, HeaderValue, LOCATION};
+use http::header::{HeaderValue, LOCATION};
 use http::{HeaderMap, Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use prometheus_client::metrics::counter::Counter;
@@ -69,6 +70,7 @@ use serde_json::{Value, json};
 use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 
+use crate::auth::ClientKey;
 use crate::error::ApiError;
 use crate::metrics::Metrics;
 use crate::routes::{App, Body, full, json};
@@ -225,8 +227,8 @@ struct Inner {
 #[derive(Debug)]
 pub(crate) struct Job {
     id: String,
-    /// The API key that made it, when keys are configured: other keys do not see it.
-    owner: Option<String>,
+    /// The client that made it, when API keys are configured: other keys do not see it.
+    owner: Option<ClientKey>,
     created_at: u64,
     chunk_size: usize,
     total: usize,
@@ -347,6 +349,7 @@ impl Shelf {
 pub(crate) async fn route(
     app: Arc<App>,
     request: Request<hyper::body::Incoming>,
+    peer: SocketAddr,
 ) -> Result<Response<Body>, ApiError> {
     let target = Target::parse(request.uri().path());
     let method = request.method().clone();
@@ -359,12 +362,14 @@ pub(crate) async fn route(
         (Target::Events(_), _) => return Err(ApiError::method_not_allowed("GET")),
         (Target::Unknown, _) => return Err(ApiError::not_found(request.uri().path())),
     }
-    let caller = authorize(&app, request.headers())?;
+    let caller = crate::auth::authorize(&app, request.headers(), peer)?;
+    // With API keys a job belongs to the key that made it; without, to whoever has its id.
+    let owner = caller.is_api_key().then(|| caller.clone());
     let shelf = &app.jobs;
     match target {
-        Target::Jobs => create(&app, request, caller).await,
+        Target::Jobs => create(&app, request, owner).await,
         Target::Job(id) => {
-            let job = shelf.find(&id, caller.as_deref())?;
+            let job = shelf.find(&id, owner.as_ref())?;
             if method == Method::DELETE {
                 shelf.inner.cancel(&job)
             } else {
@@ -372,7 +377,7 @@ pub(crate) async fn route(
             }
         }
         Target::Events(id) => {
-            let job = shelf.find(&id, caller.as_deref())?;
+            let job = shelf.find(&id, owner.as_ref())?;
             Ok(events(&app, job, request.headers()))
         }
         Target::Unknown => Err(ApiError::not_found(request.uri().path())),
@@ -407,27 +412,11 @@ impl Target {
     }
 }
 
-/// The caller's API key when keys are configured (`None` when none are).
-fn authorize(app: &App, headers: &HeaderMap) -> Result<Option<String>, ApiError> {
-    if app.config.api_keys.is_empty() {
-        return Ok(None);
-    }
-    let key = headers
-        .get(AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
-    match key {
-        Some(key) if app.config.api_keys.iter().any(|k| k == key) => Ok(Some(key.to_owned())),
-        _ => Err(ApiError::unauthorized()),
-    }
-}
-
 /// `POST /v1/jobs`.
 async fn create(
     app: &App,
     request: Request<hyper::body::Incoming>,
-    caller: Option<String>,
+    owner: Option<ClientKey>,
 ) -> Result<Response<Body>, ApiError> {
     let bytes = crate::routes::json_request_body(app, request).await?;
     let (document, chunk_size) = parse(&bytes)?;
@@ -444,7 +433,7 @@ async fn create(
     if app.shutdown.is_draining() {
         return Err(shutting_down(app.config.grace()));
     }
-    let job = shelf.new_job(document, chunk_size, total, caller)?;
+    let job = shelf.new_job(document, chunk_size, total, owner)?;
     // The answer says `queued`: what the job is when it enters the queue.
     let body = job.snapshot();
     shelf.enqueue(&job, app.config.grace())?;
@@ -552,10 +541,10 @@ fn follow(job: Arc<Job>, after: u64) -> impl Stream<Item = Result<Arc<Event>, In
 }
 
 impl Shelf {
-    /// The job `id` if `caller` may see it, else 404.
-    fn find(&self, id: &str, caller: Option<&str>) -> Result<Arc<Job>, ApiError> {
+    /// The job `id` if `owner` may see it, else 404.
+    fn find(&self, id: &str, owner: Option<&ClientKey>) -> Result<Arc<Job>, ApiError> {
         match self.job(id) {
-            Some(job) if job.owner.as_deref() == caller => Ok(job),
+            Some(job) if job.owner.as_ref() == owner => Ok(job),
             _ => Err(ApiError::new(
                 StatusCode::NOT_FOUND,
                 "invalid_request_error",
@@ -575,7 +564,7 @@ impl Inner {
         document: String,
         chunk_size: usize,
         total: usize,
-        owner: Option<String>,
+        owner: Option<ClientKey>,
     ) -> Result<Arc<Job>, ApiError> {
         let id = job_id().map_err(|error| {
             tracing::error!(%error, "the operating system's random generator failed");

@@ -72,6 +72,9 @@ where
 pub(crate) async fn start(config: Config) -> std::io::Result<Running> {
     let listener = TcpListener::bind(config.addr).await?;
     let addr = listener.local_addr()?;
+    if let Some(file) = &config.api_keys_file {
+        tracing::info!(path = %file.path().display(), keys = file.len(), "API keys read");
+    }
     let app = Arc::new(App::new(config).map_err(std::io::Error::other)?);
     app.limits.connect().await;
     let shutdown = app.shutdown.clone();
