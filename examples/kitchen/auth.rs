@@ -140,6 +140,10 @@ pub(crate) fn parse_key_lines(text: &str) -> Result<Vec<ApiKey>, String> {
 pub(crate) struct ClientKey(String);
 
 impl ClientKey {
+    pub(crate) fn as_str(&self) -> &str {
+        &self.0
+    }
+
     pub(crate) fn into_string(self) -> String {
         self.0
     }

@@ -9,6 +9,10 @@
 //!
 //! # How it works
 //!
+//! - **Admission.** The caller's API key when keys are configured (a job then belongs to its
+//!   key: other keys get a 404), and the same per-client request quota as chat
+//!   (`--requests-per-min`: 429 with `Retry-After` and the rate-limit fields); a job reserves
+//!   no tokens.
 //! - **Queue.** A bounded FIFO (`--job-queue`). A job that finds it full is refused with 503 and a
 //!   `Retry-After` of the time the nearest-to-done running job still needs (1 to 60 s), so a
 //!   client backs off instead of piling up work nobody will start soon.
@@ -367,7 +371,7 @@ pub(crate) async fn route(
     let owner = caller.is_api_key().then(|| caller.clone());
     let shelf = &app.jobs;
     match target {
-        Target::Jobs => create(&app, request, owner).await,
+        Target::Jobs => create(&app, request, &caller, owner).await,
         Target::Job(id) => {
             let job = shelf.find(&id, owner.as_ref())?;
             if method == Method::DELETE {
@@ -416,6 +420,7 @@ impl Target {
 async fn create(
     app: &App,
     request: Request<hyper::body::Incoming>,
+    caller: &ClientKey,
     owner: Option<ClientKey>,
 ) -> Result<Response<Body>, ApiError> {
     let bytes = crate::routes::json_request_body(app, request).await?;
@@ -433,12 +438,16 @@ async fn create(
     if app.shutdown.is_draining() {
         return Err(shutting_down(app.config.grace()));
     }
+    // The caller's request quota, as for a chat request (429 with the same headers). A job
+    // reserves no tokens, so there is nothing to settle.
+    let (_charged, limit_headers) = app.limits.reserve(caller.as_str(), 0).await?;
     let job = shelf.new_job(document, chunk_size, total, owner)?;
     // The answer says `queued`: what the job is when it enters the queue.
     let body = job.snapshot();
     shelf.enqueue(&job, app.config.grace())?;
     tracing::info!(job = %job.id, chunks = total, chunk_size, "job queued");
     let mut response = json(StatusCode::ACCEPTED, &body);
+    response.headers_mut().extend(limit_headers);
     if let Ok(location) = HeaderValue::from_str(&job.url()) {
         response.headers_mut().insert(LOCATION, location);
     }

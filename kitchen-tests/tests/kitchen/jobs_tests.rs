@@ -714,3 +714,81 @@ async fn job_ids_are_random_and_a_guessed_neighbour_is_a_404() {
         assert_eq!(status_of(kitchen.addr, id).await["id"], id.as_str());
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn job_creation_shares_the_request_quota_of_chat() {
+    let kitchen = kitchen(&[
+        "--requests-per-min",
+        "2",
+        "--api-key",
+        "k1",
+        "--api-key",
+        "k2",
+        "--job-embed-rounds",
+        "1",
+    ])
+    .await;
+    let body = json!({ "document": document(1), "chunk_size": CHUNK });
+    let as_key = |key: &str| {
+        Request::post("/v1/jobs")
+            .header("authorization", format!("Bearer {key}"))
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(body.to_string())))
+            .unwrap()
+    };
+    // One job and one chat use k1's two requests of the minute: each answer says what is left.
+    let response = send(kitchen.addr, as_key("k1")).await.0;
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    assert_eq!(response.headers()["x-ratelimit-remaining-requests"], "1");
+    assert!(response.headers().contains_key("ratelimit"));
+    let chat = post(
+        kitchen.addr,
+        &order("hi", false),
+        &[("authorization", "Bearer k1")],
+    )
+    .await;
+    assert_eq!(chat.status(), StatusCode::OK);
+
+    // The next job is refused as chat would be: 429, `Retry-After`, the rate-limit fields.
+    let response = send(kitchen.addr, as_key("k1")).await.0;
+    assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+    let headers = response.headers().clone();
+    assert_eq!(error_of(response).await["code"], "rate_limit_exceeded");
+    let retry_after: u64 = headers["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=30).contains(&retry_after), "{retry_after}");
+    assert!(
+        headers["ratelimit"]
+            .to_str()
+            .unwrap()
+            .starts_with(r#""requests";r=0;"#),
+        "{headers:?}"
+    );
+    assert_eq!(headers["x-ratelimit-remaining-requests"], "0");
+    assert_eq!(
+        metric(
+            kitchen.addr,
+            "kitchen_rate_limit_rejections_total{limit=\"requests\"}"
+        )
+        .await,
+        1.0
+    );
+    // Another key has its own quota; k1 gets its turn back after the wait it was told.
+    assert_eq!(
+        send(kitchen.addr, as_key("k2")).await.0.status(),
+        StatusCode::ACCEPTED
+    );
+    tokio::time::sleep(Duration::from_secs(retry_after)).await;
+    let response = send(kitchen.addr, as_key("k1")).await.0;
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    assert_eq!(response.headers()["x-ratelimit-remaining-requests"], "0");
+    let job: Value = serde_json::from_str(&text(response).await).unwrap();
+    // Reading a job costs nothing of the quota: k1 has none left, and reads it still.
+    let path = format!("/v1/jobs/{}", job["id"].as_str().unwrap());
+    for _ in 0..3 {
+        let request = Request::get(&path)
+            .header("authorization", "Bearer k1")
+            .body(Full::default())
+            .unwrap();
+        assert_eq!(send(kitchen.addr, request).await.0.status(), StatusCode::OK);
+    }
+}
