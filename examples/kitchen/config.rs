@@ -37,8 +37,14 @@ pub(crate) struct Config {
     #[arg(long, value_name = "URL")]
     pub(crate) upstream: Option<String>,
 
-    /// Bearer key sent to the upstream.
-    #[arg(long, value_name = "KEY")]
+    /// Bearer key sent to the upstream. The command line is visible to every user of the
+    /// machine (`ps`): prefer `KITCHEN_UPSTREAM_KEY`, read when this flag is not given.
+    #[arg(
+        long,
+        value_name = "KEY",
+        env = "KITCHEN_UPSTREAM_KEY",
+        hide_env_values = true
+    )]
     pub(crate) upstream_key: Option<String>,
 
     /// An accepted API key (repeatable, or comma-separated). The command line is visible to

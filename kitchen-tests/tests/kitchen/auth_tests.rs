@@ -106,6 +106,20 @@ fn api_keys_come_from_kitchen_api_keys_unseen_in_the_help() {
     assert!(Config::try_parse_from(["kitchen", "--api-key", "a-key,,b-key"]).is_err());
 }
 
+#[test]
+fn the_upstream_key_comes_from_kitchen_upstream_key_unseen_in_the_help() {
+    let command = Config::command();
+    let arg = command
+        .get_arguments()
+        .find(|arg| arg.get_long() == Some("upstream-key"))
+        .unwrap();
+    assert_eq!(
+        arg.get_env(),
+        Some(std::ffi::OsStr::new("KITCHEN_UPSTREAM_KEY"))
+    );
+    assert!(arg.is_hide_env_values_set(), "--help would print the key");
+}
+
 /// The child process's half of `keys_from_kitchen_api_keys_are_accepted`: it reads the keys
 /// its parent put in `KITCHEN_API_KEYS`; run without the variable, it checks that no key is
 /// then required.
