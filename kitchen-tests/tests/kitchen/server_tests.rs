@@ -106,6 +106,36 @@ async fn a_slow_but_whole_request_is_served_and_an_idle_keep_alive_connection_cl
     .await;
 }
 
+#[tokio::test(start_paused = true)]
+async fn a_stream_longer_than_the_header_read_timeout_runs_to_its_end() {
+    // 100 tokens 100 ms apart: a 10 s answer on a connection whose heads are due within 1 s.
+    let kitchen = kitchen(&[
+        "--header-read-timeout-ms",
+        "1000",
+        "--tokens",
+        "100",
+        "--token-ms",
+        "100",
+    ])
+    .await;
+    let mut body = order("tell me a long story", true);
+    body["max_tokens"] = json!(100);
+    let start = Instant::now();
+    let events = sse_data(&text(post(kitchen.addr, &body, &[]).await).await);
+    assert!(start.elapsed() >= Duration::from_secs(10), "{events:?}");
+    assert_eq!(events.last().unwrap(), "[DONE]");
+    let tokens = events[..events.len() - 1]
+        .iter()
+        .map(|e| serde_json::from_str::<Value>(e).unwrap())
+        .filter(|c| {
+            c["choices"][0]["delta"]["content"]
+                .as_str()
+                .is_some_and(|t| !t.is_empty())
+        })
+        .count();
+    assert_eq!(tokens, 100);
+}
+
 #[test]
 fn the_header_read_timeout_defaults_to_ten_seconds_and_is_bounded() {
     let parse = |args: &[&str]| Config::try_parse_from([&["kitchen"], args].concat());
