@@ -16,9 +16,9 @@
 //!   cover the first bytes, which hyper-util's auto builder reads to tell HTTP/1.1 from h2c
 //!   (a client that sends nothing waits there forever), nor h2c: so each connection must
 //!   also deliver its first request head within the same timeout, or it is closed.
-//! - **Connection cap** (`--max-connections`, 6,144). Each connection task holds a permit of a
-//!   semaphore, held by its socket (so a WebSocket holds it until it ends); with none left
-//!   the accept loop waits for one before it accepts again. It
+//! - **Connection cap** (`--max-connections`, 6,144). Each connection's socket holds a permit
+//!   of a semaphore (so a WebSocket holds its place until it ends, not until hyper hands the
+//!   socket over); with none left the accept loop waits for one before it accepts again. It
 //!   stops accepting rather than accepting and closing at once: waiting costs nothing per
 //!   connection attempt, whereas accept-and-close spends an accept, a file descriptor and a
 //!   close on each one, flat out under a flood. Connections that arrive meanwhile wait in the
@@ -91,7 +91,7 @@ async fn accept(listener: TcpListener, app: Arc<App>) {
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(header_read_timeout);
-    // One permit per open connection, held by its task.
+    // One permit per open connection, held by its socket (`Counted`).
     let max_connections = app.config.max_connections;
     let slots = Arc::new(Semaphore::new(
         usize::try_from(max_connections)
