@@ -15,7 +15,8 @@
 //!   skipped at once (`"status":"circuit_open"`) instead of costing its whole timeout on every
 //!   request, and is probed again after the open period (`--fanout-breaker-window`,
 //!   `--fanout-breaker-min-calls` and `--fanout-breaker-open-secs`: 10 calls, 5 of them before
-//!   it may trip at 50% failures, 10 s open).
+//!   it may trip at 50% failures, 10 s open). Requests that ask for faults have breakers of
+//!   their own (see [Faults](#faults)).
 //!
 //! A source that fails, times out or is skipped makes the answer partial (`"partial": true`),
 //! never a failed request: the other sources' results are still worth returning.
