@@ -22,7 +22,6 @@ use brigade_limit::PermitBody;
 use brigade_retry::{Action, Attempt, RetryError, StopReason};
 use brigade_sse::{Event, KeepAlive, SseBody};
 use futures::{Stream, StreamExt};
-use http::header::AUTHORIZATION;
 use http::{HeaderMap, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use serde_json::value::RawValue;
@@ -51,7 +50,7 @@ pub(crate) async fn chat(
     id: u64,
 ) -> Result<Response<Body>, ApiError> {
     // Front desk.
-    let key = authorize(&app, request.headers(), peer)?;
+    let key = crate::auth::authorize(&app, request.headers(), peer)?.into_string();
     let timeout = request_timeout(&app, request.headers());
     let bytes = crate::routes::json_request_body(&app, request).await?;
     let chat = parse(&bytes, app.config.default_max_tokens)?;
@@ -183,26 +182,6 @@ pub(crate) async fn chat(
 fn with_headers<B>(response: &mut Response<B>, mut headers: HeaderMap) {
     std::mem::swap(response.headers_mut(), &mut headers);
     response.headers_mut().extend(headers);
-}
-
-/// The rate-limit key: the API key, or the client's address when no keys are configured.
-pub(crate) fn authorize(
-    app: &App,
-    headers: &HeaderMap,
-    peer: SocketAddr,
-) -> Result<String, ApiError> {
-    if app.config.api_keys.is_empty() {
-        return Ok(peer.ip().to_string());
-    }
-    let key = headers
-        .get(AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
-    match key {
-        Some(key) if app.config.api_keys.iter().any(|k| k == key) => Ok(key.to_owned()),
-        _ => Err(ApiError::unauthorized()),
-    }
 }
 
 /// The configured deadline, or less if the request asks (`x-request-timeout-ms`).

@@ -16,17 +16,49 @@ pub(crate) struct Config {
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub(crate) addr: SocketAddr,
 
+    /// Time a client has to send a request's head, in milliseconds, from 1 to 3,600,000: a new
+    /// connection's first request (HTTP/1.1 or h2c), and each later request head on HTTP/1.1
+    /// (so an idle keep-alive connection is closed after it too). A connection that has not
+    /// sent it by then is closed.
+    #[arg(long, default_value_t = 10_000, value_name = "MS",
+          value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
+    pub(crate) header_read_timeout_ms: u64,
+
+    /// Most connections open at once, from 1. At the cap the server stops accepting until a
+    /// connection closes: new ones wait in the kernel's listen backlog. The default is the
+    /// 4,096 streams of `--max-streams` and half as many again, for queued requests, probes,
+    /// metrics, WebSockets and idle keep-alive connections. Each connection holds a file
+    /// descriptor: the process's limit (`ulimit -n`) should be above the cap.
+    #[arg(long, default_value_t = 6144, value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub(crate) max_connections: u32,
+
     /// Proxy to this OpenAI-compatible server (e.g. `http://127.0.0.1:8000`) instead of the mock.
     #[arg(long, value_name = "URL")]
     pub(crate) upstream: Option<String>,
 
-    /// Bearer key sent to the upstream.
-    #[arg(long, value_name = "KEY")]
+    /// Bearer key sent to the upstream. The command line is visible to every user of the
+    /// machine (`ps`): prefer `KITCHEN_UPSTREAM_KEY`, read when this flag is not given.
+    #[arg(
+        long,
+        value_name = "KEY",
+        env = "KITCHEN_UPSTREAM_KEY",
+        hide_env_values = true
+    )]
     pub(crate) upstream_key: Option<String>,
 
-    /// An accepted API key (repeatable). With none, no key is required and limits are per client IP.
-    #[arg(long = "api-key", value_name = "KEY")]
-    pub(crate) api_keys: Vec<String>,
+    /// An accepted API key (repeatable, or comma-separated). The command line is visible to
+    /// every user of the machine (`ps`): prefer `KITCHEN_API_KEYS`, read when this flag is not
+    /// given, or `--api-keys-file`. With no key from any source, no key is required and the
+    /// limits are per client IP.
+    #[arg(long = "api-key", value_name = "KEY", env = "KITCHEN_API_KEYS", hide_env_values = true,
+          value_delimiter = ',', value_parser = crate::auth::ApiKey::parse)]
+    pub(crate) api_keys: Vec<crate::auth::ApiKey>,
+
+    /// A file of accepted API keys, one per line (`#` starts a comment), read at start; they
+    /// are accepted with those of `--api-key` or `KITCHEN_API_KEYS`.
+    #[arg(long, value_name = "PATH", value_parser = crate::auth::KeyFile::read)]
+    pub(crate) api_keys_file: Option<crate::auth::KeyFile>,
 
     /// Requests per minute per key (0: unlimited).
     #[arg(long, default_value_t = 600)]
@@ -165,6 +197,11 @@ pub(crate) struct Config {
 }
 
 impl Config {
+    /// The time a client has to send a request's head.
+    pub(crate) fn header_read_timeout(&self) -> Duration {
+        Duration::from_millis(self.header_read_timeout_ms)
+    }
+
     pub(crate) fn grace(&self) -> Duration {
         Duration::from_secs(self.grace_secs)
     }

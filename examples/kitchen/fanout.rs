@@ -15,7 +15,8 @@
 //!   skipped at once (`"status":"circuit_open"`) instead of costing its whole timeout on every
 //!   request, and is probed again after the open period (`--fanout-breaker-window`,
 //!   `--fanout-breaker-min-calls` and `--fanout-breaker-open-secs`: 10 calls, 5 of them before
-//!   it may trip at 50% failures, 10 s open).
+//!   it may trip at 50% failures, 10 s open). Requests that ask for faults have breakers of
+//!   their own (see [Faults](#faults)).
 //!
 //! A source that fails, times out or is skipped makes the answer partial (`"partial": true`),
 //! never a failed request: the other sources' results are still worth returning.
@@ -27,10 +28,20 @@
 //! | parameter | meaning |
 //! | --- | --- |
 //! | `mode` | `concurrent` (default) or `sequential` |
-//! | `weather_ms`, `image_ms`, `chat_ms` | that source's latency for this request, 0 to 60000 |
-//! | `timeout_ms` | every source's timeout for this request, 1 to 60000 |
-//! | `fail` | sources whose every attempt fails (`fail=image` or `fail=image,chat`) |
-//! | `flaky` | sources whose first attempt fails (the retry answers) |
+//! | `weather_ms`, `image_ms`, `chat_ms` | fault: that source's latency for this request, 0 to 60000 |
+//! | `timeout_ms` | fault: every source's timeout for this request, 1 to 60000 |
+//! | `fail` | fault: sources whose every attempt fails (`fail=image` or `fail=image,chat`) |
+//! | `flaky` | fault: sources whose first attempt fails (the retry answers) |
+//!
+//! # Faults
+//!
+//! The fault parameters let any client make a source slow or fail, so they are refused (400,
+//! naming the parameter) unless the server runs with `--fanout-faults`. Even then a client
+//! must not be able to open the breakers every other request relies on: a request that uses
+//! any of them (`"breakers": "faulted"` in its answer) records its calls on a second breaker
+//! per source, kept for such requests, and never on the one the other requests use (and
+//! are skipped by). The faulted breakers trip and recover like the others, so the breaker can
+//! still be shown at work with `?fail=image`; a request without faults is not affected.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -98,18 +109,28 @@ pub(crate) struct FanoutConfig {
     /// 86,400.
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub(crate) fanout_breaker_open_secs: u64,
+
+    /// Fan-out: accept the query parameters that make a source slow or fail (`weather_ms`,
+    /// `image_ms`, `chat_ms`, `timeout_ms`, `fail`, `flaky`), for demonstrations and tests.
+    /// Without this flag they are a 400. A request that uses them records its outcomes on
+    /// breakers of its own kind, never on those the other requests use.
+    #[arg(long)]
+    pub(crate) fanout_faults: bool,
 }
 
 /// A source's answer and the attempts it took, or why retrying stopped.
 type Fetched = Result<(Value, u32), RetryError<(Value, u32), String>>;
 
-/// One mock source: its latency, its timeout and its breaker.
+/// One mock source: its latency, its timeout and its breakers.
 #[derive(Debug)]
 struct Source {
     name: &'static str,
     latency: Duration,
     timeout: Duration,
+    /// The breaker of the calls made as configured.
     breaker: CircuitBreaker,
+    /// The breaker of the calls whose request asked for faults (`--fanout-faults`).
+    faulted: CircuitBreaker,
 }
 
 /// The fan-out sources, and the retry policy their calls share.
@@ -117,6 +138,8 @@ struct Source {
 pub(crate) struct Sources {
     sources: [Source; 3],
     retry: Retry,
+    /// Whether a request may ask for faults (`--fanout-faults`).
+    faults: bool,
 }
 
 /// The sources' names, in call order (the order of `?mode=sequential`).
@@ -130,22 +153,25 @@ impl Sources {
                     "--fanout-{name}-timeout-ms must be at least 1 millisecond"
                 ));
             }
-            let breaker = CircuitBreaker::builder()
-                .window(Window::count(config.fanout_breaker_window))
-                .minimum_calls(config.fanout_breaker_min_calls)
-                .failure_rate_threshold(50.0)
-                .open_duration(OpenDuration::fixed(Duration::from_secs(
-                    config.fanout_breaker_open_secs,
-                )))
-                .half_open_probes(1)
-                .half_open_successes(1)
-                .build()
-                .map_err(|e| format!("fan-out breaker: {e}"))?;
+            let breaker = || {
+                CircuitBreaker::builder()
+                    .window(Window::count(config.fanout_breaker_window))
+                    .minimum_calls(config.fanout_breaker_min_calls)
+                    .failure_rate_threshold(50.0)
+                    .open_duration(OpenDuration::fixed(Duration::from_secs(
+                        config.fanout_breaker_open_secs,
+                    )))
+                    .half_open_probes(1)
+                    .half_open_successes(1)
+                    .build()
+                    .map_err(|e| format!("fan-out breaker: {e}"))
+            };
             Ok(Source {
                 name,
                 latency: Duration::from_millis(latency_ms),
                 timeout: Duration::from_millis(timeout_ms),
-                breaker,
+                breaker: breaker()?,
+                faulted: breaker()?,
             })
         };
         let retry = Retry::builder()
@@ -170,6 +196,7 @@ impl Sources {
                 source("chat", config.fanout_chat_ms, config.fanout_chat_timeout_ms)?,
             ],
             retry,
+            faults: config.fanout_faults,
         })
     }
 
@@ -177,11 +204,18 @@ impl Sources {
     async fn call(
         &self,
         index: usize,
-        plan: &SourcePlan,
+        plan: &Plan,
         parent: &CancelScope,
         request_start: Instant,
     ) -> (bool, Value) {
         let source = &self.sources[index];
+        // A request that asked for faults must not open the breaker the others rely on.
+        let breaker = if plan.faulted {
+            &source.faulted
+        } else {
+            &source.breaker
+        };
+        let plan = &plan.sources[index];
         let start = Instant::now();
         let started_ms = ms(start.saturating_duration_since(request_start));
         let timeout = plan.timeout.unwrap_or(source.timeout);
@@ -189,7 +223,7 @@ impl Sources {
             "started_ms": started_ms,
             "timeout_ms": timeout.as_millis() as u64,
         });
-        let permit = match source.breaker.try_acquire() {
+        let permit = match breaker.try_acquire() {
             Ok(permit) => permit,
             Err(rejected) => {
                 report["status"] = json!("circuit_open");
@@ -264,17 +298,40 @@ struct SourcePlan {
 #[derive(Debug, Default)]
 struct Plan {
     sequential: bool,
+    /// The query asks for faults: the calls go on the sources' `faulted` breakers.
+    faulted: bool,
     sources: [SourcePlan; 3],
 }
 
+/// The query parameters that make a source slow or fail: only with `--fanout-faults`.
+const FAULTS: [&str; 6] = [
+    "weather_ms",
+    "image_ms",
+    "chat_ms",
+    "timeout_ms",
+    "fail",
+    "flaky",
+];
+
 impl Plan {
-    fn parse(query: Option<&str>) -> Result<Self, ApiError> {
+    /// The plan of `query`; a fault parameter is a 400 unless `faults` allows it.
+    fn parse(query: Option<&str>, faults: bool) -> Result<Self, ApiError> {
         let mut plan = Self::default();
-        for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
-            let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let query = query.unwrap_or("").as_bytes();
+        for (name, value) in form_urlencoded::parse(query) {
+            let name = &*name;
+            if FAULTS.contains(&name) {
+                if !faults {
+                    return Err(ApiError::invalid(format!(
+                        "`{name}` injects a fault, which this server accepts only when started \
+                         with `--fanout-faults`"
+                    )));
+                }
+                plan.faulted = true;
+            }
             match name {
                 "mode" => {
-                    plan.sequential = match value {
+                    plan.sequential = match &*value {
                         "concurrent" => false,
                         "sequential" => true,
                         _ => {
@@ -285,13 +342,13 @@ impl Plan {
                     };
                 }
                 "timeout_ms" => {
-                    let timeout = Some(Duration::from_millis(millis(name, value, 1)?));
+                    let timeout = Some(Duration::from_millis(millis(name, &value, 1)?));
                     for source in &mut plan.sources {
                         source.timeout = timeout;
                     }
                 }
                 "fail" | "flaky" => {
-                    for listed in value.replace("%2C", ",").replace("%2c", ",").split(',') {
+                    for listed in value.split(',') {
                         let Some(i) = NAMES.iter().position(|n| *n == listed) else {
                             return Err(ApiError::invalid(format!(
                                 "`{name}` must list sources among weather, image, chat; got `{listed}`"
@@ -310,10 +367,11 @@ impl Plan {
                         .and_then(|source| NAMES.iter().position(|n| *n == source))
                     else {
                         return Err(ApiError::invalid(format!(
-                            "unknown query parameter `{name}`; known: mode, weather_ms, image_ms, chat_ms, timeout_ms, fail, flaky"
+                            "unknown query parameter `{name}`; known: mode, and with \
+                             `--fanout-faults` weather_ms, image_ms, chat_ms, timeout_ms, fail, flaky"
                         )));
                     };
-                    plan.sources[i].latency = Some(Duration::from_millis(millis(name, value, 0)?));
+                    plan.sources[i].latency = Some(Duration::from_millis(millis(name, &value, 0)?));
                 }
             }
         }
@@ -363,7 +421,8 @@ pub(crate) async fn fanout(
     app: Arc<App>,
     request: Request<hyper::body::Incoming>,
 ) -> Result<Response<Body>, ApiError> {
-    let plan = Plan::parse(request.uri().query())?;
+    let sources = &app.fanout;
+    let plan = Plan::parse(request.uri().query(), sources.faults)?;
     if app.shutdown.is_draining() {
         return Err(ApiError::unavailable(
             "shutting_down",
@@ -371,22 +430,21 @@ pub(crate) async fn fanout(
             app.config.grace(),
         ));
     }
-    let sources = &app.fanout;
     // The request's scope: the shutdown cancels it after the grace period. A client that goes
     // away drops this future, and every call with it.
     let scope = app.shutdown.scope().child();
     let start = Instant::now();
     let results = if plan.sequential {
         let mut results = Vec::with_capacity(NAMES.len());
-        for (i, source) in plan.sources.iter().enumerate() {
-            results.push(sources.call(i, source, &scope, start).await);
+        for i in 0..NAMES.len() {
+            results.push(sources.call(i, &plan, &scope, start).await);
         }
         results
     } else {
         let (weather, image, chat) = tokio::join!(
-            sources.call(0, &plan.sources[0], &scope, start),
-            sources.call(1, &plan.sources[1], &scope, start),
-            sources.call(2, &plan.sources[2], &scope, start),
+            sources.call(0, &plan, &scope, start),
+            sources.call(1, &plan, &scope, start),
+            sources.call(2, &plan, &scope, start),
         );
         vec![weather, image, chat]
     };
@@ -402,6 +460,7 @@ pub(crate) async fn fanout(
         &json!({
             "object": "fanout",
             "mode": if plan.sequential { "sequential" } else { "concurrent" },
+            "breakers": if plan.faulted { "faulted" } else { "shared" },
             "partial": partial,
             "total_ms": ms(total),
             "sources": merged,

@@ -2,13 +2,17 @@
 //!
 //! | request | answer |
 //! | --- | --- |
-//! | `POST /v1/jobs` `{"document": "...", "chunk_size": 256}` | 202, `Location: /v1/jobs/{id}`, the job (`queued`) |
+//! | `POST /v1/jobs` `{"document": "...", "chunk_size": 256}` | 202, `Location: /v1/jobs/{id}`, the job (`queued`); its id is 128 random bits (`job-` and 32 hex digits) |
 //! | `GET /v1/jobs/{id}` | the job: status, progress, the result when done, the cancel reason or error |
 //! | `GET /v1/jobs/{id}/events` | SSE: one event per step, with ids; `Last-Event-ID` resumes; ends after the last step |
 //! | `DELETE /v1/jobs/{id}` | cancels a queued or running job (200, `cancelled`); 409 once it has finished |
 //!
 //! # How it works
 //!
+//! - **Admission.** The caller's API key when keys are configured (a job then belongs to its
+//!   key: other keys get a 404), and the same per-client request quota as chat
+//!   (`--requests-per-min`: 429 with `Retry-After` and the rate-limit fields); a job reserves
+//!   no tokens.
 //! - **Queue.** A bounded FIFO (`--job-queue`). A job that finds it full is refused with 503 and a
 //!   `Retry-After` of the time the nearest-to-done running job still needs (1 to 60 s), so a
 //!   client backs off instead of piling up work nobody will start soon.
@@ -48,18 +52,18 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::num::{NonZeroU32, NonZeroUsize};
 use std::ops::Range;
 use std::panic::AssertUnwindSafe;
 use std::pin::pin;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use brigade_cancel::{CancelReason, CancelScope, CancellationToken, Shutdown};
 use brigade_sse::{Event, KeepAlive, Replay, SseBody};
 use futures::{FutureExt, Stream, StreamExt};
-use http::header::{AUTHORIZATION, HeaderValue, LOCATION};
+use http::header::{HeaderValue, LOCATION};
 use http::{HeaderMap, Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use prometheus_client::metrics::counter::Counter;
@@ -70,6 +74,7 @@ use serde_json::{Value, json};
 use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 
+use crate::auth::ClientKey;
 use crate::error::ApiError;
 use crate::metrics::Metrics;
 use crate::routes::{App, Body, full, json};
@@ -209,7 +214,6 @@ struct Inner {
     fail_text: Option<Arc<str>>,
     metrics: Arc<Metrics>,
     shutdown: Shutdown,
-    next_id: AtomicU64,
     /// Every job not yet expired, by id.
     jobs: Mutex<HashMap<String, Arc<Job>>>,
     /// Jobs waiting for a worker, oldest first.
@@ -227,8 +231,8 @@ struct Inner {
 #[derive(Debug)]
 pub(crate) struct Job {
     id: String,
-    /// The API key that made it, when keys are configured: other keys do not see it.
-    owner: Option<String>,
+    /// The client that made it, when API keys are configured: other keys do not see it.
+    owner: Option<ClientKey>,
     created_at: u64,
     chunk_size: usize,
     total: usize,
@@ -325,7 +329,6 @@ impl Shelf {
                 .map(Arc::from),
             metrics,
             shutdown: shutdown.clone(),
-            next_id: AtomicU64::new(1),
             jobs: Mutex::default(),
             queue: Mutex::default(),
             queued: Notify::new(),
@@ -350,6 +353,7 @@ impl Shelf {
 pub(crate) async fn route(
     app: Arc<App>,
     request: Request<hyper::body::Incoming>,
+    peer: SocketAddr,
 ) -> Result<Response<Body>, ApiError> {
     let target = Target::parse(request.uri().path());
     let method = request.method().clone();
@@ -362,12 +366,14 @@ pub(crate) async fn route(
         (Target::Events(_), _) => return Err(ApiError::method_not_allowed("GET")),
         (Target::Unknown, _) => return Err(ApiError::not_found(request.uri().path())),
     }
-    let caller = authorize(&app, request.headers())?;
+    let caller = crate::auth::authorize(&app, request.headers(), peer)?;
+    // With API keys a job belongs to the key that made it; without, to whoever has its id.
+    let owner = caller.is_api_key().then(|| caller.clone());
     let shelf = &app.jobs;
     match target {
-        Target::Jobs => create(&app, request, caller).await,
+        Target::Jobs => create(&app, request, &caller, owner).await,
         Target::Job(id) => {
-            let job = shelf.find(&id, caller.as_deref())?;
+            let job = shelf.find(&id, owner.as_ref())?;
             if method == Method::DELETE {
                 shelf.inner.cancel(&job)
             } else {
@@ -375,7 +381,7 @@ pub(crate) async fn route(
             }
         }
         Target::Events(id) => {
-            let job = shelf.find(&id, caller.as_deref())?;
+            let job = shelf.find(&id, owner.as_ref())?;
             Ok(events(&app, job, request.headers()))
         }
         Target::Unknown => Err(ApiError::not_found(request.uri().path())),
@@ -410,27 +416,12 @@ impl Target {
     }
 }
 
-/// The caller's API key when keys are configured (`None` when none are).
-fn authorize(app: &App, headers: &HeaderMap) -> Result<Option<String>, ApiError> {
-    if app.config.api_keys.is_empty() {
-        return Ok(None);
-    }
-    let key = headers
-        .get(AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
-    match key {
-        Some(key) if app.config.api_keys.iter().any(|k| k == key) => Ok(Some(key.to_owned())),
-        _ => Err(ApiError::unauthorized()),
-    }
-}
-
 /// `POST /v1/jobs`.
 async fn create(
     app: &App,
     request: Request<hyper::body::Incoming>,
-    caller: Option<String>,
+    caller: &ClientKey,
+    owner: Option<ClientKey>,
 ) -> Result<Response<Body>, ApiError> {
     let bytes = crate::routes::json_request_body(app, request).await?;
     let (document, chunk_size) = parse(&bytes)?;
@@ -447,12 +438,16 @@ async fn create(
     if app.shutdown.is_draining() {
         return Err(shutting_down(app.config.grace()));
     }
-    let job = shelf.new_job(document, chunk_size, total, caller);
+    // The caller's request quota, as for a chat request (429 with the same headers). A job
+    // reserves no tokens, so there is nothing to settle.
+    let (_charged, limit_headers) = app.limits.reserve(caller.as_str(), 0).await?;
+    let job = shelf.new_job(document, chunk_size, total, owner)?;
     // The answer says `queued`: what the job is when it enters the queue.
     let body = job.snapshot();
     shelf.enqueue(&job, app.config.grace())?;
     tracing::info!(job = %job.id, chunks = total, chunk_size, "job queued");
     let mut response = json(StatusCode::ACCEPTED, &body);
+    response.headers_mut().extend(limit_headers);
     if let Ok(location) = HeaderValue::from_str(&job.url()) {
         response.headers_mut().insert(LOCATION, location);
     }
@@ -555,10 +550,10 @@ fn follow(job: Arc<Job>, after: u64) -> impl Stream<Item = Result<Arc<Event>, In
 }
 
 impl Shelf {
-    /// The job `id` if `caller` may see it, else 404.
-    fn find(&self, id: &str, caller: Option<&str>) -> Result<Arc<Job>, ApiError> {
+    /// The job `id` if `owner` may see it, else 404.
+    fn find(&self, id: &str, owner: Option<&ClientKey>) -> Result<Arc<Job>, ApiError> {
         match self.job(id) {
-            Some(job) if job.owner.as_deref() == caller => Ok(job),
+            Some(job) if job.owner.as_ref() == owner => Ok(job),
             _ => Err(ApiError::new(
                 StatusCode::NOT_FOUND,
                 "invalid_request_error",
@@ -578,9 +573,12 @@ impl Inner {
         document: String,
         chunk_size: usize,
         total: usize,
-        owner: Option<String>,
-    ) -> Arc<Job> {
-        let n = self.next_id.fetch_add(1, Ordering::Relaxed);
+        owner: Option<ClientKey>,
+    ) -> Result<Arc<Job>, ApiError> {
+        let id = job_id().map_err(|error| {
+            tracing::error!(%error, "the operating system's random generator failed");
+            ApiError::internal()
+        })?;
         // queued, running, one progress per chunk, the end: the replay never evicts an event.
         let capacity = total.saturating_add(3);
         // Bounded by the count alone: a job's events are few and small, and evicting one would
@@ -592,7 +590,7 @@ impl Inner {
             .expect("the event count is at least 3 and the byte bound is not zero");
         let event_prefix = format!("{:x}-", events.epoch());
         let job = Arc::new(Job {
-            id: format!("job-{n}"),
+            id,
             owner,
             created_at: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
@@ -614,7 +612,7 @@ impl Inner {
             }),
         });
         job.publish(&job.lock(), "queued");
-        job
+        Ok(job)
     }
 
     /// Stores `job` and queues it, or refuses it: the queue is full or the server is
@@ -1152,6 +1150,17 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
         .map(|s| (*s).to_owned())
         .or_else(|| panic.downcast_ref::<String>().cloned())
         .unwrap_or_else(|| "panicked".to_owned())
+}
+
+/// A new job id: `job-` and 128 bits from the operating system's random generator, in hex.
+///
+/// Unguessable, unlike a counter: knowing one's own job says nothing about the next one, so
+/// without API keys a job's id is what it takes to read or cancel it, and with keys a guessed
+/// id of another key's job still finds nothing (jobs belong to their key).
+fn job_id() -> Result<String, getrandom::Error> {
+    let mut bits = [0_u8; 16];
+    getrandom::fill(&mut bits)?;
+    Ok(format!("job-{:032x}", u128::from_be_bytes(bits)))
 }
 
 /// `after` from now, or about 30 years from now if an `Instant` cannot hold that.

@@ -138,6 +138,9 @@ impl Limits {
 
     /// Reserves `tokens` (prompt plus `max_tokens`) and one request for `key`; the header
     /// fields of the decision go on the answer.
+    ///
+    /// `key` is a [`ClientKey`](crate::auth::ClientKey)'s text (`key:` and a digest of the API
+    /// key, or `ip:` and an address), never an API key: in Redis it is part of a key name.
     pub(crate) async fn reserve(
         &self,
         key: &str,
@@ -272,6 +275,7 @@ fn redis_rate(
     let builder = limits
         .into_iter()
         .fold(RedisRateLimiter::builder(), RedisRateLimiterBuilder::limit)
+        // Names `kitchen:limit:` and the client key (a digest, never the API key itself).
         .key_prefix("kitchen:limit:")
         .call_timeout(Duration::from_millis(config.redis_timeout_ms))
         .fallback(fallback)

@@ -7,6 +7,7 @@
 //!   -d '{"model":"kitchen-mock","messages":[{"role":"user","content":"hi"}],"stream":true}'
 //! ```
 
+mod auth;
 mod chat;
 mod config;
 mod error;

@@ -168,7 +168,7 @@ impl App {
         let result = match (route, &method) {
             ("chat", &Method::POST) => crate::chat::chat(self, request, peer, id).await,
             ("chat", _) => Err(ApiError::method_not_allowed("POST")),
-            ("jobs" | "job", _) => crate::jobs::route(self, request).await,
+            ("jobs" | "job", _) => crate::jobs::route(self, request, peer).await,
             ("fanout", &Method::GET) => crate::fanout::fanout(self, request).await,
             ("fanout", _) => Err(ApiError::method_not_allowed("GET")),
             ("ws", &Method::GET) => crate::ws::upgrade(self, request, peer, id).await,

@@ -196,7 +196,7 @@ pub(crate) async fn upgrade(
         ));
     };
     let accept = derive_accept_key(key.as_bytes());
-    let client = crate::chat::authorize(&app, headers, peer)?;
+    let client = crate::auth::authorize(&app, headers, peer)?.into_string();
     if app.shutdown.is_draining() {
         return Err(ApiError::unavailable(
             "shutting_down",

@@ -4,14 +4,15 @@
 use super::*;
 
 /// The three sources at 120, 300 and 200 ms, each with a 500 ms timeout (the defaults, spelled
-/// out so the tests read on their own).
-const SOURCES: [&str; 6] = [
+/// out so the tests read on their own), and the query's fault parameters accepted.
+const SOURCES: [&str; 7] = [
     "--fanout-weather-ms",
     "120",
     "--fanout-image-ms",
     "300",
     "--fanout-chat-ms",
     "200",
+    "--fanout-faults",
 ];
 
 /// `GET path`, expecting a 200 with a JSON body.
@@ -31,6 +32,7 @@ async fn fanout_concurrent_total_is_the_slowest_source() {
 
     assert_eq!(body["object"], "fanout");
     assert_eq!(body["mode"], "concurrent");
+    assert_eq!(body["breakers"], "shared");
     assert_eq!(body["partial"], false, "{body}");
     // The slowest source, not the sum (620 ms).
     assert_eq!(body["total_ms"], 300.0, "{body}");
@@ -159,11 +161,13 @@ async fn fanout_breaker_skips_a_source_that_keeps_timing_out() {
     // The other sources have breakers of their own, untouched.
     assert_eq!(body["sources"]["weather"]["status"], "ok");
 
-    // After the open period a probe goes through; a fast enough answer closes it again.
+    // After the open period a probe goes through; it times out again, and the source is
+    // skipped again at once.
     tokio::time::sleep(Duration::from_secs(10)).await;
-    let body = fanout_json(kitchen.addr, "/v1/fanout?image_ms=100").await;
-    assert_eq!(body["sources"]["image"]["status"], "ok", "{body}");
-    assert_eq!(body["partial"], false);
+    let body = fanout_json(kitchen.addr, "/v1/fanout").await;
+    assert_eq!(body["sources"]["image"]["status"], "timeout", "{body}");
+    let body = fanout_json(kitchen.addr, "/v1/fanout").await;
+    assert_eq!(body["sources"]["image"]["status"], "circuit_open", "{body}");
 }
 
 #[tokio::test(start_paused = true)]
@@ -196,19 +200,22 @@ async fn fanout_retry_and_breaker_follow_their_flags() {
 
     assert_eq!(body["sources"]["image"]["status"], "ok", "{body}");
 
-    // Two more answers, then a timeout: 1 failure in 4 calls would not trip a 10-call window
-    // (25%), but it is half of the 2-call one, enough to trip it (at 50%). The breaker then
-    // skips the source for 4 s, not 10.
-    for query in ["image_ms=100", "image_ms=100", ""] {
-        let body = fanout_json(kitchen.addr, &format!("/v1/fanout?{query}")).await;
-        let want = if query.is_empty() { "timeout" } else { "ok" };
+    // Two more answers, then a timeout (300 ms against 250): 1 failure in 4 calls would not
+    // trip a 10-call window (25%), but it is half of the 2-call one, enough to trip it (at
+    // 50%). The breaker then skips the source for 4 s, not 10. (These requests ask for faults,
+    // so all of it happens on the faulted breakers.)
+    for (image_ms, want) in [(100, "ok"), (100, "ok"), (300, "timeout")] {
+        let body = fanout_json(kitchen.addr, &format!("/v1/fanout?image_ms={image_ms}")).await;
         assert_eq!(body["sources"]["image"]["status"], want, "{body}");
     }
-    let body = fanout_json(kitchen.addr, "/v1/fanout").await;
+    let body = fanout_json(kitchen.addr, "/v1/fanout?image_ms=100").await;
     let image = &body["sources"]["image"];
     assert_eq!(image["status"], "circuit_open", "{image}");
     assert_eq!(image["retry_after_ms"], 4_000, "{image}");
+    // After the open period a probe goes through; a fast enough answer closes it again.
     tokio::time::sleep(Duration::from_secs(4)).await;
+    let body = fanout_json(kitchen.addr, "/v1/fanout?image_ms=100").await;
+    assert_eq!(body["sources"]["image"]["status"], "ok", "{body}");
     let body = fanout_json(kitchen.addr, "/v1/fanout?image_ms=100").await;
     assert_eq!(body["sources"]["image"]["status"], "ok", "{body}");
 }
@@ -231,7 +238,7 @@ async fn fanout_flags_out_of_range_fail_at_start_with_the_reason() {
 
 #[tokio::test(start_paused = true)]
 async fn fanout_bad_query_is_400_naming_the_parameter() {
-    let kitchen = kitchen(&[]).await;
+    let kitchen = kitchen(&["--fanout-faults"]).await;
     for (query, named) in [
         ("mode=parallel", "`mode`"),
         ("weather_ms=soon", "`weather_ms`"),
@@ -239,6 +246,7 @@ async fn fanout_bad_query_is_400_naming_the_parameter() {
         ("chat_ms=60001", "`chat_ms`"),
         ("timeout_ms=0", "`timeout_ms`"),
         ("fail=moon", "`fail`"),
+        ("fail=image%2Cmoon", "`moon`"),
         ("flaky=", "`flaky`"),
         ("colour=blue", "`colour`"),
     ] {
@@ -274,5 +282,60 @@ fn fanout_breaker_open_flag_out_of_range_is_refused_when_parsed() {
             parse(bad).is_err(),
             "--fanout-breaker-open-secs {bad} was accepted"
         );
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn fanout_fault_parameters_are_a_400_without_the_flag() {
+    let kitchen = kitchen(&SOURCES[..6]).await;
+    for query in [
+        "weather_ms=450",
+        "image_ms=30",
+        "chat_ms=0",
+        "timeout_ms=150",
+        "fail=image",
+        "flaky=weather",
+        "mode=sequential&fail=chat",
+    ] {
+        let response = get(kitchen.addr, &format!("/v1/fanout?{query}")).await;
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{query}");
+        let error = error_of(response).await;
+        let message = error["message"].as_str().unwrap();
+        let named = query.rsplit('&').next().unwrap().split('=').next().unwrap();
+        assert!(
+            message.contains(&format!("`{named}`")) && message.contains("--fanout-faults"),
+            "{query}: {error} should name `{named}` and the flag"
+        );
+    }
+    // `mode` makes nothing slow nor fail: always accepted.
+    let body = fanout_json(kitchen.addr, "/v1/fanout?mode=sequential").await;
+    assert_eq!(body["total_ms"], 620.0, "{body}");
+    assert_eq!(body["breakers"], "shared");
+}
+
+#[tokio::test(start_paused = true)]
+async fn fanout_faults_never_open_the_breakers_other_requests_use() {
+    let kitchen = kitchen(&SOURCES).await;
+    // Five requests whose image source fails, and five whose every source times out: enough
+    // to trip every breaker that records them (5 calls, 100 % failures).
+    for query in ["fail=image", "timeout_ms=1"] {
+        for _ in 0..5 {
+            let body = fanout_json(kitchen.addr, &format!("/v1/fanout?{query}")).await;
+            assert_eq!(body["breakers"], "faulted", "{body}");
+            assert_eq!(body["partial"], true, "{body}");
+        }
+    }
+    // They did trip the faulted breakers: the next faulted request skips every source.
+    let body = fanout_json(kitchen.addr, "/v1/fanout?fail=image").await;
+    for name in ["weather", "image", "chat"] {
+        assert_eq!(body["sources"][name]["status"], "circuit_open", "{body}");
+    }
+    // A request without faults calls every source, and every one answers.
+    let body = fanout_json(kitchen.addr, "/v1/fanout").await;
+    assert_eq!(body["breakers"], "shared");
+    assert_eq!(body["partial"], false, "{body}");
+    for name in ["weather", "image", "chat"] {
+        assert_eq!(body["sources"][name]["status"], "ok", "{body}");
+        assert_eq!(body["sources"][name]["attempts"], 1, "{body}");
     }
 }

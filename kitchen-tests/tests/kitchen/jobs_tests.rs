@@ -675,3 +675,120 @@ async fn shutdown_cancels_a_running_job_after_the_grace_period() {
     );
     assert_eq!(metric_now(&kitchen, "kitchen_jobs_running"), 0.0);
 }
+
+#[tokio::test(start_paused = true)]
+async fn job_ids_are_random_and_a_guessed_neighbour_is_a_404() {
+    let kitchen = kitchen(&["--job-embed-rounds", "1"]).await;
+    let ids = [
+        submit_ok(kitchen.addr, 1).await,
+        submit_ok(kitchen.addr, 1).await,
+    ];
+    let mut values = Vec::new();
+    for id in &ids {
+        let hex = id.strip_prefix("job-").unwrap();
+        assert_eq!(hex.len(), 32, "{id}: 128 bits in hex");
+        assert!(
+            hex.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)),
+            "{id}"
+        );
+        values.push(u128::from_str_radix(hex, 16).unwrap());
+    }
+    // Not a counter: two ids in a row differ in about half their bits, not in the last few.
+    let differing = (values[0] ^ values[1]).count_ones();
+    assert!(differing > 16, "{ids:?} differ in {differing} bits");
+
+    // Guesses next to a job's id, or a counter's, find nothing.
+    let mut guesses = vec!["job-1".to_owned(), "job-2".to_owned(), "job-0".to_owned()];
+    for value in values {
+        for neighbour in [value.wrapping_add(1), value.wrapping_sub(1)] {
+            guesses.push(format!("job-{neighbour:032x}"));
+        }
+    }
+    for guess in guesses {
+        let response = get(kitchen.addr, &format!("/v1/jobs/{guess}")).await;
+        assert_eq!(response.status(), StatusCode::NOT_FOUND, "{guess}");
+        assert_eq!(error_of(response).await["code"], "not_found");
+    }
+    for id in &ids {
+        assert_eq!(status_of(kitchen.addr, id).await["id"], id.as_str());
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn job_creation_shares_the_request_quota_of_chat() {
+    let kitchen = kitchen(&[
+        "--requests-per-min",
+        "2",
+        "--api-key",
+        "k1",
+        "--api-key",
+        "k2",
+        "--job-embed-rounds",
+        "1",
+    ])
+    .await;
+    let body = json!({ "document": document(1), "chunk_size": CHUNK });
+    let as_key = |key: &str| {
+        Request::post("/v1/jobs")
+            .header("authorization", format!("Bearer {key}"))
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(body.to_string())))
+            .unwrap()
+    };
+    // One job and one chat use k1's two requests of the minute: each answer says what is left.
+    let response = send(kitchen.addr, as_key("k1")).await.0;
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    assert_eq!(response.headers()["x-ratelimit-remaining-requests"], "1");
+    assert!(response.headers().contains_key("ratelimit"));
+    let chat = post(
+        kitchen.addr,
+        &order("hi", false),
+        &[("authorization", "Bearer k1")],
+    )
+    .await;
+    assert_eq!(chat.status(), StatusCode::OK);
+
+    // The next job is refused as chat would be: 429, `Retry-After`, the rate-limit fields.
+    let response = send(kitchen.addr, as_key("k1")).await.0;
+    assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+    let headers = response.headers().clone();
+    assert_eq!(error_of(response).await["code"], "rate_limit_exceeded");
+    let retry_after: u64 = headers["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=30).contains(&retry_after), "{retry_after}");
+    assert!(
+        headers["ratelimit"]
+            .to_str()
+            .unwrap()
+            .starts_with(r#""requests";r=0;"#),
+        "{headers:?}"
+    );
+    assert_eq!(headers["x-ratelimit-remaining-requests"], "0");
+    assert_eq!(
+        metric(
+            kitchen.addr,
+            "kitchen_rate_limit_rejections_total{limit=\"requests\"}"
+        )
+        .await,
+        1.0
+    );
+    // Another key has its own quota; k1 gets its turn back after the wait it was told.
+    assert_eq!(
+        send(kitchen.addr, as_key("k2")).await.0.status(),
+        StatusCode::ACCEPTED
+    );
+    tokio::time::sleep(Duration::from_secs(retry_after)).await;
+    let response = send(kitchen.addr, as_key("k1")).await.0;
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    assert_eq!(response.headers()["x-ratelimit-remaining-requests"], "0");
+    let job: Value = serde_json::from_str(&text(response).await).unwrap();
+    // Reading a job costs nothing of the quota: k1 has none left, and reads it still.
+    let path = format!("/v1/jobs/{}", job["id"].as_str().unwrap());
+    for _ in 0..3 {
+        let request = Request::get(&path)
+            .header("authorization", "Bearer k1")
+            .body(Full::default())
+            .unwrap();
+        assert_eq!(send(kitchen.addr, request).await.0.status(), StatusCode::OK);
+    }
+}

@@ -3,6 +3,9 @@
 //! clock, and fault injection is seeded.
 
 #[allow(dead_code, reason = "the tests use part of the server's code")]
+#[path = "../../../examples/kitchen/auth.rs"]
+mod auth;
+#[allow(dead_code, reason = "the tests use part of the server's code")]
 #[path = "../../../examples/kitchen/chat.rs"]
 mod chat;
 #[allow(dead_code, reason = "the tests use part of the server's code")]
@@ -42,12 +45,15 @@ mod upstream;
 #[path = "../../../examples/kitchen/ws.rs"]
 mod ws;
 
-// The tests of the prep shelf, the fan-out and the WebSocket chat, beside the chat tests below.
+// The tests of the API keys, the prep shelf, the fan-out, the server and the WebSocket chat,
+// beside the chat tests below.
+mod auth_tests;
 mod fanout_tests;
 mod jobs_tests;
 // Needs a redis-server: `cargo test -p brigade-kitchen-tests --features redis` (.ci/redis-tests).
 #[cfg(feature = "redis")]
 mod redis_tests;
+mod server_tests;
 mod ws_tests;
 
 use std::net::SocketAddr;
@@ -71,6 +77,11 @@ use crate::server::Running;
 
 /// Starts a kitchen on an ephemeral port with these flags.
 async fn kitchen(flags: &[&str]) -> Running {
+    // clap reads the variable when `--api-key` is not given: every kitchen would need its keys.
+    assert!(
+        std::env::var_os("KITCHEN_API_KEYS").is_none(),
+        "unset KITCHEN_API_KEYS to run the kitchen's tests"
+    );
     let mut args = vec!["kitchen", "--addr", "127.0.0.1:0", "--seed", "42"];
     args.extend_from_slice(flags);
     server::start(Config::parse_from(args)).await.unwrap()

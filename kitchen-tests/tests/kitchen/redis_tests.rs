@@ -217,3 +217,115 @@ async fn a_redis_too_slow_for_the_traffic_refuses_with_503_and_never_admits_past
         f64::from(ok + limited)
     );
 }
+
+/// Everything Redis shows on a connection for `command` (a one-line command), until it has
+/// been quiet for 200 ms.
+fn redis_says(port: u16, command: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    stream
+        .write_all(format!("{command}\r\n").as_bytes())
+        .unwrap();
+    let mut said = Vec::new();
+    let mut buf = [0_u8; 4096];
+    while let Ok(n) = stream.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        said.extend_from_slice(&buf[..n]);
+    }
+    String::from_utf8_lossy(&said).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_keys_never_appear_in_redis_key_names_or_commands() {
+    use std::io::{Read, Write};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    let redis = RedisServer::start();
+    let url = redis.url();
+    const SECRET: &str = "sk-kitchen-raw-secret-0123456789";
+    let k = kitchen(&[
+        "--redis",
+        url.as_str(),
+        "--api-key",
+        SECRET,
+        "--requests-per-min",
+        "100",
+        "--tokens",
+        "2",
+        "--ttft-ms",
+        "0",
+        "--token-ms",
+        "0",
+    ])
+    .await;
+    assert_eq!(metric(k.addr, STORE_REDIS).await, 1.0);
+
+    // MONITOR shows every command Redis runs, with its arguments.
+    let stop = Arc::new(AtomicBool::new(false));
+    let stopped = Arc::clone(&stop);
+    let port = redis.port();
+    let (ready, monitoring) = std::sync::mpsc::channel();
+    let monitor = std::thread::spawn(move || {
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_millis(50)))
+            .unwrap();
+        stream.write_all(b"MONITOR\r\n").unwrap();
+        let mut said = Vec::new();
+        let mut buf = [0_u8; 4096];
+        let mut told = false;
+        while !stopped.load(Ordering::Relaxed) {
+            if let Ok(n) = stream.read(&mut buf) {
+                said.extend_from_slice(&buf[..n]);
+            }
+            if !told && said.starts_with(b"+OK\r\n") {
+                told = true;
+                ready.send(()).unwrap();
+            }
+        }
+        String::from_utf8_lossy(&said).into_owned()
+    });
+    monitoring.recv().unwrap();
+
+    let bearer = format!("Bearer {SECRET}");
+    for _ in 0..3 {
+        let response = post(
+            k.addr,
+            &order("hello", false),
+            &[("authorization", &bearer)],
+        )
+        .await;
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(requests_limit(&response), Some("100"));
+    }
+    let keys = redis_says(port, "KEYS *");
+    stop.store(true, Ordering::Relaxed);
+    let commands = monitor.join().unwrap();
+
+    for (what, said) in [("KEYS", &keys), ("MONITOR", &commands)] {
+        assert!(!said.contains(SECRET), "{what} shows the API key: {said}");
+        assert!(
+            !said.contains("raw-secret"),
+            "{what} shows part of it: {said}"
+        );
+    }
+    // The client's name is the digest of its API key (the first 128 bits, in hex).
+    let client = format!("key:{}", &digest_hex(SECRET)[..32]);
+    assert!(keys.contains(&client), "KEYS: {keys}");
+    assert!(commands.contains(&client), "MONITOR: {commands}");
+}
+
+/// SHA-256 of `text`, in hex.
+fn digest_hex(text: &str) -> String {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(text.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
