@@ -987,7 +987,7 @@ pub(crate) fn completion_json(c: &CompletionFields<'_>) -> Vec<u8> {
 
 /// Appends `n` in decimal.
 fn push_decimal(out: &mut String, n: u64) {
-    out.push_str(crate::logfmt::decimal(n, &mut [0; 20]));
+    out.push_str(&n.to_string());
 }
 
 /// Appends `text` as a JSON string literal (quotes included), escaped as serde_json does.

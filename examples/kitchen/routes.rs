@@ -306,7 +306,6 @@ impl LogLine {
         tracing::info!(
             parent: &self.span,
             status,
-            // Whole microseconds: an integer formats several times faster than a float.
             latency_us = u64::try_from(self.start.elapsed().as_micros()).unwrap_or(u64::MAX),
             tokens,
             "request done"

@@ -21,9 +21,6 @@ mod jobs;
 #[path = "../../../examples/kitchen/limits.rs"]
 mod limits;
 #[allow(dead_code, reason = "the tests use part of the server's code")]
-#[path = "../../../examples/kitchen/logfmt.rs"]
-mod logfmt;
-#[allow(dead_code, reason = "the tests use part of the server's code")]
 #[path = "../../../examples/kitchen/metrics.rs"]
 mod metrics;
 #[allow(dead_code, reason = "the tests use part of the server's code")]
