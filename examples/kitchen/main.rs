@@ -7,10 +7,14 @@
 //!   -d '{"model":"kitchen-mock","messages":[{"role":"user","content":"hi"}],"stream":true}'
 //! ```
 
+mod admission;
+mod api;
 mod chat;
 mod config;
+mod cook;
 mod error;
 mod fanout;
+mod generation;
 mod jobs;
 mod limits;
 mod metrics;
