@@ -270,8 +270,8 @@ struct Plan {
 impl Plan {
     fn parse(query: Option<&str>) -> Result<Self, ApiError> {
         let mut plan = Self::default();
-        for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
-            let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        for (name, value) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+            let (name, value) = (&*name, &*value);
             match name {
                 "mode" => {
                     plan.sequential = match value {
@@ -291,7 +291,7 @@ impl Plan {
                     }
                 }
                 "fail" | "flaky" => {
-                    for listed in value.replace("%2C", ",").replace("%2c", ",").split(',') {
+                    for listed in value.split(',') {
                         let Some(i) = NAMES.iter().position(|n| *n == listed) else {
                             return Err(ApiError::invalid(format!(
                                 "`{name}` must list sources among weather, image, chat; got `{listed}`"
