@@ -81,7 +81,7 @@ pub(crate) struct Config {
     #[arg(long, default_value_t = 1000)]
     pub(crate) queue_timeout_ms: u64,
 
-    /// `max_tokens` assumed when a request gives none.
+    /// `max_tokens` assumed for the token-limit reservation when a request gives none.
     #[arg(long, default_value_t = 256)]
     pub(crate) default_max_tokens: u32,
 
@@ -113,7 +113,7 @@ pub(crate) struct Config {
     #[arg(long, default_value_t = 7)]
     pub(crate) seed: u64,
 
-    /// Mock: panic in the handler when the last message is exactly this text (to check that a
+    /// Mock: panic in the line cook when the prompt ends with this text (to check that a
     /// panic yields a 500 and leaks nothing).
     #[arg(long, hide = true)]
     pub(crate) panic_prompt: Option<String>,

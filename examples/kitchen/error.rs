@@ -3,8 +3,10 @@
 
 use std::time::Duration;
 
-use http::header::{ALLOW, CONTENT_TYPE, HeaderName, HeaderValue, RETRY_AFTER};
+use headers::{ContentType, Header, HeaderMapExt, RetryAfter};
+use http::header::{ALLOW, HeaderName, HeaderValue, RETRY_AFTER};
 use http::{Response, StatusCode};
+use serde::Serialize;
 
 use crate::routes::{Body, full};
 
@@ -16,6 +18,21 @@ pub(crate) struct ApiError {
     pub(crate) kind: &'static str,
     pub(crate) code: &'static str,
     pub(crate) headers: Vec<(HeaderName, HeaderValue)>,
+}
+
+/// `{"error":{...}}`: the body of an error answer, and the data of a final SSE error event.
+#[derive(Debug, Serialize)]
+pub(crate) struct ErrorBody<'a> {
+    pub(crate) error: ErrorFields<'a>,
+}
+
+/// OpenAI's error fields.
+#[derive(Debug, Serialize)]
+pub(crate) struct ErrorFields<'a> {
+    pub(crate) message: &'a str,
+    #[serde(rename = "type")]
+    pub(crate) kind: &'a str,
+    pub(crate) code: &'a str,
 }
 
 impl ApiError {
@@ -109,6 +126,10 @@ impl ApiError {
         .retry_after(retry_after)
     }
 
+    pub(crate) fn shutting_down(grace: Duration) -> Self {
+        Self::unavailable("shutting_down", "the server is shutting down", grace)
+    }
+
     pub(crate) fn bad_gateway(message: impl Into<String>) -> Self {
         Self::new(
             StatusCode::BAD_GATEWAY,
@@ -142,24 +163,48 @@ impl ApiError {
         self
     }
 
+    /// Adds a typed header.
+    #[must_use]
+    fn typed<H: Header>(mut self, header: &H) -> Self {
+        let mut values = Vec::with_capacity(1);
+        header.encode(&mut values);
+        self.headers
+            .extend(values.into_iter().map(|value| (H::name().clone(), value)));
+        self
+    }
+
     /// `Retry-After` in whole seconds, rounded up (at least 1).
     #[must_use]
     pub(crate) fn retry_after(self, after: Duration) -> Self {
-        let secs = retry_after_secs(after);
-        self.header(RETRY_AFTER, HeaderValue::from(secs))
+        let secs = Duration::from_secs(retry_after_secs(after));
+        self.typed(&RetryAfter::delay(secs))
+    }
+
+    /// The `Retry-After` this answer carries, in seconds.
+    pub(crate) fn retry_after_secs(&self) -> Option<u64> {
+        let (_, value) = self.headers.iter().find(|(name, _)| *name == RETRY_AFTER)?;
+        value.to_str().ok()?.parse().ok()
+    }
+
+    /// The error fields, for a JSON body or a message.
+    pub(crate) fn fields(&self) -> ErrorFields<'_> {
+        ErrorFields {
+            message: &self.message,
+            kind: self.kind,
+            code: self.code,
+        }
     }
 
     /// The JSON body alone, for a final SSE error event.
-    pub(crate) fn json(&self) -> serde_json::Value {
+    pub(crate) fn json(&self) -> String {
         error_json(&self.message, self.kind, self.code)
     }
 
     pub(crate) fn into_response(self) -> Response<Body> {
-        let body = self.json().to_string();
-        let mut response = Response::new(full(body));
+        let mut response = Response::new(full(self.json()));
         *response.status_mut() = self.status;
         let headers = response.headers_mut();
-        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        headers.typed_insert(ContentType::json());
         for (name, value) in self.headers {
             headers.append(name, value);
         }
@@ -168,8 +213,16 @@ impl ApiError {
 }
 
 /// `{"error":{"message","type","code"}}`.
-pub(crate) fn error_json(message: &str, kind: &str, code: &str) -> serde_json::Value {
-    serde_json::json!({ "error": { "message": message, "type": kind, "code": code } })
+pub(crate) fn error_json(message: &str, kind: &str, code: &str) -> String {
+    let body = ErrorBody {
+        error: ErrorFields {
+            message,
+            kind,
+            code,
+        },
+    };
+    // Strings only: serializing cannot fail.
+    serde_json::to_string(&body).unwrap_or_default()
 }
 
 /// Whole seconds, rounded up (brigade-limit's rule), at least 1.

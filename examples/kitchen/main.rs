@@ -7,14 +7,17 @@
 //!   -d '{"model":"kitchen-mock","messages":[{"role":"user","content":"hi"}],"stream":true}'
 //! ```
 
+mod admission;
+mod api;
 mod auth;
 mod chat;
 mod config;
+mod cook;
 mod error;
 mod fanout;
+mod generation;
 mod jobs;
 mod limits;
-mod logfmt;
 mod metrics;
 mod mock;
 mod routes;
@@ -29,17 +32,16 @@ use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
     let config = config::Config::parse();
-    // One log line per request: formatted on the request's task by a lean formatter (the
-    // default format's shape, without colours), written by a writer thread (lines that pile up
-    // go out in one write). The guard flushes what is left at exit.
+    // One log line per request, in tracing-subscriber's default format without colours,
+    // formatted on the request's task and written by a writer thread (lines that pile up go
+    // out in one write). The guard flushes what is left at exit.
     let (writer, _flush_on_exit) = tracing_appender::non_blocking(std::io::stdout());
     tracing_subscriber::fmt()
         .with_writer(writer)
+        .with_ansi(false)
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
         )
-        .event_format(logfmt::Line)
-        .fmt_fields(logfmt::Fields)
         .init();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -1,55 +1,30 @@
 //! The line cook: a mock model. Deterministic tokens for a given prompt, a time to first token
 //! and a time per token on tokio's clock, and seeded fault injection (failures before the first
 //! token, failures mid-stream, stalls).
+//!
+//! It speaks OpenAI, as an upstream asked for `stream_options.include_usage` does: a streamed
+//! answer is a role chunk (sent with the first token, once the time to first token has passed),
+//! one chunk per token, a finish chunk (`finish_reason` `stop`, or `length` when `max_tokens`
+//! cut the answer), a usage chunk (`choices: []`), then the end; a whole answer is one
+//! `chat.completion`. Chunks are serialized with serde into one buffer per answer, which the
+//! pass window copies out of: no allocation per token.
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll, ready};
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use futures::Stream;
+use bytes::{BufMut, Bytes, BytesMut};
+use futures::{Stream, StreamExt};
 use tokio::time::{Instant, Sleep, sleep_until};
 
+use crate::api::{
+    AnswerMessage, ChatCompletion, ChatCompletionChunk, ChatRequest, Choice, ChunkChoice, Delta,
+    FinishReason, Role, Usage,
+};
 use crate::config::Config;
-
-/// A failure of the line cook (the mock or the upstream).
-#[derive(Clone, Debug)]
-pub(crate) struct CookError {
-    pub(crate) message: String,
-    /// Worth another attempt (a 5xx, a reset), as opposed to a 4xx.
-    pub(crate) retryable: bool,
-    /// The upstream's own `Retry-After`, if it gave one.
-    pub(crate) retry_after: Option<Duration>,
-}
-
-impl CookError {
-    pub(crate) fn retryable(message: impl Into<String>) -> Self {
-        Self {
-            message: message.into(),
-            retryable: true,
-            retry_after: None,
-        }
-    }
-}
-
-/// Tokens as they come; an `Err` ends the stream.
-pub(crate) type TokenStream = Pin<Box<dyn Stream<Item = Result<Token, CookError>> + Send>>;
-
-/// One token's text: borrowed from the mock's vocabulary, or owned when decoded from an
-/// upstream.
-pub(crate) type Token = std::borrow::Cow<'static, str>;
-
-/// What the line cook is asked to make.
-#[derive(Clone, Debug)]
-pub(crate) struct Order {
-    pub(crate) model: String,
-    /// The request's `messages`, as received (their JSON text).
-    pub(crate) messages: Box<serde_json::value::RawValue>,
-    /// Every message's text, joined (the mock's seed).
-    pub(crate) prompt: String,
-    pub(crate) max_tokens: u32,
-}
+use crate::cook::{Chunk, Chunks, CookError, Cooked, Whole};
 
 /// Fault rates, changeable while the server runs (tests flip them to check recovery).
 #[derive(Debug)]
@@ -95,6 +70,8 @@ pub(crate) struct Mock {
     rng: AtomicU64,
     /// Attempts started (first tries and retries).
     pub(crate) attempts: AtomicU64,
+    /// A prompt that makes the mock panic (`--panic-prompt`).
+    panic_prompt: Option<String>,
 }
 
 /// The vocabulary, each word with the space that goes before it (the first token drops it).
@@ -118,11 +95,12 @@ impl Mock {
             ),
             rng: AtomicU64::new(config.seed),
             attempts: AtomicU64::new(0),
+            panic_prompt: config.panic_prompt.clone(),
         }
     }
 
     /// The answer to `prompt`: the same tokens every time.
-    pub(crate) fn answer(prompt: &str, n: u32) -> Vec<Token> {
+    pub(crate) fn answer(prompt: &str, n: u32) -> Vec<&'static str> {
         Words::new(prompt, n).collect()
     }
 
@@ -140,18 +118,74 @@ impl Mock {
         rate > 0.0 && self.draw() < rate
     }
 
-    /// Starts cooking: the tokens of `order`, paced, with faults drawn for this attempt.
-    pub(crate) fn open(&self, order: &Order) -> TokenStream {
-        self.attempts.fetch_add(1, Ordering::Relaxed);
-        let n = self.tokens.min(order.max_tokens);
-        let words = Words::new(&order.prompt, n);
+    /// A streamed answer to `request`.
+    pub(crate) fn stream(&self, request: &ChatRequest) -> Chunks {
+        let (cooking, order) = self.cook(request);
+        Box::pin(Serving {
+            cooking,
+            writer: ChunkWriter {
+                buf: BytesMut::new(),
+                order,
+            },
+            phase: Phase::Role,
+            held: None,
+            completion_tokens: 0,
+        })
+    }
+
+    /// A whole answer to `request`, after the time the stream would take.
+    pub(crate) async fn whole(&self, request: &ChatRequest) -> Result<Whole, CookError> {
+        let (mut cooking, order) = self.cook(request);
+        let mut content = String::new();
+        let mut completion_tokens = 0;
+        while let Some(word) = cooking.next().await {
+            content.push_str(word?);
+            completion_tokens += 1;
+        }
+        let usage = Usage::new(order.prompt_tokens, completion_tokens);
+        let answer = ChatCompletion {
+            id: &order.id,
+            object: ChatCompletion::OBJECT,
+            created: order.created,
+            model: &order.model,
+            choices: &[Choice {
+                index: 0,
+                message: AnswerMessage {
+                    role: Role::Assistant,
+                    content: &content,
+                },
+                finish_reason: order.finish_reason(completion_tokens),
+            }],
+            usage,
+        };
+        let json = serde_json::to_vec(&answer)
+            .map_err(|e| CookError::retryable(format!("could not write the answer: {e}")))?;
+        Ok(Whole {
+            json: Bytes::from(json),
+            usage: Some(usage),
+        })
+    }
+
+    /// Starts an attempt: its tokens, paced, with faults drawn for it.
+    fn cook(&self, request: &ChatRequest) -> (Cooking, Order) {
+        let attempt = self.attempts.fetch_add(1, Ordering::Relaxed) + 1;
+        let prompt = request.prompt();
+        // A bug in the line cook, on demand, with every permit of the request taken: the catch
+        // in `App::handle` turns it into a 500, and unwinding hands every permit back.
+        if let Some(trigger) = &self.panic_prompt
+            && prompt.ends_with(trigger.as_str())
+        {
+            panic!("the line cook dropped the pan (panic prompt)");
+        }
+        let max_tokens = request.max_tokens.map(|n| n.get());
+        let n = self.tokens.min(max_tokens.unwrap_or(u32::MAX));
         let stall = self.fault(&self.faults.stall);
         let fail = self.fault(&self.faults.fail);
         // A mid-stream failure comes after the first token, at a drawn position.
         let fail_at = (n > 1 && self.fault(&self.faults.mid_stream))
             .then(|| 1 + (self.draw() * f64::from(n - 1)) as u32);
-        Box::pin(Cooking {
-            words,
+        let cooking = Cooking {
+            words: Words::new(&prompt, n),
             next: 0,
             ttft: self.ttft,
             interval: self.token_interval,
@@ -161,6 +195,175 @@ impl Mock {
             timer: None,
             armed: false,
             over: false,
+        };
+        let order = Order {
+            id: format!("chatcmpl-{attempt}"),
+            created: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+            model: request.model.clone(),
+            prompt_tokens: request.prompt_tokens(),
+            max_tokens,
+        };
+        (cooking, order)
+    }
+}
+
+/// What every chunk of an answer repeats, and what decides its end.
+#[derive(Debug)]
+struct Order {
+    id: String,
+    created: u64,
+    model: String,
+    prompt_tokens: u32,
+    max_tokens: Option<u32>,
+}
+
+impl Order {
+    /// `length` when `max_tokens` cut the answer, else `stop`.
+    fn finish_reason(&self, completion_tokens: u32) -> FinishReason {
+        match self.max_tokens {
+            Some(max) if completion_tokens >= max => FinishReason::Length,
+            _ => FinishReason::Stop,
+        }
+    }
+}
+
+/// Where a streamed answer stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    /// The role chunk goes out with the first token (or the end, for an empty answer).
+    Role,
+    Content,
+    Usage,
+    Done,
+    Over,
+}
+
+/// What the role chunk holds back.
+#[derive(Clone, Copy, Debug)]
+enum Held {
+    Word(&'static str),
+    End,
+}
+
+/// The chunks of a streamed answer, from its tokens.
+struct Serving {
+    cooking: Cooking,
+    writer: ChunkWriter,
+    phase: Phase,
+    /// The first token, or the end, held back while the role chunk goes out.
+    held: Option<Held>,
+    completion_tokens: u32,
+}
+
+impl Stream for Serving {
+    type Item = Result<Cooked, CookError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        let chunk = match this.phase {
+            Phase::Role | Phase::Content => {
+                let next = match this.held.take() {
+                    Some(held) => held,
+                    None => match ready!(this.cooking.poll_next_unpin(cx)) {
+                        Some(Ok(word)) => Held::Word(word),
+                        Some(Err(error)) => {
+                            this.phase = Phase::Over;
+                            return Poll::Ready(Some(Err(error)));
+                        }
+                        None => Held::End,
+                    },
+                };
+                if this.phase == Phase::Role {
+                    this.phase = Phase::Content;
+                    this.held = Some(next);
+                    let role = Delta {
+                        role: Some(Role::Assistant),
+                        content: Some(""),
+                    };
+                    this.writer.choice(role, None, 0)
+                } else if let Held::Word(word) = next {
+                    this.completion_tokens += 1;
+                    let content = Delta {
+                        role: None,
+                        content: Some(word),
+                    };
+                    this.writer.choice(content, None, 1)
+                } else {
+                    this.phase = Phase::Usage;
+                    let reason = this.writer.order.finish_reason(this.completion_tokens);
+                    this.writer.choice(Delta::default(), Some(reason), 0)
+                }
+            }
+            Phase::Usage => {
+                this.phase = Phase::Done;
+                let usage = Usage::new(this.writer.order.prompt_tokens, this.completion_tokens);
+                this.writer.usage(usage)
+            }
+            Phase::Done => {
+                this.phase = Phase::Over;
+                return Poll::Ready(Some(Ok(Cooked::Done)));
+            }
+            Phase::Over => return Poll::Ready(None),
+        };
+        Poll::Ready(Some(chunk.map(Cooked::Chunk)))
+    }
+}
+
+/// Writes an answer's chunks with serde, each into the free end of one buffer and split off
+/// it: the buffer is allocated once, and reused whole once the chunks split off it are
+/// dropped (the pass window copies each out at once).
+struct ChunkWriter {
+    buf: BytesMut,
+    order: Order,
+}
+
+impl ChunkWriter {
+    /// Room for a chunk of a long word, so that writing one does not grow the buffer.
+    const ROOM: usize = 512;
+
+    /// A chunk with one choice.
+    fn choice(
+        &mut self,
+        delta: Delta<'_>,
+        finish_reason: Option<FinishReason>,
+        tokens: u32,
+    ) -> Result<Chunk, CookError> {
+        let choices = [ChunkChoice {
+            index: 0,
+            delta,
+            finish_reason,
+        }];
+        self.write(&choices, None, tokens)
+    }
+
+    /// The usage chunk: no choice.
+    fn usage(&mut self, usage: Usage) -> Result<Chunk, CookError> {
+        self.write(&[], Some(usage), 0)
+    }
+
+    fn write(
+        &mut self,
+        choices: &[ChunkChoice<'_>],
+        usage: Option<Usage>,
+        tokens: u32,
+    ) -> Result<Chunk, CookError> {
+        let chunk = ChatCompletionChunk {
+            id: &self.order.id,
+            object: ChatCompletionChunk::OBJECT,
+            created: self.order.created,
+            model: &self.order.model,
+            choices,
+            usage,
+        };
+        self.buf.reserve(Self::ROOM);
+        serde_json::to_writer((&mut self.buf).writer(), &chunk)
+            .map_err(|e| CookError::retryable(format!("could not write a chunk: {e}")))?;
+        Ok(Chunk {
+            json: self.buf.split().freeze(),
+            tokens,
+            usage,
         })
     }
 }
@@ -184,13 +387,13 @@ impl Words {
 }
 
 impl Iterator for Words {
-    type Item = Token;
+    type Item = &'static str;
 
-    fn next(&mut self) -> Option<Token> {
+    fn next(&mut self) -> Option<&'static str> {
         self.left = self.left.checked_sub(1)?;
         let word = WORDS[(splitmix(&mut self.state) % WORDS.len() as u64) as usize];
         let first = std::mem::replace(&mut self.first, false);
-        Some(Token::Borrowed(if first { &word[1..] } else { word }))
+        Some(if first { &word[1..] } else { word })
     }
 }
 
@@ -215,7 +418,7 @@ struct Cooking {
 }
 
 impl Stream for Cooking {
-    type Item = Result<Token, CookError>;
+    type Item = Result<&'static str, CookError>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
@@ -271,11 +474,6 @@ impl Stream for Cooking {
             }
         }
     }
-}
-
-/// Rough prompt size for usage: whitespace-separated words.
-pub(crate) fn count_tokens(text: &str) -> u32 {
-    u32::try_from(text.split_whitespace().count()).unwrap_or(u32::MAX)
 }
 
 fn fnv1a(bytes: &[u8]) -> u64 {

@@ -13,19 +13,20 @@ use brigade_cancel::Shutdown;
 use brigade_retry::{Backoff, Jitter, Retry};
 use bytes::Bytes;
 use futures::FutureExt;
-use http::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderValue};
+use headers::{ContentLength, ContentType, HeaderMapExt};
+use http::header::{CONTENT_TYPE, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use http_body_util::combinators::UnsyncBoxBody;
 use tokio::time::Instant;
 use tracing::Instrument;
 
+use crate::api::{Model, ModelList};
 use crate::config::Config;
+use crate::cook::LineCook;
 use crate::error::ApiError;
 use crate::limits::Limits;
 use crate::metrics::Metrics;
-use crate::mock::{CookError, Mock, Order, TokenStream};
-use crate::upstream::Upstream;
 
 /// Every response body of the kitchen.
 pub(crate) type Body = UnsyncBoxBody<Bytes, Infallible>;
@@ -52,8 +53,7 @@ pub(crate) struct App {
     pub(crate) breaker: CircuitBreaker,
     pub(crate) retry: Retry,
     pub(crate) limits: Limits,
-    pub(crate) mock: Mock,
-    pub(crate) upstream: Option<Upstream>,
+    pub(crate) cook: LineCook,
     /// Background jobs.
     pub(crate) jobs: crate::jobs::Shelf,
     /// The fan-out's sources.
@@ -91,32 +91,18 @@ impl App {
             })
             .build()
             .map_err(|e| format!("retry: {e}"))?;
-        let upstream = config
-            .upstream
-            .as_deref()
-            .map(|url| Upstream::new(url, config.upstream_key.clone()))
-            .transpose()?;
         Ok(Self {
             limits: Limits::new(&config, Arc::clone(&metrics))?,
             jobs: crate::jobs::Shelf::new(&config.jobs, Arc::clone(&metrics), &shutdown)?,
             fanout: crate::fanout::Sources::new(&config.fanout)?,
-            mock: Mock::new(&config),
+            cook: LineCook::new(&config)?,
             metrics,
             shutdown,
             breaker,
             retry,
-            upstream,
             config,
             next_id: AtomicU64::new(1),
         })
-    }
-
-    /// Starts the line cook for one attempt: the mock, or the upstream.
-    pub(crate) async fn open(&self, order: &Order) -> Result<TokenStream, CookError> {
-        match &self.upstream {
-            Some(upstream) => upstream.open(order).await,
-            None => Ok(self.mock.open(order)),
-        }
     }
 
     /// Answers one request: never fails, never unwinds.
@@ -166,7 +152,7 @@ impl App {
     ) -> Response<Body> {
         let method = request.method().clone();
         let result = match (route, &method) {
-            ("chat", &Method::POST) => crate::chat::chat(self, request, peer, id).await,
+            ("chat", &Method::POST) => crate::chat::chat(self, request, peer).await,
             ("chat", _) => Err(ApiError::method_not_allowed("POST")),
             ("jobs" | "job", _) => crate::jobs::route(self, request, peer).await,
             ("fanout", &Method::GET) => crate::fanout::fanout(self, request).await,
@@ -206,24 +192,27 @@ impl App {
                 );
                 response
             }
-            "models" => json(
-                StatusCode::OK,
-                &serde_json::json!({
-                    "object": "list",
-                    "data": [{
-                        "id": self.model_name(),
-                        "object": "model",
-                        "created": 0,
-                        "owned_by": "brigade",
+            "models" => {
+                let models = ModelList {
+                    object: "list",
+                    data: &[Model {
+                        id: self.model_name(),
+                        object: "model",
+                        created: 0,
+                        owned_by: "brigade",
                     }],
-                }),
-            ),
+                };
+                json_body(
+                    StatusCode::OK,
+                    serde_json::to_vec(&models).unwrap_or_default(),
+                )
+            }
             _ => ApiError::not_found(path).into_response(),
         }
     }
 
     pub(crate) fn model_name(&self) -> &'static str {
-        if self.upstream.is_some() {
+        if self.cook.upstream.is_some() {
             "upstream"
         } else {
             "kitchen-mock"
@@ -255,9 +244,7 @@ pub(crate) fn json(status: StatusCode, value: &serde_json::Value) -> Response<Bo
 pub(crate) fn json_body(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
     let mut response = Response::new(full(body));
     *response.status_mut() = status;
-    response
-        .headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response.headers_mut().typed_insert(ContentType::json());
     response
 }
 
@@ -268,16 +255,18 @@ pub(crate) async fn json_request_body(
     app: &App,
     request: Request<hyper::body::Incoming>,
 ) -> Result<Bytes, ApiError> {
-    let header = |name| request.headers().get(name).and_then(|v| v.to_str().ok());
-    let is_json = header(CONTENT_TYPE)
-        .and_then(|v| v.split(';').next())
-        .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"));
+    let headers = request.headers();
+    let is_json = headers
+        .typed_get::<ContentType>()
+        .is_some_and(|content_type| {
+            mime::Mime::from(content_type).essence_str() == "application/json"
+        });
     if !is_json {
         return Err(ApiError::unsupported_media_type());
     }
     let limit = app.config.body_limit;
-    let declared = header(CONTENT_LENGTH).and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|len| len > limit as u64) {
+    let declared = headers.typed_get::<ContentLength>();
+    if declared.is_some_and(|ContentLength(len)| len > limit as u64) {
         return Err(ApiError::too_large(limit));
     }
     let body = http_body_util::Limited::new(request.into_body(), limit)
@@ -306,7 +295,6 @@ impl LogLine {
         tracing::info!(
             parent: &self.span,
             status,
-            // Whole microseconds: an integer formats several times faster than a float.
             latency_us = u64::try_from(self.start.elapsed().as_micros()).unwrap_or(u64::MAX),
             tokens,
             "request done"

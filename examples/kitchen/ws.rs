@@ -34,10 +34,13 @@
 //! stopped, cancels the connection's scope (`client_disconnected`); the end of the shutdown's
 //! grace period cancels both (`shutdown`). The line cook stops at once in every case.
 //!
-//! A generation passes the same gates as an HTTP chat request: the rate limits of the key
-//! (API key or client address, checked at the upgrade), reserved from `max_tokens` and settled
-//! with the real count; a bulkhead slot for its length; a breaker permit; retries before the
-//! first token only. The request deadline (`--deadline-secs`) applies to each generation.
+//! A generation is admitted as an HTTP chat request is, through the same path
+//! (`admission.rs`): the rate limits of the key (API key or client address, checked at the
+//! upgrade), the estimate reserved and settled with the line cook's usage (refunded if the
+//! generation is refused before its first token); a bulkhead slot for its length; a breaker
+//! permit; retries before the first chunk only. It reads the content of each of the line
+//! cook's chunks to send its token messages. The request deadline (`--deadline-secs`)
+//! applies to each generation.
 //!
 //! Liveness: the server pings every `--ws-ping-secs` (20 by default); a connection that has
 //! not answered (any frame counts) by the next ping is closed with 1008 (policy); one that
@@ -50,33 +53,33 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use brigade_breaker::Outcome;
 use brigade_cancel::{CancelReason, CancelScope};
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
-use http::header::{
-    CONNECTION, HeaderValue, RETRY_AFTER, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY,
-    SEC_WEBSOCKET_VERSION, UPGRADE,
+use headers::{
+    Connection as ConnectionHeader, HeaderMapExt, SecWebsocketAccept, SecWebsocketKey,
+    SecWebsocketVersion, Upgrade,
 };
-use http::{HeaderMap, HeaderName, Request, Response, StatusCode, Version};
+use http::header::{HeaderValue, SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_VERSION, UPGRADE};
+use http::{HeaderMap, Request, Response, StatusCode, Version};
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 
-use crate::chat::ChatRequest;
-use crate::error::ApiError;
-use crate::mock::{Order, count_tokens};
+use crate::admission::{Admitted, Refusal, Streamed, Ticket, admit};
+use crate::api::{ChatRequest, ChunkView, Usage};
+use crate::cook::{CookError, Cooked};
+use crate::error::{ApiError, ErrorFields};
 use crate::routes::{App, Body, full};
 
 /// How long the server waits for the client's answer to its close frame.
@@ -171,31 +174,30 @@ pub(crate) async fn upgrade(
     id: u64,
 ) -> Result<Response<Body>, ApiError> {
     let headers = request.headers();
+    let connection_upgrade = headers
+        .typed_get::<ConnectionHeader>()
+        .is_some_and(|connection| connection.contains("upgrade"));
     if request.version() != Version::HTTP_11
-        || !has_token(headers, &CONNECTION, "upgrade")
+        || !connection_upgrade
         || !has_token(headers, &UPGRADE, "websocket")
     {
         return Err(upgrade_required(
             "this endpoint is a WebSocket: send an HTTP/1.1 GET with `Connection: Upgrade` and `Upgrade: websocket`",
         ));
     }
-    if headers
-        .get(SEC_WEBSOCKET_VERSION)
-        .map(HeaderValue::as_bytes)
-        != Some(b"13")
-    {
+    if headers.typed_get::<SecWebsocketVersion>() != Some(SecWebsocketVersion::V13) {
         return Err(upgrade_required("`Sec-WebSocket-Version` must be 13")
             .header(SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13")));
     }
-    let Some(key) = headers
+    let key = headers
         .get(SEC_WEBSOCKET_KEY)
         .filter(|key| is_websocket_key(key.as_bytes()))
-    else {
+        .and_then(|_| headers.typed_get::<SecWebsocketKey>());
+    let Some(key) = key else {
         return Err(ApiError::invalid(
             "`Sec-WebSocket-Key` must be 16 bytes in base64",
         ));
     };
-    let accept = derive_accept_key(key.as_bytes());
     let client = crate::auth::authorize(&app, headers, peer)?.into_string();
     if app.shutdown.is_draining() {
         return Err(ApiError::unavailable(
@@ -237,17 +239,15 @@ pub(crate) async fn upgrade(
     let mut response = Response::new(full(Bytes::new()));
     *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     let headers = response.headers_mut();
-    headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
-    headers.insert(UPGRADE, HeaderValue::from_static("websocket"));
-    headers.insert(
-        SEC_WEBSOCKET_ACCEPT,
-        HeaderValue::from_str(&accept).map_err(|_| ApiError::internal())?,
-    );
+    headers.typed_insert(ConnectionHeader::upgrade());
+    headers.typed_insert(Upgrade::websocket());
+    headers.typed_insert(SecWebsocketAccept::from(key));
     Ok(response)
 }
 
-/// Whether a comma-separated header holds `token` (case-insensitive).
-fn has_token(headers: &HeaderMap, name: &HeaderName, token: &str) -> bool {
+/// Whether a comma-separated header holds `token` (case-insensitive; `headers::Upgrade`
+/// compares the whole value, case included).
+fn has_token(headers: &HeaderMap, name: &http::HeaderName, token: &str) -> bool {
     headers
         .get_all(name)
         .iter()
@@ -470,19 +470,23 @@ impl Connection {
 
     /// A client's text message: a chat request or a cancel. Returns the reply, if any.
     fn on_text(&mut self, text: &str) -> Option<String> {
-        let value: Value = match serde_json::from_str(text) {
-            Ok(value) => value,
-            Err(e) => {
-                return Some(error_message(
-                    &ApiError::invalid(format!("malformed JSON: {e}")),
-                    None,
-                ));
-            }
+        /// The message's `type`, read before the rest.
+        #[derive(Deserialize)]
+        struct Kind {
+            #[serde(default, rename = "type")]
+            kind: Option<String>,
+        }
+        let mut json = serde_json::Deserializer::from_str(text);
+        let kind = match serde_path_to_error::deserialize(&mut json) {
+            Ok(Kind { kind }) => kind,
+            // A `type` that is not a string is no type we know.
+            Err(error) if error.path().to_string() == "type" => Some(String::new()),
+            // Not JSON, or not an object: the chat request's parser names what is wrong.
+            Err(_) => None,
         };
-        match value.get("type") {
-            None | Some(Value::Null) => {}
-            Some(Value::String(kind)) if kind == "chat" => {}
-            Some(Value::String(kind)) if kind == "cancel" => {
+        match kind.as_deref() {
+            None | Some("chat") => {}
+            Some("cancel") => {
                 if let Some(current) = &self.current {
                     current.scope.cancel(CancelReason::custom(CLIENT_CANCEL));
                 }
@@ -495,17 +499,13 @@ impl Connection {
                 ));
             }
         }
-        let chat = match crate::chat::parse(text.as_bytes(), self.app.config.default_max_tokens) {
+        let chat = match ChatRequest::parse(Bytes::copy_from_slice(text.as_bytes())) {
             Ok(chat) => chat,
             Err(error) => return Some(error_message(&error, None)),
         };
         if self.draining {
             return Some(error_message(
-                &ApiError::unavailable(
-                    "shutting_down",
-                    "the server is shutting down",
-                    self.app.config.grace(),
-                ),
+                &ApiError::shutting_down(self.app.config.grace()),
                 None,
             ));
         }
@@ -536,10 +536,13 @@ impl Connection {
             app: Arc::clone(&self.app),
             client: self.client.clone(),
             id: format!("ws-{}-{}", self.id, self.generations),
-            order: Arc::new(chat.order),
+            prompt_tokens: chat.prompt_tokens(),
+            chat: Arc::new(chat),
             scope: scope.clone(),
             outbox,
             completion_tokens: 0,
+            finish_reason: None,
+            usage: None,
         };
         self.app.metrics.ws.generations.inc();
         self.app.shutdown.spawn(generation.run());
@@ -558,26 +561,56 @@ async fn next_out(current: Option<&mut Current>) -> Option<Out> {
     }
 }
 
+/// A message of the server.
+#[derive(Debug, Serialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+enum ServerMessage<'a> {
+    Start {
+        id: &'a str,
+        model: &'a str,
+    },
+    Token {
+        id: &'a str,
+        index: u32,
+        text: &'a str,
+    },
+    Done {
+        id: &'a str,
+        finish_reason: &'a str,
+        usage: Usage,
+    },
+    Cancelled {
+        id: &'a str,
+        reason: &'a str,
+        completion_tokens: u32,
+    },
+    Error {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<&'a str>,
+        status: u16,
+        error: ErrorFields<'a>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        retry_after: Option<u64>,
+    },
+}
+
+impl ServerMessage<'_> {
+    fn to_text(&self) -> String {
+        // Strings and numbers only: serializing cannot fail.
+        serde_json::to_string(self).unwrap_or_default()
+    }
+}
+
 /// `{"type":"error","status","error"}` (with `id` for a generation's error, and `retry_after`
 /// when the HTTP answer would carry one).
 fn error_message(error: &ApiError, id: Option<&str>) -> String {
-    let mut message = json!({
-        "type": "error",
-        "status": error.status.as_u16(),
-        "error": error.json()["error"],
-    });
-    if let Some(id) = id {
-        message["id"] = json!(id);
+    ServerMessage::Error {
+        id,
+        status: error.status.as_u16(),
+        error: error.fields(),
+        retry_after: error.retry_after_secs(),
     }
-    let retry_after = error
-        .headers
-        .iter()
-        .find(|(name, _)| *name == RETRY_AFTER)
-        .and_then(|(_, value)| value.to_str().ok()?.parse::<u64>().ok());
-    if let Some(secs) = retry_after {
-        message["retry_after"] = json!(secs);
-    }
-    message.to_string()
+    .to_text()
 }
 
 /// How a generation ended.
@@ -588,74 +621,54 @@ enum End {
     Cancelled(CancelReason),
 }
 
-/// One answer in the making, run as a task: the gates of a chat request, then the line cook's
-/// tokens as messages into the connection's outbox.
+/// One answer in the making, run as a task: admitted as a chat request is (`admission.rs`),
+/// then the line cook's chunks as token messages into the connection's outbox.
 #[derive(Debug)]
 struct Generation {
     app: Arc<App>,
     client: String,
     id: String,
-    order: Arc<Order>,
+    chat: Arc<ChatRequest>,
+    prompt_tokens: u32,
     scope: CancelScope,
     outbox: mpsc::Sender<Out>,
     completion_tokens: u32,
+    /// The finish reason of the line cook's finish chunk.
+    finish_reason: Option<String>,
+    /// The line cook's usage chunk.
+    usage: Option<Usage>,
 }
 
 impl Generation {
     async fn run(mut self) {
-        let start = json!({ "type": "start", "id": self.id, "model": self.order.model });
-        let prompt_tokens = count_tokens(&self.order.prompt);
-        let end = if !self.emit(false, start.to_string()).await {
+        let start = ServerMessage::Start {
+            id: &self.id,
+            model: &self.chat.model,
+        }
+        .to_text();
+        let end = if self.emit(false, start).await {
+            self.generate().await
+        } else {
             // Cancelled before it started: still ends with its `cancelled` message.
             self.cancelled()
-        } else {
-            match self
-                .app
-                .limits
-                .reserve(
-                    &self.client,
-                    prompt_tokens.saturating_add(self.order.max_tokens),
-                )
-                .await
-            {
-                Ok((reserved, _headers)) => {
-                    let end = self.generate().await;
-                    reserved.settle(prompt_tokens + self.completion_tokens);
-                    end
-                }
-                Err(error) => End::Failed(error),
-            }
         };
         let last = match end {
-            End::Done => {
-                let finish_reason = if self.completion_tokens >= self.order.max_tokens {
-                    "length"
-                } else {
-                    "stop"
-                };
-                json!({
-                    "type": "done",
-                    "id": self.id,
-                    "finish_reason": finish_reason,
-                    "usage": {
-                        "prompt_tokens": prompt_tokens,
-                        "completion_tokens": self.completion_tokens,
-                        "total_tokens": prompt_tokens + self.completion_tokens,
-                    },
-                })
-                .to_string()
+            End::Done => ServerMessage::Done {
+                id: &self.id,
+                finish_reason: self.finish_reason.as_deref().unwrap_or("stop"),
+                usage: self.usage(),
             }
+            .to_text(),
             End::Failed(error) => error_message(&error, Some(&self.id)),
             End::Cancelled(reason) => {
                 self.app.metrics.ws.cancel(&reason);
                 tracing::debug!(id = self.id, %reason, "WebSocket generation cancelled");
-                json!({
-                    "type": "cancelled",
-                    "id": self.id,
-                    "reason": reason.as_str(),
-                    "completion_tokens": self.completion_tokens,
-                })
-                .to_string()
+                ServerMessage::Cancelled {
+                    id: &self.id,
+                    reason: reason.as_str(),
+                    completion_tokens: self.completion_tokens,
+                }
+                .to_text()
             }
         };
         // The connection may be gone already; then nobody reads this.
@@ -693,98 +706,95 @@ impl Generation {
         )
     }
 
-    /// The bulkhead, the breaker, the retries before the first token, then the tokens.
+    /// The line cook's usage, or the tokens counted.
+    fn usage(&self) -> Usage {
+        self.usage
+            .unwrap_or_else(|| Usage::new(self.prompt_tokens, self.completion_tokens))
+    }
+
+    /// Admission, then the chunks; the ticket is settled with what the answer used.
     async fn generate(&mut self) -> End {
         let app = Arc::clone(&self.app);
-        let _slot = match self.scope.run_until_cancelled(app.limits.slot()).await {
-            Ok(Ok(slot)) => slot,
-            Ok(Err(error)) => return End::Failed(error),
-            Err(cancelled) => return End::Cancelled(cancelled.into_reason()),
+        let admitted = admit::<Streamed>(&app, &self.client, &self.scope, &self.chat).await;
+        let Admitted {
+            mut ticket, dish, ..
+        } = match admitted {
+            Ok(admitted) => admitted,
+            Err(Refusal::Refused(error)) => return End::Failed(error),
+            Err(Refusal::Cancelled(reason)) => return End::Cancelled(reason),
         };
-        let permit = match app.breaker.try_acquire_owned() {
-            Ok(permit) => permit,
-            Err(rejected) => {
-                return End::Failed(ApiError::unavailable(
-                    "circuit_open",
-                    format!("the upstream is unavailable ({})", rejected.state()),
-                    rejected.retry_after(),
-                ));
-            }
-        };
-        let cook = Arc::clone(&app);
-        let order = Arc::clone(&self.order);
-        let opened = app
-            .retry
-            .classify(crate::chat::classify)
-            .cancel_on(self.scope.token())
-            .run(async move |attempt: &brigade_retry::Attempt| {
-                let mut tokens = cook.open(&order).await?;
-                match tokens.next().await {
-                    Some(Ok(token)) => {
-                        // The commit point: from here on this answer is never retried.
-                        attempt.commit();
-                        Ok((Some(token), tokens))
-                    }
-                    Some(Err(error)) => Err(error),
-                    None => Ok((None, tokens)),
-                }
-            })
-            .await;
-        let (mut next, mut tokens) = match opened {
-            Ok(opened) => opened,
-            Err(_) if self.scope.is_cancelled() => {
-                // The client, the deadline or the shutdown: the upstream is not to blame.
-                drop(permit);
-                return self.cancelled();
-            }
-            Err(error) => {
-                return End::Failed(crate::chat::attempts_failed(
-                    &app,
-                    &self.scope,
-                    permit,
-                    error,
-                ));
-            }
-        };
+        let end = self.serve(&mut ticket, dish).await;
+        ticket.spend(self.usage().total_tokens);
+        end
+    }
+
+    /// Each chunk's content as a token message, until the end.
+    async fn serve(&mut self, ticket: &mut Ticket, dish: Streamed) -> End {
+        let Streamed { first, mut rest } = dish;
+        let mut next = Some(first);
         loop {
-            let token = match next.take() {
+            let cooked = match next.take() {
                 Some(first) => Some(Ok(first)),
-                None => match self.scope.run_until_cancelled(tokens.next()).await {
-                    Ok(token) => token,
-                    Err(_) => {
-                        drop(permit);
-                        return self.cancelled();
-                    }
+                None => match self.scope.run_until_cancelled(rest.next()).await {
+                    Ok(cooked) => cooked,
+                    Err(_) => return self.cancelled(),
                 },
             };
-            match token {
-                Some(Ok(text)) => {
-                    app.metrics.tokens.inc();
-                    let index = self.completion_tokens;
-                    self.completion_tokens += 1;
-                    let message =
-                        json!({ "type": "token", "id": self.id, "index": index, "text": text });
-                    if !self.emit(true, message.to_string()).await {
-                        drop(permit);
+            match cooked {
+                Some(Ok(Cooked::Chunk(chunk))) => {
+                    if !self.tokens_of(&chunk.json).await {
                         return self.cancelled();
                     }
+                    if chunk.usage.is_some() {
+                        self.usage = chunk.usage;
+                    }
+                }
+                Some(Ok(Cooked::Done)) => {
+                    ticket.succeeded();
+                    return End::Done;
                 }
                 Some(Err(error)) => {
-                    permit.record(if error.retryable {
-                        Outcome::FAILURE
-                    } else {
-                        Outcome::Ignored
-                    });
+                    ticket.failed(&error);
                     return End::Failed(ApiError::bad_gateway(format!(
                         "the line cook failed mid-stream: {}",
                         error.message
                     )));
                 }
                 None => {
-                    permit.success();
-                    return End::Done;
+                    let error = "the line cook's stream ended before its end";
+                    ticket.failed(&CookError::retryable(error));
+                    return End::Failed(ApiError::bad_gateway(error));
                 }
             }
         }
+    }
+
+    /// Sends the content of a chunk as token messages and notes its finish reason; `false`
+    /// if the generation was cancelled meanwhile.
+    async fn tokens_of(&mut self, json: &[u8]) -> bool {
+        let Ok(view) = serde_json::from_slice::<ChunkView<'_>>(json) else {
+            return true;
+        };
+        for choice in view.choices {
+            if let Some(reason) = choice.finish_reason {
+                self.finish_reason = Some(reason.into_owned());
+            }
+            let Some(text) = choice.delta.content.filter(|text| !text.is_empty()) else {
+                continue;
+            };
+            self.app.metrics.tokens.inc();
+            let index = self.completion_tokens;
+            self.completion_tokens += 1;
+            let message = ServerMessage::Token {
+                id: &self.id,
+                index,
+                text: &text,
+            }
+            .to_text();
+            if !self.emit(true, message).await {
+                return false;
+            }
+        }
+        true
     }
 }

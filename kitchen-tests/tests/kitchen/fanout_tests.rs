@@ -339,3 +339,17 @@ async fn fanout_faults_never_open_the_breakers_other_requests_use() {
         assert_eq!(body["sources"][name]["attempts"], 1, "{body}");
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn fanout_query_is_percent_decoded() {
+    let kitchen = kitchen(&SOURCES).await;
+    // `%31%30` is "10", `%73` an "s": the weather source at 10 ms, the sources in sequence.
+    let body = fanout_json(
+        kitchen.addr,
+        "/v1/fanout?mode=%73equential&weather_ms=%31%30",
+    )
+    .await;
+    assert_eq!(body["mode"], "sequential", "{body}");
+    assert_eq!(body["sources"]["weather"]["latency_ms"], 10.0, "{body}");
+    assert_eq!(body["total_ms"], 510.0, "10 + 300 + 200: {body}");
+}

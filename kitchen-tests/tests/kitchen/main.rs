@@ -3,6 +3,12 @@
 //! clock, and fault injection is seeded.
 
 #[allow(dead_code, reason = "the tests use part of the server's code")]
+#[path = "../../../examples/kitchen/admission.rs"]
+mod admission;
+#[allow(dead_code, reason = "the tests use part of the server's code")]
+#[path = "../../../examples/kitchen/api.rs"]
+mod api;
+#[allow(dead_code, reason = "the tests use part of the server's code")]
 #[path = "../../../examples/kitchen/auth.rs"]
 mod auth;
 #[allow(dead_code, reason = "the tests use part of the server's code")]
@@ -12,20 +18,23 @@ mod chat;
 #[path = "../../../examples/kitchen/config.rs"]
 mod config;
 #[allow(dead_code, reason = "the tests use part of the server's code")]
+#[path = "../../../examples/kitchen/cook.rs"]
+mod cook;
+#[allow(dead_code, reason = "the tests use part of the server's code")]
 #[path = "../../../examples/kitchen/error.rs"]
 mod error;
 #[allow(dead_code, reason = "the tests use part of the server's code")]
 #[path = "../../../examples/kitchen/fanout.rs"]
 mod fanout;
 #[allow(dead_code, reason = "the tests use part of the server's code")]
+#[path = "../../../examples/kitchen/generation.rs"]
+mod generation;
+#[allow(dead_code, reason = "the tests use part of the server's code")]
 #[path = "../../../examples/kitchen/jobs.rs"]
 mod jobs;
 #[allow(dead_code, reason = "the tests use part of the server's code")]
 #[path = "../../../examples/kitchen/limits.rs"]
 mod limits;
-#[allow(dead_code, reason = "the tests use part of the server's code")]
-#[path = "../../../examples/kitchen/logfmt.rs"]
-mod logfmt;
 #[allow(dead_code, reason = "the tests use part of the server's code")]
 #[path = "../../../examples/kitchen/metrics.rs"]
 mod metrics;
@@ -45,8 +54,10 @@ mod upstream;
 #[path = "../../../examples/kitchen/ws.rs"]
 mod ws;
 
-// The tests of the API keys, the prep shelf, the fan-out, the server and the WebSocket chat,
-// beside the chat tests below.
+// The tests of admission, the request types, the API keys, the prep shelf, the fan-out, the
+// server and the WebSocket chat, beside the chat tests below.
+mod admission_tests;
+mod api_tests;
 mod auth_tests;
 mod fanout_tests;
 mod jobs_tests;
@@ -369,7 +380,7 @@ async fn retries_before_first_token_then_502() {
     let response = post(kitchen.addr, &order("hi", true), &[]).await;
     assert_eq!(response.status(), StatusCode::BAD_GATEWAY);
     assert_eq!(error_of(response).await["code"], "upstream_error");
-    assert_eq!(kitchen.app.mock.attempts.load(Ordering::Relaxed), 3);
+    assert_eq!(kitchen.app.cook.mock.attempts.load(Ordering::Relaxed), 3);
     assert_eq!(metric(kitchen.addr, "kitchen_retries_total").await, 2.0);
     assert_eq!(kitchen.app.breaker.metrics().failed_calls, 1);
 }
@@ -396,7 +407,7 @@ async fn no_retry_after_the_first_token() {
         .filter(|e| e.contains("\"content\":\"") && !e.contains("\"content\":\"\""))
         .count();
     assert!((1..10).contains(&tokens), "{events:?}");
-    assert_eq!(kitchen.app.mock.attempts.load(Ordering::Relaxed), 1);
+    assert_eq!(kitchen.app.cook.mock.attempts.load(Ordering::Relaxed), 1);
     assert_eq!(metric(kitchen.addr, "kitchen_retries_total").await, 0.0);
     // The failure after the commit point is the upstream's: recorded on the breaker.
     assert_eq!(kitchen.app.breaker.metrics().failed_calls, 1);
@@ -426,13 +437,13 @@ async fn breaker_opens_under_faults_and_closes_after_recovery() {
         );
     }
     assert_eq!(kitchen.app.breaker.state(), State::Open);
-    let attempts = kitchen.app.mock.attempts.load(Ordering::Relaxed);
+    let attempts = kitchen.app.cook.mock.attempts.load(Ordering::Relaxed);
     let response = post(kitchen.addr, &order("hi", true), &[]).await;
     assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(response.headers()["retry-after"], "5");
     assert_eq!(error_of(response).await["code"], "circuit_open");
     assert_eq!(
-        kitchen.app.mock.attempts.load(Ordering::Relaxed),
+        kitchen.app.cook.mock.attempts.load(Ordering::Relaxed),
         attempts,
         "open: the line cook is not called"
     );
@@ -442,7 +453,7 @@ async fn breaker_opens_under_faults_and_closes_after_recovery() {
     );
 
     // The upstream recovers; after the open period one probe closes the breaker.
-    kitchen.app.mock.faults.set(0.0, 0.0, 0.0);
+    kitchen.app.cook.mock.faults.set(0.0, 0.0, 0.0);
     tokio::time::sleep(Duration::from_secs(5)).await;
     let response = post(kitchen.addr, &order("hi", true), &[]).await;
     assert_eq!(response.status(), StatusCode::OK);
@@ -820,140 +831,6 @@ async fn idle_stream_gets_keep_alive_comments_between_tokens() {
     );
 }
 
-#[test]
-fn hand_written_json_strings_match_serde_json() {
-    let mut cases: Vec<String> = (0_u8..0x20)
-        .map(|b| format!("a{}b", char::from(b)))
-        .collect();
-    cases.extend(
-        [
-            "",
-            "plain",
-            "quote \" and backslash \\",
-            "\u{7f} del",
-            "é, 漢字, 🍳",
-            "\"\\\n\r\t",
-            "</script>",
-        ]
-        .map(str::to_owned),
-    );
-    // Every escape at every offset of the eight-byte words, among ASCII and multi-byte text.
-    for escaped in ["\"", "\\", "\n", "\u{1f}", "\u{0}"] {
-        for offset in 0..18 {
-            cases.push(format!(
-                "{}{escaped}{}",
-                "a".repeat(offset),
-                "b".repeat(19 - offset)
-            ));
-            cases.push(format!(
-                "{}{escaped}é漢{}",
-                "é".repeat(offset),
-                "🍳".repeat(3)
-            ));
-        }
-    }
-    cases.push("clean text longer than a word, with no escape at all: é漢🍳".to_owned());
-    for case in cases {
-        let mut out = String::new();
-        chat::push_json_str(&mut out, &case);
-        assert_eq!(out, serde_json::to_string(&case).unwrap(), "{case:?}");
-    }
-}
-
-/// The hand-written JSON answer is the value serde_json would write for the same fields.
-#[test]
-fn the_json_answer_is_what_serde_json_writes() {
-    for (content, finish_reason, created, prompt, completion) in [
-        ("", "stop", 0, 0, 0),
-        ("Hello there", "length", 1_764_000_000, 12, 64),
-        (
-            "quote \" backslash \\ newline \n tab \t \u{1} é 漢字 🍳",
-            "stop",
-            u64::MAX,
-            u32::MAX,
-            7,
-        ),
-    ] {
-        let fields = chat::CompletionFields {
-            id: "chatcmpl-\"x\"",
-            created,
-            model: "mock-\\model",
-            content,
-            finish_reason,
-            prompt_tokens: prompt,
-            completion_tokens: completion,
-        };
-        let ours: serde_json::Value =
-            serde_json::from_slice(&chat::completion_json(&fields)).unwrap();
-        let theirs = serde_json::json!({
-            "id": fields.id,
-            "object": "chat.completion",
-            "created": created,
-            "model": fields.model,
-            "choices": [{
-                "index": 0,
-                "message": {"role": "assistant", "content": content},
-                "finish_reason": finish_reason,
-            }],
-            "usage": {
-                "prompt_tokens": prompt,
-                "completion_tokens": completion,
-                "total_tokens": u64::from(prompt) + u64::from(completion),
-            },
-        });
-        assert_eq!(ours, theirs, "{content:?}");
-    }
-}
-
-/// The typed fast path of the request parser reads every request the checked path accepts the
-/// same way, and leaves every one it does not to the checked path (which names the field).
-#[test]
-fn the_fast_parse_agrees_with_the_checked_parse() {
-    let bodies = [
-        r#"{"model":"m","messages":[{"role":"user","content":"hi"}]}"#,
-        r#"{"model":"m","messages":[{"role":"system","content":"be brief"},{"role":"user","content":"a\"b\u00e9"}],"stream":true,"stream_options":{"include_usage":true},"max_tokens":7}"#,
-        r#"{"model":"m","messages":[{"role":"user","content":[{"type":"text","text":"one"},{"type":"image_url"},{"text":"two"}]}],"max_completion_tokens":3}"#,
-        r#"{"model":"m","messages":[{"role":"assistant","content":null}],"stream":null,"max_tokens":null,"stream_options":null}"#,
-        r#"{"messages":[{"role":"user","content":"hi"}],"model":"m","temperature":0.2,"user":"u","tools":[{"x":[1,2,{"y":null}]}]}"#,
-        r#"  {"model":"m","messages":[{"role":"user","content":"hi"}]}  "#,
-        r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"max_tokens":5,"max_completion_tokens":9}"#,
-        // Rejected, each for its own reason.
-        r#"{"model":"","messages":[{"role":"user","content":"hi"}]}"#,
-        r#"{"model":"m","messages":[]}"#,
-        r#"{"model":"m","messages":{}}"#,
-        r#"{"model":"m","messages":[["user","hi"]]}"#,
-        r#"{"model":"m","messages":[{"role":"chef","content":"hi"}]}"#,
-        r#"{"model":"m","messages":[{"role":"user","content":7}]}"#,
-        r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"max_tokens":0}"#,
-        r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"max_tokens":-1}"#,
-        r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"stream":"yes"}"#,
-        r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"stream_options":{"include_usage":1}}"#,
-        r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"stream_options":[true]}"#,
-        r#"["m",[{"role":"user","content":"hi"}]]"#,
-        r#"{"model":7,"messages":[{"role":"user","content":"hi"}]}"#,
-        r#"{"model":"m","messages":[{"role":"user","content":"hi"}]"#,
-        r#"{"model":"m","model":"n","messages":[{"role":"user","content":"hi"}]}"#,
-        "",
-    ];
-    for body in bodies {
-        let fast = chat::parse(body.as_bytes(), 64);
-        let checked = chat::parse_checked(body.as_bytes(), 64);
-        assert_eq!(format!("{fast:?}"), format!("{checked:?}"), "{body}");
-    }
-    let accepted = bodies
-        .iter()
-        .filter(|body| chat::parse(body.as_bytes(), 64).is_ok())
-        .count();
-    assert_eq!(accepted, 7, "the first seven bodies are valid");
-    let repeated = format!("{:?}", chat::parse(bodies[bodies.len() - 2].as_bytes(), 64));
-    assert!(repeated.contains("duplicate field"), "{repeated}");
-    // The messages are kept byte for byte, for a proxied upstream.
-    let parsed = chat::parse(bodies[1].as_bytes(), 64).unwrap();
-    assert!(bodies[1].contains(parsed.order.messages.get()));
-    assert_eq!(parsed.order.prompt, "be brief\na\"bé");
-    assert_eq!(parsed.order.max_tokens, 7);
-}
-
 #[tokio::test(start_paused = true)]
 async fn chunks_stay_valid_json_with_an_awkward_model_name() {
     let kitchen = kitchen(&["--tokens", "3"]).await;
@@ -978,4 +855,86 @@ async fn chunks_stay_valid_json_with_an_awkward_model_name() {
     assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
     assert_eq!(chunks[4]["choices"][0]["finish_reason"], "length");
     assert_eq!(chunks[4]["choices"][0]["delta"], json!({}));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_message_without_content_is_a_400_naming_it() {
+    let kitchen = kitchen(&["--tokens", "3"]).await;
+    for message in [
+        json!({ "role": "user" }),
+        json!({ "role": "user", "content": null }),
+        json!({ "role": "assistant" }),
+        json!({ "role": "assistant", "content": null, "tool_calls": null }),
+    ] {
+        let body = json!({
+            "model": "m",
+            "messages": [{ "role": "system", "content": "be brief" }, message],
+        });
+        let response = post(kitchen.addr, &body, &[]).await;
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{body}");
+        let error = error_of(response).await;
+        assert!(
+            error["message"]
+                .as_str()
+                .unwrap()
+                .contains("`messages[1].content`"),
+            "{error}"
+        );
+    }
+    // An assistant message that calls tools needs no content, as with OpenAI.
+    let body = json!({
+        "model": "m",
+        "messages": [
+            { "role": "user", "content": "the weather?" },
+            { "role": "assistant", "content": null, "tool_calls": [{
+                "id": "call_1", "type": "function",
+                "function": { "name": "weather", "arguments": "{}" },
+            }] },
+            { "role": "tool", "tool_call_id": "call_1", "content": "sunny" },
+        ],
+    });
+    let response = post(kitchen.addr, &body, &[]).await;
+    assert_eq!(response.status(), StatusCode::OK);
+}
+
+/// An upstream that answers every request with one chunk, then closes the connection: a
+/// stream cut off before its `[DONE]`.
+async fn cut_off_upstream() -> SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut request = vec![0; 64 * 1024];
+                let _ = socket.read(&mut request).await;
+                let chunk = json!({
+                    "id": "chatcmpl-cut", "object": "chat.completion.chunk", "created": 0,
+                    "model": "m",
+                    "choices": [{ "index": 0, "delta": { "content": "half" }, "finish_reason": null }],
+                });
+                let answer = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\n\
+                     data: {chunk}\n\n"
+                );
+                let _ = socket.write_all(answer.as_bytes()).await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stream_cut_off_before_done_ends_with_an_error_event() {
+    let upstream = cut_off_upstream().await;
+    let proxy = kitchen(&["--upstream", &format!("http://{upstream}")]).await;
+    let response = post(proxy.addr, &order("hi", true), &[]).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let events = sse_data(&text(response).await);
+    assert!(events[0].contains("\"half\""), "{events:?}");
+    assert!(!events.iter().any(|e| e == "[DONE]"), "{events:?}");
+    let last: Value = serde_json::from_str(events.last().unwrap()).unwrap();
+    assert_eq!(last["error"]["code"], "upstream_error", "{events:?}");
+    // The upstream's failure, after the commit point: recorded on the breaker.
+    assert_eq!(proxy.app.breaker.metrics().failed_calls, 1);
 }

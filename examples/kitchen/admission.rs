@@ -1,0 +1,300 @@
+//! The one admission path of an answer, for HTTP chat and WebSocket chat alike: rate limits
+//! (the token estimate reserved) → a bulkhead slot (waited for within the request's scope) →
+//! a breaker permit → retries until the line cook's first chunk (the commit point).
+//!
+//! What it hands back is a [`Ticket`] (the reservation, the slot, the permit), which the
+//! answer holds until it ends, and the opened answer: a stream up to its first chunk, or a
+//! whole answer.
+//!
+//! A request refused before its first chunk (the bulkhead or the breaker full, the line cook
+//! failing every attempt, the deadline, the client gone, the shutdown) gets its whole token
+//! estimate back: nothing of it was served. Only the request itself stays counted. The
+//! refund is the ticket's drop, so no refusal can forget it.
+//!
+//! The breaker outcome and the retry decision of an attempt's error are decided once, by
+//! [`Verdict`].
+
+use std::borrow::Borrow;
+use std::future::Future;
+use std::sync::Arc;
+
+use brigade_breaker::{Outcome, OwnedPermit};
+use brigade_cancel::{CancelReason, CancelScope};
+use brigade_retry::{Action, Attempt, RetryError, StopReason};
+use futures::StreamExt;
+use http::{HeaderMap, StatusCode};
+
+use crate::api::ChatRequest;
+use crate::cook::{Chunks, CookError, Cooked, LineCook, Whole};
+use crate::error::ApiError;
+use crate::limits::{Reserved, Slot};
+use crate::routes::App;
+
+/// What an attempt of the line cook opens.
+pub(crate) trait Dish: Sized + Send {
+    /// Runs one attempt up to the commit point.
+    fn open(
+        cook: &LineCook,
+        request: &ChatRequest,
+    ) -> impl Future<Output = Result<Self, CookError>> + Send;
+}
+
+/// A streamed answer, opened: its first item (the commit point) and the rest.
+pub(crate) struct Streamed {
+    pub(crate) first: Cooked,
+    pub(crate) rest: Chunks,
+}
+
+impl Dish for Streamed {
+    async fn open(cook: &LineCook, request: &ChatRequest) -> Result<Self, CookError> {
+        let mut chunks = cook.stream(request).await?;
+        match chunks.next().await {
+            Some(Ok(first)) => Ok(Self {
+                first,
+                rest: chunks,
+            }),
+            Some(Err(error)) => Err(error),
+            None => Err(CookError::retryable(
+                "the line cook's stream ended before its first chunk",
+            )),
+        }
+    }
+}
+
+impl Dish for Whole {
+    fn open(
+        cook: &LineCook,
+        request: &ChatRequest,
+    ) -> impl Future<Output = Result<Self, CookError>> + Send {
+        cook.whole(request)
+    }
+}
+
+/// An admitted answer: its ticket, what the line cook opened, and the rate-limit fields for
+/// the answer's headers.
+pub(crate) struct Admitted<D> {
+    pub(crate) ticket: Ticket,
+    pub(crate) dish: D,
+    pub(crate) headers: HeaderMap,
+}
+
+/// Why an answer was not admitted.
+#[derive(Debug)]
+pub(crate) enum Refusal {
+    /// Refused: the error says why.
+    Refused(ApiError),
+    /// The request's scope was cancelled first (the client, the deadline, the shutdown).
+    Cancelled(CancelReason),
+}
+
+impl Refusal {
+    /// The HTTP answer (a cancel is counted in the metrics here).
+    pub(crate) fn into_error(self, app: &App) -> ApiError {
+        let reason = match self {
+            Self::Refused(error) => return error,
+            Self::Cancelled(reason) => reason,
+        };
+        app.metrics.cancel(reason.as_str());
+        match reason {
+            CancelReason::DeadlineExceeded => ApiError::deadline(),
+            CancelReason::Shutdown => ApiError::shutting_down(app.config.grace()),
+            // Nobody reads this answer: the client is gone (logged as 499, nginx's convention).
+            _ => ApiError::new(
+                StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST),
+                "invalid_request_error",
+                "client_disconnected",
+                "client disconnected",
+            ),
+        }
+    }
+}
+
+/// Admits `request` for `key` within `scope`, up to the line cook's first chunk (or whole
+/// answer).
+///
+/// # Errors
+///
+/// [`Refusal::Refused`] with a 429 (rate limited), a 400 (an estimate no quota can hold), a
+/// 503 (bulkhead full, breaker open) or a 502 (every attempt failed);
+/// [`Refusal::Cancelled`] if the scope is cancelled first. Every refusal after the
+/// reservation refunds it.
+///
+/// # Cancel safety
+///
+/// Dropping the future drops the ticket taken so far: the estimate is refunded, the slot and
+/// the permit (which records nothing) go back.
+pub(crate) async fn admit<D: Dish>(
+    app: &Arc<App>,
+    key: &str,
+    scope: &CancelScope,
+    request: &Arc<ChatRequest>,
+) -> Result<Admitted<D>, Refusal> {
+    // Rate limits: the estimate, with the default for a request that sets no maximum.
+    let max_tokens = request
+        .max_tokens
+        .map_or(app.config.default_max_tokens, |n| n.get());
+    let estimate = request
+        .prompt_tokens()
+        .saturating_add(max_tokens.saturating_mul(request.n.get()));
+    let (reserved, headers) = app
+        .limits
+        .reserve(key, estimate)
+        .await
+        .map_err(Refusal::Refused)?;
+    let mut ticket = Ticket {
+        reserved: Some(reserved),
+        spent: None,
+        slot: None,
+        permit: None,
+    };
+
+    // Bulkhead: a slot for the whole answer, waited for within the request's scope.
+    ticket.slot = match scope.run_until_cancelled(app.limits.slot()).await {
+        Ok(slot) => Some(slot.map_err(Refusal::Refused)?),
+        Err(cancelled) => return Err(Refusal::Cancelled(cancelled.into_reason())),
+    };
+
+    // Breaker: one permit per answer, recorded when the answer ends.
+    ticket.permit = Some(app.breaker.try_acquire_owned().map_err(|rejected| {
+        Refusal::Refused(ApiError::unavailable(
+            "circuit_open",
+            format!("the upstream is unavailable ({})", rejected.state()),
+            rejected.retry_after(),
+        ))
+    })?);
+
+    // Retries, until the first chunk only: from there on the answer is never retried. (The
+    // attempts own what they use: an async closure that borrows them trips rustc's "`Send` is
+    // not general enough" in a spawned task.)
+    let (cook, order) = (Arc::clone(app), Arc::clone(request));
+    let opened = app
+        .retry
+        .classify(Verdict)
+        .cancel_on(scope.token())
+        .run(async move |attempt: &Attempt| {
+            let dish = D::open(&cook.cook, &order).await?;
+            attempt.commit();
+            Ok(dish)
+        })
+        .await;
+    match opened {
+        Ok(dish) => {
+            // Served from here on: until the answer says what it used, it used it all.
+            ticket.spent = Some(estimate);
+            Ok(Admitted {
+                ticket,
+                dish,
+                headers,
+            })
+        }
+        Err(error) => Err(attempts_failed(scope, &mut ticket, error)),
+    }
+}
+
+/// The refusal when no attempt reached the commit point.
+fn attempts_failed<D>(
+    scope: &CancelScope,
+    ticket: &mut Ticket,
+    error: RetryError<D, CookError>,
+) -> Refusal {
+    let (attempts, stop) = (error.attempts(), error.stop());
+    if stop == StopReason::Cancelled {
+        // The client, the deadline or the shutdown: the upstream is not to blame.
+        return Refusal::Cancelled(scope.reason().unwrap_or(CancelReason::ClientDisconnected));
+    }
+    let message = match error.into_error() {
+        Some(error) => {
+            ticket.failed(&error);
+            format!(
+                "the line cook failed after {attempts} attempt(s) ({stop}): {}",
+                error.message
+            )
+        }
+        None => {
+            ticket.record(Outcome::FAILURE);
+            format!("the line cook failed ({stop})")
+        }
+    };
+    Refusal::Refused(ApiError::bad_gateway(message))
+}
+
+/// What an admitted answer holds until it ends: its token reservation, its bulkhead slot and
+/// its breaker permit.
+///
+/// Dropped, it settles the reservation with what the answer used (see [`spend`](Self::spend)),
+/// or refunds it all if nothing was served; the slot goes back; a permit not yet recorded
+/// records nothing (a cancel is not the upstream's fault).
+#[derive(Debug)]
+pub(crate) struct Ticket {
+    reserved: Option<Reserved>,
+    /// Tokens to settle with: `None` until the first chunk (a refusal refunds everything).
+    spent: Option<u32>,
+    slot: Option<Slot>,
+    permit: Option<OwnedPermit>,
+}
+
+impl Ticket {
+    /// Sets the tokens the answer used (prompt and completion), to settle with.
+    pub(crate) fn spend(&mut self, tokens: u32) {
+        self.spent = Some(tokens);
+    }
+
+    /// The answer reached its end: a success for the breaker.
+    pub(crate) fn succeeded(&mut self) {
+        self.record(Outcome::Success);
+    }
+
+    /// The line cook failed: the breaker hears what [`Verdict`] makes of it.
+    pub(crate) fn failed(&mut self, error: &CookError) {
+        let outcome = brigade_breaker::Classify::<(), _>::classify(&Verdict, &Err(error));
+        self.record(outcome);
+    }
+
+    fn record(&mut self, outcome: Outcome) {
+        if let Some(permit) = self.permit.take() {
+            permit.record(outcome);
+        }
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        if let Some(reserved) = self.reserved.take() {
+            reserved.settle(self.spent.unwrap_or(0));
+        }
+    }
+}
+
+/// How an attempt's outcome counts, for the breaker and for the retries: an error the line
+/// cook calls retryable (a 5xx, a 429, a broken connection) is the upstream's failure, carrying
+/// its `Retry-After`, and is retried after at least that long; any other error (a 4xx, the
+/// client's fault) says nothing about the upstream and is not retried.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Verdict;
+
+impl<T, E: Borrow<CookError>> brigade_breaker::Classify<T, E> for Verdict {
+    fn classify(&self, result: &Result<T, E>) -> Outcome {
+        match result.as_ref().map_err(Borrow::borrow) {
+            Ok(_) => Outcome::Success,
+            Err(CookError {
+                retryable: true,
+                retry_after,
+                ..
+            }) => retry_after.map_or(Outcome::FAILURE, Outcome::failure_retry_after),
+            Err(_) => Outcome::Ignored,
+        }
+    }
+}
+
+impl<T> brigade_retry::Classify<T, CookError> for Verdict {
+    fn classify(&self, outcome: &Result<T, CookError>) -> Action {
+        match outcome {
+            Err(CookError {
+                retryable: true,
+                retry_after,
+                ..
+            }) => retry_after.map_or(Action::Retry, Action::Throttled),
+            _ => Action::Stop,
+        }
+    }
+}
