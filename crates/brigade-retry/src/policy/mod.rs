@@ -3,6 +3,7 @@
 mod attempt;
 mod classify;
 mod event;
+mod hedged;
 
 use std::fmt;
 use std::future::{Future, poll_fn};
@@ -19,6 +20,7 @@ use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 pub use self::attempt::Attempt;
 pub use self::classify::{Action, Classify, RetryOnError};
 pub use self::event::{RetryCause, RetryEvent};
+pub use self::hedged::HedgedCall;
 
 use crate::rng;
 use crate::{Backoff, InvalidConfig, RetryBudget, RetryError, Schedule, StopReason};
