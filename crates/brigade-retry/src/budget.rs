@@ -601,6 +601,9 @@ mod batch {
     /// adds the open batch to the window, reads the clock and starts a new batch with this
     /// call. `false` when the thread's table is gone (the thread is exiting): the caller counts
     /// the call itself.
+    ///
+    /// `#[inline]`: inlined into its one caller whichever codegen unit each lands in.
+    #[inline]
     pub(super) fn add(shared: &Arc<Shared>, tick: u64) -> bool {
         TABLE
             .try_with(|table| {

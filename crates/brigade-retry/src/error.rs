@@ -170,6 +170,15 @@ pub enum InvalidConfig {
     BudgetWindow,
     /// A retry budget's ratio must be finite and from 0 to 1000.
     BudgetRatio,
+    /// A hedge's `max_in_flight` must be at least 1 (the first request counts).
+    ZeroMaxInFlight,
+    /// A hedge's latency percentile must be finite, above 0 and at most 100.
+    HedgePercentile,
+    /// A hedge's delay floor must not be above its ceiling.
+    HedgeClamp,
+    /// A hedge's latency window must hold from 1 to 512 samples, and its minimum samples
+    /// must be from 1 to the window.
+    HedgeWindow,
 }
 
 impl fmt::Display for InvalidConfig {
@@ -181,6 +190,10 @@ impl fmt::Display for InvalidConfig {
             Self::ZeroAttemptTimeout => "attempt timeout is zero",
             Self::BudgetWindow => "retry budget window is outside 10 ms to 1 hour",
             Self::BudgetRatio => "retry budget ratio is not a finite number from 0 to 1000",
+            Self::ZeroMaxInFlight => "hedge max in flight is zero",
+            Self::HedgePercentile => "hedge percentile is not a finite number above 0 and at most 100",
+            Self::HedgeClamp => "hedge delay floor is above its ceiling",
+            Self::HedgeWindow => "hedge latency window is outside 1 to 512 samples, or min samples outside 1 to the window",
         })
     }
 }

@@ -19,6 +19,11 @@
 //! - [`Backoff`] schedules (constant, linear, exponential) with AWS's jitter variants, where the
 //!   cap holds after jitter and jitter does not vanish at the cap; any
 //!   `IntoIterator<Item = Duration>` is a schedule too. Jitter is seeded and repeatable.
+//! - **Hedging** ([`Hedge`], through [`Retry::hedge`]): when a request has not sent its first
+//!   byte after a delay (fixed, or a percentile of recent first-byte latencies), another
+//!   starts, on another upstream if the operation chooses; the first to commit wins and the
+//!   others are cancelled at once. Hedges draw on the same budget as retries, and none starts
+//!   after a commit. The [`hedge`] module explains it.
 //! - A [`CancellationToken`] cuts a wait short at once.
 //! - The final [`RetryError`] says how many attempts were made, how long it took, why retrying
 //!   stopped ([`StopReason`]) and what the last outcome was.
@@ -65,9 +70,11 @@
 //!
 //! # Cancel safety
 //!
-//! [`Retry::run`] and [`Call::run`] are cancel safe in the usual sense: dropping the future
-//! drops the running attempt or wait and leaves nothing behind (a retry already taken from the
-//! budget stays taken). To stop a call from elsewhere, pass a token with [`Call::cancel_on`].
+//! [`Retry::run`], [`Call::run`] and [`HedgedCall::run`] are cancel safe in the usual sense:
+//! dropping the future drops the running attempts or wait and leaves nothing behind (a retry or
+//! hedge already taken from the budget stays taken; a hedged request's token is cancelled). To
+//! stop a call from elsewhere, pass a token with [`Call::cancel_on`] or
+//! [`HedgedCall::cancel_on`].
 //!
 //! # Time and randomness
 //!
@@ -81,13 +88,15 @@
 //! reads the clock: the budget deposit is a thread-local increment, and a thread that makes many
 //! calls adds them to the shared window in batches of 32, with one CAS and one clock read each
 //! ([batching](budget#deposits-are-batched-per-thread)); timers are armed only once an attempt
-//! actually waits. `docs/benchmarks.md` in the repository holds the figures against backon and
-//! tower.
+//! actually waits. A hedged call that does not hedge allocates nothing either; each hedge
+//! allocates its future. `docs/benchmarks.md` in the repository holds the figures against
+//! backon and tower.
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod budget;
 mod error;
+pub mod hedge;
 mod loom;
 mod policy;
 mod retry_after;
@@ -99,8 +108,10 @@ pub mod tower;
 
 pub use crate::budget::{RetryBudget, RetryBudgetBuilder};
 pub use crate::error::{InvalidConfig, RetryError, StopReason};
+pub use crate::hedge::{Hedge, HedgeAttempt, HedgeBuilder, HedgeDelay, LatencyPercentile};
 pub use crate::policy::{
-    Action, Attempt, Call, Classify, Retry, RetryBuilder, RetryCause, RetryEvent, RetryOnError,
+    Action, Attempt, Call, Classify, HedgedCall, Retry, RetryBuilder, RetryCause, RetryEvent,
+    RetryOnError,
 };
 pub use crate::retry_after::RetryAfter;
 pub use crate::schedule::{Backoff, Jitter, Schedule};

@@ -1,6 +1,7 @@
 //! A call that succeeds on its first attempt allocates nothing; a call that retries allocates
-//! once through `Retry::run` (its boxed retry loop) and never through `Call::run`: counted by a
-//! global allocator in this dedicated test binary.
+//! once through `Retry::run` (its boxed retry loop) and never through `Call::run`; a hedged call
+//! that does not hedge allocates nothing: counted by a global allocator in this dedicated test
+//! binary.
 //!
 //! It runs without libtest's harness (`harness = false`), on the main thread: the harness
 //! allocates on its own thread while a test runs, which the global count would include.
@@ -9,7 +10,7 @@ use std::alloc::System;
 use std::convert::Infallible;
 use std::time::Duration;
 
-use brigade_retry::{Attempt, Backoff, Retry, RetryBudget};
+use brigade_retry::{Attempt, Backoff, Hedge, LatencyPercentile, Retry, RetryBudget};
 use stats_alloc::{INSTRUMENTED_SYSTEM, Region, StatsAlloc};
 use tokio_util::sync::CancellationToken;
 
@@ -21,6 +22,8 @@ fn main() {
     println!("test the_success_path_does_not_allocate ... ok");
     a_retrying_call_allocates_once_or_never();
     println!("test a_retrying_call_allocates_once_or_never ... ok");
+    a_hedged_call_that_does_not_hedge_does_not_allocate();
+    println!("test a_hedged_call_that_does_not_hedge_does_not_allocate ... ok");
 }
 
 fn the_success_path_does_not_allocate() {
@@ -113,5 +116,59 @@ fn a_retrying_call_allocates_once_or_never() {
         let change = region.change();
         assert_eq!(change.allocations, 0, "{change:?}");
         assert_eq!(change.reallocations, 0, "{change:?}");
+    });
+}
+
+/// A hedged call whose first request commits before the hedge delay: its first request runs in
+/// the call's future, the hedge timer is armed in place, the latency sample goes into the
+/// estimator's ring, and nothing allocates (a request's token would, if it asked for one).
+fn a_hedged_call_that_does_not_hedge_does_not_allocate() {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .start_paused(true)
+        .build()
+        .unwrap();
+    let policy = Retry::builder().build().unwrap();
+    let fixed = Hedge::builder()
+        .delay(Duration::from_millis(50))
+        .build()
+        .unwrap();
+    let tracked = Hedge::builder()
+        .delay(
+            // The paused clock makes every latency zero: the floor keeps the delay above it.
+            LatencyPercentile::new(95.0)
+                .clamp(Duration::from_millis(50), Duration::from_secs(1))
+                .fallback(Duration::from_millis(50)),
+        )
+        .build()
+        .unwrap();
+    let token = CancellationToken::new();
+
+    runtime.block_on(async {
+        let call = async |hedge: &Hedge| {
+            policy
+                .hedge(hedge)
+                .cancel_on(token.clone())
+                .run(async |attempt| {
+                    // Pending once: the round arms its hedge timer.
+                    tokio::task::yield_now().await;
+                    attempt.commit();
+                    Ok::<_, Infallible>(attempt.number())
+                })
+                .await
+        };
+        // Warm up the timer wheel and anything else initialised on first use.
+        let _ = call(&fixed).await;
+        let _ = call(&tracked).await;
+
+        let region = Region::new(GLOBAL);
+        for _ in 0..1_000 {
+            assert_eq!(call(&fixed).await.ok(), Some(1));
+            assert_eq!(call(&tracked).await.ok(), Some(1));
+        }
+        let change = region.change();
+        assert_eq!(change.allocations, 0, "{change:?}");
+        assert_eq!(change.reallocations, 0, "{change:?}");
+        assert!(tracked.current_delay().is_some());
     });
 }

@@ -3,6 +3,7 @@
 mod attempt;
 mod classify;
 mod event;
+mod hedged;
 
 use std::fmt;
 use std::future::{Future, poll_fn};
@@ -19,6 +20,7 @@ use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 pub use self::attempt::Attempt;
 pub use self::classify::{Action, Classify, RetryOnError};
 pub use self::event::{RetryCause, RetryEvent};
+pub use self::hedged::HedgedCall;
 
 use crate::rng;
 use crate::{Backoff, InvalidConfig, RetryBudget, RetryError, Schedule, StopReason};
@@ -519,6 +521,28 @@ fn stop<T, E>(
     })
 }
 
+/// What the retry loop runs for each attempt: the caller's operation (every
+/// `AsyncFnMut(&Attempt)`), or a round of hedged requests.
+///
+/// A trait of its own rather than the `AsyncFnMut` bound: the hedged rounds borrow the call's
+/// locals, and an async closure that does makes the call's future fail the compiler's `Send`
+/// check ("implementation of `AsyncFnMut` is not general enough"); a struct implementing this
+/// trait passes it. For an `AsyncFnMut`, it compiles to the direct call.
+pub(crate) trait RunAttempt<T, E> {
+    /// Starts the attempt.
+    fn run_attempt<'a>(&'a mut self, attempt: &'a Attempt) -> impl Future<Output = Result<T, E>>;
+}
+
+impl<T, E, F> RunAttempt<T, E> for F
+where
+    F: AsyncFnMut(&Attempt) -> Result<T, E>,
+{
+    #[inline(always)]
+    fn run_attempt<'a>(&'a mut self, attempt: &'a Attempt) -> impl Future<Output = Result<T, E>> {
+        self(attempt)
+    }
+}
+
 /// The retry loop: a call's attempts and waits, from the first attempt or after it.
 struct RetryLoop<'a, S, C> {
     inner: &'a Inner<S>,
@@ -538,7 +562,7 @@ impl<S: Schedule, C> RetryLoop<'_, S, C> {
         mut first: Option<AttemptEnd<T, E>>,
     ) -> Result<T, RetryError<T, E>>
     where
-        F: AsyncFnMut(&Attempt) -> Result<T, E>,
+        F: RunAttempt<T, E>,
         C: Classify<T, E>,
     {
         let Self {
@@ -577,7 +601,7 @@ impl<S: Schedule, C> RetryLoop<'_, S, C> {
                     }
                     // Built in place, and polled here rather than in a nested future: moving a
                     // just-built future costs a store-forwarding stall.
-                    let mut fut = pin!(op(&attempt));
+                    let mut fut = pin!(op.run_attempt(&attempt));
                     let mut cancelled = pin!(cancel.map(CancellationToken::cancelled));
                     let mut timer = pin!(None::<Sleep>);
                     let mut armed = Timer::Unarmed;
