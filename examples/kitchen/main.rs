@@ -16,10 +16,12 @@ mod cook;
 mod error;
 mod fanout;
 mod generation;
+mod ids;
 mod jobs;
 mod limits;
 mod metrics;
 mod mock;
+mod passthrough;
 mod routes;
 mod server;
 mod upstream;
@@ -61,7 +63,7 @@ fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        tracing::info!(addr = %running.addr, model = running.app.model_name(), "kitchen open");
+        tracing::info!(addr = %running.addr, line_cook = running.app.line_cook(), "kitchen open");
         let shutdown = running.app.shutdown.clone();
         shutdown.listen_for_signals();
         let report = shutdown.drained().await;
