@@ -70,7 +70,9 @@ mod jobs_tests;
 // Needs a redis-server: `cargo test -p brigade-kitchen-tests --features redis` (.ci/redis-tests).
 #[cfg(feature = "redis")]
 mod redis_tests;
+mod scripted;
 mod server_tests;
+mod upstream_tests;
 mod ws_tests;
 
 use std::net::SocketAddr;
