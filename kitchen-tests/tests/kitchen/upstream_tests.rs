@@ -755,3 +755,47 @@ async fn an_https_upstream_with_a_test_ca() {
         let _ = std::fs::remove_file(file);
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn an_upstream_that_sends_no_usage_is_settled_by_counting_its_chunks() {
+    let chunk = r#"{"id":"c","object":"chat.completion.chunk","created":0,"model":"m","choices":[{"index":0,"delta":{"content":" w"},"finish_reason":null}]}"#;
+    // It ignores `include_usage`: three chunks, then [DONE].
+    let upstream = Scripted::start(vec![
+        Answer::sse().event(chunk).event(chunk).event(chunk).done(),
+    ])
+    .await;
+    let proxy = gateway(&upstream, &[]).await;
+    let mut body = streamed_order();
+    body["stream_options"] = json!({ "include_usage": true });
+    let response = post(proxy.addr, &body, &[]).await;
+    let events = sse_data(&text(response).await);
+    assert_eq!(events, [chunk, chunk, chunk, "[DONE]"]);
+    assert_eq!(metric(proxy.addr, "kitchen_usage_counted_total").await, 1.0);
+    assert_eq!(
+        metric(proxy.addr, "kitchen_tokens_generated_total").await,
+        3.0
+    );
+}
+
+#[tokio::test]
+async fn model_aliases_are_checked_at_start() {
+    let start = |aliases: &[&str]| {
+        let mut args = vec!["kitchen", "--addr", "127.0.0.1:0"];
+        for alias in aliases {
+            args.extend(["--model-alias", alias]);
+        }
+        Config::try_parse_from(args).map_err(|e| e.to_string())
+    };
+    for bad in ["fast", "=gpt", "fast=", " = "] {
+        let error = start(&[bad]).unwrap_err();
+        assert!(error.contains("NAME=UPSTREAM_MODEL"), "{bad}: {error}");
+    }
+    let twice = start(&["fast=a", "fast=b"]).unwrap();
+    let error = server::start(twice).await.unwrap_err().to_string();
+    assert!(error.contains("`fast` is given more than once"), "{error}");
+    let aliases = start(&["fast=gpt-4o-mini", "big=gpt-4o"])
+        .unwrap()
+        .model_aliases;
+    assert_eq!(aliases[1].name, "big");
+    assert_eq!(aliases[1].upstream, "gpt-4o");
+}
