@@ -11,7 +11,9 @@
 //!   `"type":"chat"` or no `type`. One generation runs at a time per socket.
 //! - `{"type":"cancel"}`: stops the running generation (ignored when none runs).
 //!
-//! Server to client, for each generation (`id` names it): `{"type":"start","id","model"}`, then
+//! Server to client, for each generation (`id` names it: the upgrade request's id, a dash and
+//! the generation's number, which an upstream gets as its `x-request-id`):
+//! `{"type":"start","id","model"}`, then
 //! `{"type":"token","id","index","text"}` for each token, in order, then exactly one of
 //! `{"type":"done","id","finish_reason","usage"}`, `{"type":"error","id","status","error"}` or
 //! `{"type":"cancelled","id","reason","completion_tokens"}`. A request that starts no
@@ -233,7 +235,9 @@ pub(crate) async fn upgrade(
                 .await;
                 connection.run(socket).await;
             }
-            Err(error) => tracing::debug!(%error, "WebSocket upgrade failed"),
+            Err(error) => {
+                tracing::debug!(%error, id = %connection.id, "WebSocket upgrade failed");
+            }
         }
     });
 
