@@ -678,9 +678,18 @@ async fn completions_and_embeddings_pass_through_and_settle_with_the_upstreams_u
     );
 }
 
+/// A file removed when dropped, whatever the test's outcome.
+struct TempFile(std::path::PathBuf);
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
 /// A test CA and a certificate it signs for 127.0.0.1: the CA's certificate (PEM) in a file,
 /// and a TLS acceptor serving the certificate.
-fn test_ca() -> (std::path::PathBuf, tokio_rustls::TlsAcceptor) {
+fn test_ca() -> (TempFile, tokio_rustls::TlsAcceptor) {
     use rcgen::{
         BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair,
         KeyUsagePurpose,
@@ -704,6 +713,7 @@ fn test_ca() -> (std::path::PathBuf, tokio_rustls::TlsAcceptor) {
         crate::ids::random_bits()
     ));
     std::fs::write(&path, ca.pem()).unwrap();
+    let path = TempFile(path);
 
     #[allow(deprecated, reason = "the kitchen's provider, ring")]
     let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -722,7 +732,7 @@ async fn an_https_upstream_with_a_test_ca() {
     let (ca_file, tls) = test_ca();
     let upstream = Scripted::start_tls(vec![short_stream("over TLS")], tls).await;
     let url = format!("https://{}", upstream.addr);
-    let ca = ca_file.to_str().unwrap();
+    let ca = ca_file.0.to_str().unwrap();
     let proxy = kitchen(&["--upstream", &url, "--upstream-ca-file", ca]).await;
     let response = post(proxy.addr, &streamed_order(), &[]).await;
     assert_eq!(response.status(), StatusCode::OK);
@@ -733,7 +743,7 @@ async fn an_https_upstream_with_a_test_ca() {
 
     // A certificate from a CA the kitchen was not told to trust: no answer (502).
     let (other_ca, _) = test_ca();
-    let other = other_ca.to_str().unwrap();
+    let other = other_ca.0.to_str().unwrap();
     let proxy = kitchen(&[
         "--upstream",
         &url,
@@ -751,9 +761,6 @@ async fn an_https_upstream_with_a_test_ca() {
         "{error}"
     );
     assert_eq!(upstream.seen().len(), 1);
-    for file in [ca_file, other_ca] {
-        let _ = std::fs::remove_file(file);
-    }
 }
 
 #[tokio::test(start_paused = true)]
