@@ -1,10 +1,22 @@
-//! A bare hyper server that streams the same paced `chat.completion.chunk` events as the
-//! kitchen's mock, with no middleware at all: no limits, no breaker, no retries, no cancel
-//! scopes, no metrics. The baseline the kitchen is measured against with `loadgen`.
+//! A bare OpenAI-compatible upstream: a hyper server with no middleware at all (no limits, no
+//! breaker, no retries, no cancel scopes, no metrics) that answers chat completions with paced
+//! tokens. It is the baseline the kitchen is measured against with `loadgen`, and the upstream
+//! of the gateway-overhead bench (the kitchen with `--upstream` in front of it).
+//!
+//! A streamed answer is what OpenAI sends: a role chunk, one `chat.completion.chunk` per token
+//! (each `" token"`), a finish chunk (`stop`, or `length` when `max_tokens` cut the answer), a
+//! usage chunk (`choices: []`) only when the request asks (`stream_options.include_usage`),
+//! then `data: [DONE]`. A request with `tools` (whose last message is not a tool's result) is
+//! answered with a call of its first tool instead, as the official clients expect one
+//! (`finish_reason: "tool_calls"`). A non-streamed request gets one `chat.completion`, after
+//! the time the stream would take.
 //!
 //! ```text
-//! cargo run --release --example bare_stream -- --addr 127.0.0.1:8081
+//! cargo run --release --example bare_stream -- --addr 127.0.0.1:8081 --ttft-ms 20 --token-ms 10 --tokens 32
 //! ```
+//!
+//! The chunks of an answer are written once, with serde, when it starts; each token sends the
+//! same bytes again (a reference count), so the server spends its time on the network.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -12,7 +24,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use clap::Parser;
-use http::{Request, Response};
+use futures::StreamExt;
+use http::header::{CONTENT_TYPE, HeaderValue};
+use http::{Request, Response, StatusCode};
 use http_body::Frame;
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full, StreamBody};
@@ -20,9 +34,11 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
+use serde::Deserialize;
+use serde_json::{Value, json};
 use tokio::net::TcpListener;
 
-/// A bare streaming server, the kitchen's baseline.
+/// A bare OpenAI-compatible streaming server, the kitchen's baseline and upstream.
 #[derive(Clone, Copy, Debug, Parser)]
 #[command(name = "bare_stream")]
 struct Args {
@@ -35,10 +51,53 @@ struct Args {
     /// Time between tokens, in milliseconds.
     #[arg(long, default_value_t = 20)]
     token_ms: u64,
-    /// Tokens per answer.
+    /// Tokens per answer (fewer when `max_tokens` asks).
     #[arg(long, default_value_t = 64)]
     tokens: u32,
 }
+
+/// What the server reads of a request.
+#[derive(Debug, Default, Deserialize)]
+struct Order {
+    #[serde(default)]
+    model: String,
+    #[serde(default)]
+    stream: bool,
+    stream_options: Option<StreamOptions>,
+    max_tokens: Option<u32>,
+    max_completion_tokens: Option<u32>,
+    #[serde(default)]
+    tools: Vec<Tool>,
+    #[serde(default)]
+    messages: Vec<Message>,
+}
+
+#[derive(Debug, Deserialize)]
+struct StreamOptions {
+    #[serde(default)]
+    include_usage: bool,
+}
+
+#[derive(Debug, Deserialize)]
+struct Tool {
+    function: Function,
+}
+
+#[derive(Debug, Deserialize)]
+struct Function {
+    name: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct Message {
+    role: String,
+}
+
+/// The prompt tokens every answer reports.
+const PROMPT_TOKENS: u32 = 6;
+
+/// The arguments of every tool call.
+const ARGUMENTS: &str = r#"{"city":"Paris"}"#;
 
 fn main() {
     let args = Args::parse();
@@ -67,66 +126,198 @@ fn main() {
     });
 }
 
-fn chunk(delta: &str, finish: &str) -> Bytes {
-    Bytes::from(format!(
-        "data: {{\"id\":\"chatcmpl-bare\",\"object\":\"chat.completion.chunk\",\"created\":0,\"model\":\"bare\",\"choices\":[{{\"index\":0,\"delta\":{delta},\"finish_reason\":{finish}}}]}}\n\n"
-    ))
-}
+type Body = UnsyncBoxBody<Bytes, Infallible>;
 
-async fn answer(
-    args: Args,
-    request: Request<Incoming>,
-) -> Result<Response<UnsyncBoxBody<Bytes, Infallible>>, Infallible> {
+async fn answer(args: Args, request: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+    let path = request.uri().path().to_owned();
     let body = request
         .into_body()
         .collect()
         .await
         .map(|b| b.to_bytes())
         .unwrap_or_default();
-    let stream = body.windows(13).any(|w| w == b"\"stream\":true");
-    let n = args.tokens;
-    if !stream {
-        if args.ttft_ms > 0 {
-            tokio::time::sleep(Duration::from_millis(args.ttft_ms)).await;
-        }
-        let content = " token".repeat(n as usize);
-        let json = format!(
-            "{{\"id\":\"chatcmpl-bare\",\"object\":\"chat.completion\",\"created\":0,\"model\":\"bare\",\"choices\":[{{\"index\":0,\"message\":{{\"role\":\"assistant\",\"content\":\"{content}\"}},\"finish_reason\":\"stop\"}}],\"usage\":{{\"prompt_tokens\":6,\"completion_tokens\":{n},\"total_tokens\":{}}}}}",
-            n + 6
-        );
-        let mut response = Response::new(Full::new(Bytes::from(json)).boxed_unsync());
-        response.headers_mut().insert(
-            "content-type",
-            http::HeaderValue::from_static("application/json"),
-        );
-        return Ok(response);
+    if path == "/v1/models" {
+        let models = json!({ "object": "list", "data": [
+            { "id": "bare", "object": "model", "created": 0, "owned_by": "brigade" },
+        ] });
+        return Ok(json_response(StatusCode::OK, &models));
     }
+    if path != "/v1/chat/completions" {
+        let error = json!({ "error": {
+            "message": format!("no route for {path}"), "type": "invalid_request_error", "code": "not_found",
+        } });
+        return Ok(json_response(StatusCode::NOT_FOUND, &error));
+    }
+    let order: Order = match serde_json::from_slice(&body) {
+        Ok(order) => order,
+        Err(e) => {
+            let error = json!({ "error": {
+                "message": format!("invalid request: {e}"), "type": "invalid_request_error", "code": "invalid_request",
+            } });
+            return Ok(json_response(StatusCode::BAD_REQUEST, &error));
+        }
+    };
+    let tokens = args.tokens.min(
+        order
+            .max_completion_tokens
+            .or(order.max_tokens)
+            .unwrap_or(u32::MAX),
+    );
+    let finish = if tokens < args.tokens {
+        "length"
+    } else {
+        "stop"
+    };
+    // A tool call, unless the tools have answered already.
+    let tool = order
+        .tools
+        .first()
+        .filter(|_| order.messages.last().is_none_or(|m| m.role != "tool"))
+        .map(|tool| tool.function.name.as_str());
     let ttft = Duration::from_millis(args.ttft_ms);
     let interval = Duration::from_millis(args.token_ms);
-    let frames = futures::stream::unfold(0u32, move |i| async move {
+    if !order.stream {
+        let pause = ttft + interval * tokens.saturating_sub(1);
+        if !pause.is_zero() {
+            tokio::time::sleep(pause).await;
+        }
+        return Ok(json_response(
+            StatusCode::OK,
+            &whole(&order, tokens, finish, tool),
+        ));
+    }
+    let chunks = Chunks::new(&order, tool);
+    // The tool call is one chunk (the call, its arguments whole); an answer, one per token.
+    let n = if chunks.tool { 1 } else { tokens };
+    let usage = order
+        .stream_options
+        .as_ref()
+        .is_some_and(|options| options.include_usage)
+        .then(|| chunks.usage(n));
+    let finish = chunks.finish(if chunks.tool { "tool_calls" } else { finish });
+    let (role, token) = (chunks.role, chunks.token);
+    let frames = futures::stream::unfold(0_u32, move |i| {
         let data = match i {
-            0 => chunk(r#"{"role":"assistant","content":""}"#, "null"),
-            i if i <= n => {
-                let pause = if i == 1 { ttft } else { interval };
-                if !pause.is_zero() {
-                    tokio::time::sleep(pause).await;
-                }
-                chunk(r#"{"content":" token"}"#, "null")
-            }
-            i if i == n + 1 => chunk("{}", "\"stop\""),
-            i if i == n + 2 => Bytes::from(format!(
-                "data: {{\"id\":\"chatcmpl-bare\",\"object\":\"chat.completion.chunk\",\"created\":0,\"model\":\"bare\",\"choices\":[],\"usage\":{{\"prompt_tokens\":6,\"completion_tokens\":{n},\"total_tokens\":{}}}}}\n\n",
-                n + 6
-            )),
-            i if i == n + 3 => Bytes::from_static(b"data: [DONE]\n\n"),
-            _ => return None,
+            0 => Some(role.clone()),
+            i if i <= n => Some(token.clone()),
+            i if i == n + 1 => Some(finish.clone()),
+            i if i == n + 2 => usage.clone(),
+            _ => None,
         };
-        Some((Ok::<_, Infallible>(Frame::data(data)), i + 1))
-    });
+        let pause = match i {
+            1 => ttft,
+            i if i <= n => interval,
+            _ => Duration::ZERO,
+        };
+        async move {
+            if !pause.is_zero() {
+                tokio::time::sleep(pause).await;
+            }
+            Some((Ok::<_, Infallible>(Frame::data(data?)), i + 1))
+        }
+    })
+    .chain(futures::stream::once(async {
+        Ok(Frame::data(Bytes::from_static(b"data: [DONE]\n\n")))
+    }));
     let mut response = Response::new(StreamBody::new(frames).boxed_unsync());
-    response.headers_mut().insert(
-        "content-type",
-        http::HeaderValue::from_static("text/event-stream"),
-    );
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
     Ok(response)
+}
+
+/// The events of one streamed answer, written once.
+#[derive(Clone, Debug)]
+struct Chunks {
+    model: String,
+    role: Bytes,
+    token: Bytes,
+    tool: bool,
+}
+
+impl Chunks {
+    fn new(order: &Order, tool: Option<&str>) -> Self {
+        let model = order.model.clone();
+        let role = chunk(&model, &json!({ "role": "assistant", "content": "" }), None);
+        let token = match &tool {
+            Some(name) => chunk(
+                &model,
+                &json!({ "tool_calls": [{
+                    "index": 0, "id": "call_bare", "type": "function",
+                    "function": { "name": name, "arguments": ARGUMENTS },
+                }] }),
+                None,
+            ),
+            None => chunk(&model, &json!({ "content": " token" }), None),
+        };
+        Self {
+            model,
+            role,
+            token,
+            tool: tool.is_some(),
+        }
+    }
+
+    fn finish(&self, reason: &str) -> Bytes {
+        chunk(&self.model, &json!({}), Some(reason))
+    }
+
+    fn usage(&self, tokens: u32) -> Bytes {
+        event(&json!({
+            "id": "chatcmpl-bare", "object": "chat.completion.chunk", "created": 0,
+            "model": self.model, "choices": [], "usage": usage(tokens),
+        }))
+    }
+}
+
+/// A `chat.completion.chunk` event with one choice.
+fn chunk(model: &str, delta: &Value, finish_reason: Option<&str>) -> Bytes {
+    event(&json!({
+        "id": "chatcmpl-bare", "object": "chat.completion.chunk", "created": 0, "model": model,
+        "choices": [{ "index": 0, "delta": delta, "finish_reason": finish_reason }],
+    }))
+}
+
+fn event(data: &Value) -> Bytes {
+    Bytes::from(format!("data: {data}\n\n"))
+}
+
+fn usage(tokens: u32) -> Value {
+    json!({
+        "prompt_tokens": PROMPT_TOKENS,
+        "completion_tokens": tokens,
+        "total_tokens": PROMPT_TOKENS + tokens,
+    })
+}
+
+/// A whole `chat.completion`.
+fn whole(order: &Order, tokens: u32, finish: &str, tool: Option<&str>) -> Value {
+    let (message, finish) = match tool {
+        Some(name) => (
+            json!({ "role": "assistant", "content": null, "tool_calls": [{
+                "id": "call_bare", "type": "function",
+                "function": { "name": name, "arguments": ARGUMENTS },
+            }] }),
+            "tool_calls",
+        ),
+        None => (
+            json!({ "role": "assistant", "content": " token".repeat(tokens as usize) }),
+            finish,
+        ),
+    };
+    let completion_tokens = if finish == "tool_calls" { 1 } else { tokens };
+    json!({
+        "id": "chatcmpl-bare", "object": "chat.completion", "created": 0, "model": order.model,
+        "choices": [{ "index": 0, "message": message, "finish_reason": finish }],
+        "usage": usage(completion_tokens),
+    })
+}
+
+fn json_response(status: StatusCode, value: &Value) -> Response<Body> {
+    let mut response = Response::new(Full::new(Bytes::from(value.to_string())).boxed_unsync());
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
 }

@@ -4,7 +4,12 @@
 //! connection, for `--duration-secs` seconds or `--requests` requests, and reports requests per
 //! second, time to first token (p50, p99), tokens per second, the peak of open streams and the
 //! errors by status. Every stream is checked: it must end with `data: [DONE]` and carry as many
-//! content chunks as its usage chunk reports.
+//! content chunks as its usage chunk reports. With `--cpu-pid`, it also reports the CPU time
+//! the given processes spent during the run, per token (per request with `--no-stream`), from
+//! `/proc/PID/stat` (Linux).
+//!
+//! It drives any OpenAI-compatible server the same way: the kitchen, `bare_stream`, or the
+//! kitchen in front of `bare_stream` (the gateway-overhead bench in `docs/benchmarks.md`):
 //!
 //! ```text
 //! cargo run --release --example loadgen -- --url http://127.0.0.1:8080 --concurrency 1000 --duration-secs 20
@@ -43,6 +48,12 @@ struct Args {
     /// `max_tokens` of each request.
     #[arg(long, default_value_t = 64)]
     max_tokens: u32,
+    /// The model asked for.
+    #[arg(long, default_value = "kitchen-mock")]
+    model: String,
+    /// A process whose CPU time to report, per token (repeatable): the server, the upstream.
+    #[arg(long = "cpu-pid", value_name = "PID")]
+    cpu_pids: Vec<u32>,
     /// Ask for a JSON answer instead of a stream.
     #[arg(long)]
     no_stream: bool,
@@ -91,11 +102,13 @@ async fn run(args: Args) {
         .expect("--url must have a host and port")
         .to_string();
     let shared = Arc::new(Shared::default());
+    let cpu_before: Vec<Option<Duration>> =
+        args.cpu_pids.iter().map(|&pid| cpu_time(pid)).collect();
     let start = Instant::now();
     let until = start + Duration::from_secs(args.duration_secs);
     let body = Bytes::from(
         serde_json::json!({
-            "model": "kitchen-mock",
+            "model": args.model,
             "messages": [{ "role": "user", "content": "Tell me about the kitchen brigade." }],
             "max_tokens": args.max_tokens,
             "stream": !args.no_stream,
@@ -128,6 +141,7 @@ async fn run(args: Args) {
         }
     }
     let elapsed = start.elapsed().as_secs_f64();
+    let cpu_after: Vec<Option<Duration>> = args.cpu_pids.iter().map(|&pid| cpu_time(pid)).collect();
     total.ttft.sort_unstable();
     let pct = |p: f64| {
         if total.ttft.is_empty() {
@@ -159,6 +173,23 @@ async fn run(args: Args) {
     );
     println!("tokens/s       {:.0}", total.tokens as f64 / elapsed);
     println!("peak open      {}", shared.peak.load(Ordering::Relaxed));
+    for ((pid, before), after) in args.cpu_pids.iter().zip(&cpu_before).zip(&cpu_after) {
+        let (Some(before), Some(after)) = (before, after) else {
+            println!("cpu pid {pid:<6} unreadable (/proc/{pid}/stat)");
+            continue;
+        };
+        let spent = after.saturating_sub(*before);
+        let (per, unit) = if args.no_stream {
+            (total.ok, "request")
+        } else {
+            (total.tokens, "token")
+        };
+        println!(
+            "cpu pid {pid:<6} {:.2} s, {:.1} us per {unit}",
+            spent.as_secs_f64(),
+            spent.as_secs_f64() * 1e6 / per.max(1) as f64
+        );
+    }
     for (what, n) in &total.errors {
         println!("error          {what}: {n}");
     }
@@ -302,4 +333,15 @@ async fn one(
         return Err("token count differs from usage".to_owned());
     }
     Ok((tokens, ttft.unwrap_or_else(|| sent.elapsed())))
+}
+
+/// The CPU time (user and system) a process has used so far, from `/proc/PID/stat`, in clock
+/// ticks of 10 ms (Linux's `USER_HZ`, 100 on every architecture it exports to user space).
+fn cpu_time(pid: u32) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) is in parentheses and may hold spaces: count after it.
+    let fields: Vec<&str> = stat.get(stat.rfind(')')? + 2..)?.split(' ').collect();
+    // utime and stime are fields 14 and 15 of the whole line, 12 and 13 after the name.
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some(Duration::from_millis(ticks * 10))
 }

@@ -1,6 +1,7 @@
-//! The one admission path of an answer, for HTTP chat and WebSocket chat alike: rate limits
-//! (the token estimate reserved) → a bulkhead slot (waited for within the request's scope) →
-//! a breaker permit → retries until the line cook's first chunk (the commit point).
+//! The one admission path of an answer, for HTTP chat, completions and embeddings and for
+//! WebSocket chat alike: rate limits (the token estimate reserved) → a bulkhead slot (waited
+//! for within the request's scope) → a breaker permit → retries until the line cook's first
+//! chunk (the commit point).
 //!
 //! What it hands back is a [`Ticket`] (the reservation, the slot, the permit), which the
 //! answer holds until it ends, and the opened answer: a stream up to its first chunk, or a
@@ -12,7 +13,10 @@
 //! refund is the ticket's drop, so no refusal can forget it.
 //!
 //! The breaker outcome and the retry decision of an attempt's error are decided once, by
-//! [`Verdict`].
+//! [`Verdict`]: an upstream's 4xx (not 429) is the request's fault, passed to the client at once
+//! and ignored by the breaker; a 5xx, a 429, no answer or a timeout is the upstream's, retried
+//! after its `Retry-After` (when the request's deadline leaves room for it), and, when no
+//! attempt is left, answered with the upstream's own answer, or 504 (timed out) or 502.
 
 use std::borrow::Borrow;
 use std::future::Future;
@@ -23,19 +27,22 @@ use brigade_cancel::{CancelReason, CancelScope};
 use brigade_retry::{Action, Attempt, RetryError, StopReason};
 use futures::StreamExt;
 use http::{HeaderMap, StatusCode};
+use tokio::time::Instant;
 
-use crate::api::ChatRequest;
-use crate::cook::{Chunks, CookError, Cooked, LineCook, Whole};
+use crate::api::Order;
+use crate::cook::{Call, Chunks, CookError, Cooked, LineCook, Whole};
 use crate::error::ApiError;
+use crate::ids::RequestId;
 use crate::limits::{Reserved, Slot};
 use crate::routes::App;
 
 /// What an attempt of the line cook opens.
 pub(crate) trait Dish: Sized + Send {
     /// Runs one attempt up to the commit point.
-    fn open(
+    fn open<R: Order>(
         cook: &LineCook,
-        request: &ChatRequest,
+        request: &R,
+        call: &Call,
     ) -> impl Future<Output = Result<Self, CookError>> + Send;
 }
 
@@ -46,15 +53,15 @@ pub(crate) struct Streamed {
 }
 
 impl Dish for Streamed {
-    async fn open(cook: &LineCook, request: &ChatRequest) -> Result<Self, CookError> {
-        let mut chunks = cook.stream(request).await?;
+    async fn open<R: Order>(cook: &LineCook, request: &R, call: &Call) -> Result<Self, CookError> {
+        let mut chunks = cook.stream(request, call).await?;
         match chunks.next().await {
             Some(Ok(first)) => Ok(Self {
                 first,
                 rest: chunks,
             }),
             Some(Err(error)) => Err(error),
-            None => Err(CookError::retryable(
+            None => Err(CookError::failed(
                 "the line cook's stream ended before its first chunk",
             )),
         }
@@ -62,11 +69,12 @@ impl Dish for Streamed {
 }
 
 impl Dish for Whole {
-    fn open(
+    fn open<R: Order>(
         cook: &LineCook,
-        request: &ChatRequest,
+        request: &R,
+        call: &Call,
     ) -> impl Future<Output = Result<Self, CookError>> + Send {
-        cook.whole(request)
+        cook.whole(request, call)
     }
 }
 
@@ -109,33 +117,34 @@ impl Refusal {
     }
 }
 
-/// Admits `request` for `key` within `scope`, up to the line cook's first chunk (or whole
-/// answer).
+/// Admits `request` (whose id is `id`) for `key` within `scope`, up to the line cook's first
+/// chunk (or whole answer).
 ///
 /// # Errors
 ///
 /// [`Refusal::Refused`] with a 429 (rate limited), a 400 (an estimate no quota can hold), a
-/// 503 (bulkhead full, breaker open) or a 502 (every attempt failed);
-/// [`Refusal::Cancelled`] if the scope is cancelled first. Every refusal after the
-/// reservation refunds it.
+/// 503 (bulkhead full, breaker open), the upstream's own error answer (a 4xx at once; a 5xx or
+/// 429 when no attempt is left), a 504 (every attempt timed out) or a 502 (every attempt
+/// failed otherwise); [`Refusal::Cancelled`] if the scope is cancelled first. Every refusal
+/// after the reservation refunds it.
 ///
 /// # Cancel safety
 ///
 /// Dropping the future drops the ticket taken so far: the estimate is refunded, the slot and
 /// the permit (which records nothing) go back.
-pub(crate) async fn admit<D: Dish>(
+pub(crate) async fn admit<D: Dish, R: Order>(
     app: &Arc<App>,
     key: &str,
     scope: &CancelScope,
-    request: &Arc<ChatRequest>,
+    request: &Arc<R>,
+    id: &RequestId,
 ) -> Result<Admitted<D>, Refusal> {
     // Rate limits: the estimate, with the default for a request that sets no maximum.
-    let max_tokens = request
-        .max_tokens
-        .map_or(app.config.default_max_tokens, |n| n.get());
-    let estimate = request
-        .prompt_tokens()
-        .saturating_add(max_tokens.saturating_mul(request.n.get()));
+    let head = request.head();
+    let max_tokens = head.max_tokens.unwrap_or(app.config.default_max_tokens);
+    let estimate = head
+        .prompt_tokens
+        .saturating_add(max_tokens.saturating_mul(head.choices));
     let (reserved, headers) = app
         .limits
         .reserve(key, estimate)
@@ -167,12 +176,19 @@ pub(crate) async fn admit<D: Dish>(
     // attempts own what they use: an async closure that borrows them trips rustc's "`Send` is
     // not general enough" in a spawned task.)
     let (cook, order) = (Arc::clone(app), Arc::clone(request));
+    let call = Call {
+        id: id.clone(),
+        deadline: scope.deadline(),
+    };
+    let verdict = Verdict {
+        deadline: call.deadline,
+    };
     let opened = app
         .retry
-        .classify(Verdict)
+        .classify(verdict)
         .cancel_on(scope.token())
         .run(async move |attempt: &Attempt| {
-            let dish = D::open(&cook.cook, &order).await?;
+            let dish = D::open(&cook.cook, &*order, &call).await?;
             attempt.commit();
             Ok(dish)
         })
@@ -202,20 +218,18 @@ fn attempts_failed<D>(
         // The client, the deadline or the shutdown: the upstream is not to blame.
         return Refusal::Cancelled(scope.reason().unwrap_or(CancelReason::ClientDisconnected));
     }
-    let message = match error.into_error() {
+    match error.into_error() {
         Some(error) => {
             ticket.failed(&error);
-            format!(
-                "the line cook failed after {attempts} attempt(s) ({stop}): {}",
-                error.message
-            )
+            Refusal::Refused(error.into_api_error(attempts))
         }
         None => {
             ticket.record(Outcome::FAILURE);
-            format!("the line cook failed ({stop})")
+            Refusal::Refused(ApiError::bad_gateway(format!(
+                "the line cook failed ({stop})"
+            )))
         }
-    };
-    Refusal::Refused(ApiError::bad_gateway(message))
+    }
 }
 
 /// What an admitted answer holds until it ends: its token reservation, its bulkhead slot and
@@ -246,7 +260,8 @@ impl Ticket {
 
     /// The line cook failed: the breaker hears what [`Verdict`] makes of it.
     pub(crate) fn failed(&mut self, error: &CookError) {
-        let outcome = brigade_breaker::Classify::<(), _>::classify(&Verdict, &Err(error));
+        let verdict = Verdict { deadline: None };
+        let outcome = brigade_breaker::Classify::<(), _>::classify(&verdict, &Err(error));
         self.record(outcome);
     }
 
@@ -265,22 +280,26 @@ impl Drop for Ticket {
     }
 }
 
-/// How an attempt's outcome counts, for the breaker and for the retries: an error the line
-/// cook calls retryable (a 5xx, a 429, a broken connection) is the upstream's failure, carrying
-/// its `Retry-After`, and is retried after at least that long; any other error (a 4xx, the
-/// client's fault) says nothing about the upstream and is not retried.
+/// How an attempt's outcome counts, for the breaker and for the retries of a request whose
+/// deadline is `deadline`.
+///
+/// An error the line cook calls retryable (a 5xx, a 429 (a throttle), no answer, a timeout) is
+/// the upstream's failure, carrying its `Retry-After`, and is retried after at least that long,
+/// unless that wait would outlast the deadline: then the upstream's answer goes to the client
+/// at once rather than a 504 later. Any other error (a 4xx: the request's fault) says nothing
+/// about the upstream, is ignored by the breaker and is not retried.
 #[derive(Clone, Copy, Debug)]
-pub(crate) struct Verdict;
+pub(crate) struct Verdict {
+    pub(crate) deadline: Option<Instant>,
+}
 
 impl<T, E: Borrow<CookError>> brigade_breaker::Classify<T, E> for Verdict {
     fn classify(&self, result: &Result<T, E>) -> Outcome {
         match result.as_ref().map_err(Borrow::borrow) {
             Ok(_) => Outcome::Success,
-            Err(CookError {
-                retryable: true,
-                retry_after,
-                ..
-            }) => retry_after.map_or(Outcome::FAILURE, Outcome::failure_retry_after),
+            Err(error) if error.is_retryable() => error
+                .retry_after()
+                .map_or(Outcome::FAILURE, Outcome::failure_retry_after),
             Err(_) => Outcome::Ignored,
         }
     }
@@ -288,13 +307,22 @@ impl<T, E: Borrow<CookError>> brigade_breaker::Classify<T, E> for Verdict {
 
 impl<T> brigade_retry::Classify<T, CookError> for Verdict {
     fn classify(&self, outcome: &Result<T, CookError>) -> Action {
-        match outcome {
-            Err(CookError {
-                retryable: true,
-                retry_after,
-                ..
-            }) => retry_after.map_or(Action::Retry, Action::Throttled),
-            _ => Action::Stop,
+        let Err(error) = outcome else {
+            return Action::Stop;
+        };
+        if !error.is_retryable() {
+            return Action::Stop;
+        }
+        match (error.retry_after(), self.deadline) {
+            (Some(wait), Some(deadline))
+                if Instant::now()
+                    .checked_add(wait)
+                    .is_none_or(|then| then >= deadline) =>
+            {
+                Action::Stop
+            }
+            (Some(wait), _) => Action::Throttled(wait),
+            (None, _) => Action::Retry,
         }
     }
 }

@@ -1,21 +1,77 @@
 //! The OpenAI wire types the kitchen reads or writes, serde-derived.
 //!
-//! A chat request is read only as far as the kitchen needs it (the model, the messages for the
-//! token estimate and the mock's seed, `stream`, `stream_options`, `max_tokens` or
-//! `max_completion_tokens`, `n`); every other field is skipped, and the body's bytes are kept
-//! whole, for a proxied upstream. It is read through `serde_path_to_error`, so a 400 names the
-//! field that is wrong (`messages[1].content`), in serde's words.
+//! A request is read only as far as the kitchen needs it (for chat: the model, the messages for
+//! the token estimate and the mock's seed, `stream`, `stream_options`, `max_tokens` or
+//! `max_completion_tokens`, `n`; for completions and embeddings: the model, the size of the
+//! prompt or input, and the same options); every other field is skipped, and the body's bytes
+//! are kept whole, for a proxied upstream. It is read through `serde_path_to_error`, so a 400
+//! names the field that is wrong (`messages[1].content`), in serde's words.
+//!
+//! What goes upstream is that body, edited only where the kitchen must (`passthrough.rs`): the
+//! model of an alias, and `stream_options.include_usage` on a stream.
 
 use std::borrow::Cow;
+use std::fmt;
 use std::marker::PhantomData;
 use std::num::NonZeroU32;
 
 use bytes::Bytes;
-use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor, value::MapAccessDeserializer};
+use serde::de::{
+    Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor, value::MapAccessDeserializer,
+};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use crate::error::ApiError;
+
+/// Where a request goes: the OpenAI endpoints the kitchen answers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Endpoint {
+    Chat,
+    Completions,
+    Embeddings,
+}
+
+impl Endpoint {
+    /// The endpoint's path, on the kitchen and on an upstream.
+    pub(crate) fn path(self) -> &'static str {
+        match self {
+            Self::Chat => "/v1/chat/completions",
+            Self::Completions => "/v1/completions",
+            Self::Embeddings => "/v1/embeddings",
+        }
+    }
+}
+
+/// A validated request, whatever its endpoint: what admission sizes, the pass window streams
+/// and an upstream is sent.
+pub(crate) trait Order: fmt::Debug + Send + Sync + 'static {
+    /// What the kitchen reads of it.
+    fn head(&self) -> Head<'_>;
+
+    /// The request as a chat request, for the mock (which answers chat only).
+    fn chat(&self) -> Option<&ChatRequest> {
+        None
+    }
+}
+
+/// What the kitchen reads of a request.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Head<'a> {
+    pub(crate) endpoint: Endpoint,
+    pub(crate) model: &'a str,
+    pub(crate) stream: bool,
+    /// `stream_options.include_usage`: whether the client wants the usage chunk.
+    pub(crate) include_usage: bool,
+    /// The prompt's (or input's) size in tokens, roughly.
+    pub(crate) prompt_tokens: u32,
+    /// `max_completion_tokens` or `max_tokens`, when the client set one.
+    pub(crate) max_tokens: Option<u32>,
+    /// Completions generated (`n`, or `best_of` when larger); 0 for embeddings.
+    pub(crate) choices: u32,
+    /// The body, byte for byte.
+    pub(crate) body: &'a Bytes,
+}
 
 /// A validated chat request: what the kitchen reads of it, and the body as it came.
 #[derive(Debug)]
@@ -32,6 +88,27 @@ pub(crate) struct ChatRequest {
     pub(crate) n: NonZeroU32,
     /// The request body, byte for byte.
     pub(crate) body: Bytes,
+    /// The messages' words, counted once.
+    prompt_tokens: u32,
+}
+
+impl Order for ChatRequest {
+    fn head(&self) -> Head<'_> {
+        Head {
+            endpoint: Endpoint::Chat,
+            model: &self.model,
+            stream: self.stream,
+            include_usage: self.include_usage,
+            prompt_tokens: self.prompt_tokens,
+            max_tokens: self.max_tokens.map(NonZeroU32::get),
+            choices: self.n.get(),
+            body: &self.body,
+        }
+    }
+
+    fn chat(&self) -> Option<&ChatRequest> {
+        Some(self)
+    }
 }
 
 /// One message of a chat request.
@@ -130,7 +207,7 @@ impl ChatRequest {
                 )));
             }
         }
-        Ok(Self {
+        let mut request = Self {
             model: fields.model,
             messages,
             stream: fields.stream.unwrap_or(false),
@@ -141,7 +218,11 @@ impl ChatRequest {
             max_tokens: fields.max_completion_tokens.or(fields.max_tokens),
             n: fields.n.unwrap_or(NonZeroU32::MIN),
             body,
-        })
+            prompt_tokens: 0,
+        };
+        let words: usize = request.texts().map(|t| t.split_whitespace().count()).sum();
+        request.prompt_tokens = u32::try_from(words).unwrap_or(u32::MAX);
+        Ok(request)
     }
 
     /// The text of every message (strings and text parts), in order.
@@ -166,8 +247,137 @@ impl ChatRequest {
 
     /// The prompt's size in tokens, roughly: its whitespace-separated words.
     pub(crate) fn prompt_tokens(&self) -> u32 {
-        let words: usize = self.texts().map(|t| t.split_whitespace().count()).sum();
-        u32::try_from(words).unwrap_or(u32::MAX)
+        self.prompt_tokens
+    }
+}
+
+/// A validated completions or embeddings request, which the kitchen passes to an upstream:
+/// what it reads of it, and the body as it came.
+#[derive(Debug)]
+pub(crate) struct ProxyRequest {
+    pub(crate) endpoint: Endpoint,
+    pub(crate) model: String,
+    pub(crate) stream: bool,
+    pub(crate) include_usage: bool,
+    pub(crate) max_tokens: Option<NonZeroU32>,
+    /// Completions generated: `n`, or `best_of` when larger; 0 for embeddings.
+    pub(crate) choices: u32,
+    /// The words and token ids of `prompt` (completions) or `input` (embeddings).
+    pub(crate) prompt_tokens: u32,
+    pub(crate) body: Bytes,
+}
+
+/// The fields of a completions or embeddings body the kitchen reads; serde skips the rest.
+#[derive(Deserialize)]
+struct ProxyFields {
+    model: String,
+    stream: Option<bool>,
+    stream_options: Option<ObjectOnly<StreamOptions>>,
+    max_tokens: Option<NonZeroU32>,
+    n: Option<NonZeroU32>,
+    best_of: Option<NonZeroU32>,
+    prompt: Option<TokenCount>,
+    input: Option<TokenCount>,
+}
+
+impl ProxyRequest {
+    /// Reads a completions or embeddings request: only what the kitchen needs (the upstream
+    /// judges the rest).
+    ///
+    /// # Errors
+    ///
+    /// A 400 whose message names the field: malformed JSON, a body that is not an object, a
+    /// missing or empty `model`, a mistyped option the kitchen reads.
+    pub(crate) fn parse(endpoint: Endpoint, body: Bytes) -> Result<Self, ApiError> {
+        let mut json = serde_json::Deserializer::from_slice(&body);
+        let ObjectOnly(fields): ObjectOnly<ProxyFields> =
+            serde_path_to_error::deserialize(&mut json).map_err(invalid)?;
+        json.end()
+            .map_err(|e| ApiError::invalid(format!("malformed JSON: {e}")))?;
+        if fields.model.is_empty() {
+            return Err(ApiError::invalid("`model` must not be empty"));
+        }
+        let choices = match endpoint {
+            Endpoint::Embeddings => 0,
+            _ => fields.n.max(fields.best_of).map_or(1, NonZeroU32::get),
+        };
+        let text = fields.prompt.or(fields.input).unwrap_or_default();
+        Ok(Self {
+            endpoint,
+            model: fields.model,
+            stream: fields.stream.unwrap_or(false),
+            include_usage: fields
+                .stream_options
+                .and_then(|options| options.0.include_usage)
+                .unwrap_or(false),
+            max_tokens: fields.max_tokens,
+            choices,
+            prompt_tokens: text.0,
+            body,
+        })
+    }
+}
+
+impl Order for ProxyRequest {
+    fn head(&self) -> Head<'_> {
+        Head {
+            endpoint: self.endpoint,
+            model: &self.model,
+            stream: self.stream,
+            include_usage: self.include_usage,
+            prompt_tokens: self.prompt_tokens,
+            max_tokens: self.max_tokens.map(NonZeroU32::get),
+            choices: self.choices,
+            body: &self.body,
+        }
+    }
+}
+
+/// The size of a prompt or an input, roughly, whatever its shape: a string counts its words, a
+/// number (a token id) one, an array the sum of its items, anything else nothing.
+#[derive(Debug, Default)]
+struct TokenCount(u32);
+
+impl<'de> Deserialize<'de> for TokenCount {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Count;
+        impl<'de> Visitor<'de> for Count {
+            type Value = TokenCount;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("text, token ids, or arrays of them")
+            }
+            fn visit_str<E>(self, text: &str) -> Result<TokenCount, E> {
+                let words = text.split_whitespace().count();
+                Ok(TokenCount(u32::try_from(words).unwrap_or(u32::MAX)))
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<TokenCount, E> {
+                Ok(TokenCount(1))
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<TokenCount, E> {
+                Ok(TokenCount(1))
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<TokenCount, E> {
+                Ok(TokenCount(1))
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<TokenCount, E> {
+                Ok(TokenCount(0))
+            }
+            fn visit_unit<E>(self) -> Result<TokenCount, E> {
+                Ok(TokenCount(0))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut items: A) -> Result<TokenCount, A::Error> {
+                let mut total = 0_u32;
+                while let Some(TokenCount(n)) = items.next_element()? {
+                    total = total.saturating_add(n);
+                }
+                Ok(TokenCount(total))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<TokenCount, A::Error> {
+                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(TokenCount(0))
+            }
+        }
+        deserializer.deserialize_any(Count)
     }
 }
 
@@ -207,11 +417,15 @@ impl<'de, T: Deserialize<'de>> Deserialize<'de> for ObjectOnly<T> {
     }
 }
 
-/// Token counts of an answer.
+/// Token counts of an answer (an upstream's may have more fields: they are skipped; an
+/// embeddings answer has no `completion_tokens`: 0).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
 pub(crate) struct Usage {
+    #[serde(default)]
     pub(crate) prompt_tokens: u32,
+    #[serde(default)]
     pub(crate) completion_tokens: u32,
+    #[serde(default)]
     pub(crate) total_tokens: u32,
 }
 
@@ -222,6 +436,13 @@ impl Usage {
             completion_tokens,
             total_tokens: prompt_tokens.saturating_add(completion_tokens),
         }
+    }
+
+    /// The tokens to settle a reservation with: the total, or the sum of its parts if an
+    /// upstream left the total out.
+    pub(crate) fn settled(&self) -> u32 {
+        self.total_tokens
+            .max(self.prompt_tokens.saturating_add(self.completion_tokens))
     }
 }
 
@@ -296,15 +517,12 @@ pub(crate) struct AnswerMessage<'a> {
     pub(crate) content: &'a str,
 }
 
-/// What the kitchen reads of a chunk someone else wrote: each choice's content and finish
-/// reason, the usage, an error. Strings are borrowed from the chunk when they have no escapes.
+/// What the WebSocket chat reads of a chunk: each choice's content and finish reason. Strings
+/// are borrowed from the chunk when they have no escapes.
 #[derive(Debug, Deserialize)]
 pub(crate) struct ChunkView<'a> {
     #[serde(borrow, default)]
     pub(crate) choices: Vec<ChoiceView<'a>>,
-    pub(crate) usage: Option<Usage>,
-    #[serde(borrow, default)]
-    pub(crate) error: Option<&'a RawValue>,
 }
 
 /// A choice of a [`ChunkView`].
@@ -327,7 +545,15 @@ pub(crate) struct DeltaView<'a> {
 #[derive(Debug, Serialize)]
 pub(crate) struct ModelList<'a> {
     pub(crate) object: &'static str,
-    pub(crate) data: &'a [Model<'a>],
+    pub(crate) data: Vec<ListedModel<'a>>,
+}
+
+/// A model of [`ModelList`]: an upstream's, as it wrote it, or one the kitchen names.
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+pub(crate) enum ListedModel<'a> {
+    Upstream(&'a RawValue),
+    Named(Model<'a>),
 }
 
 /// One model of [`ModelList`].

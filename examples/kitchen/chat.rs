@@ -1,4 +1,5 @@
-//! `POST /v1/chat/completions`: front desk → order ticket → admission → the answer.
+//! `POST /v1/chat/completions` (and, passed to an upstream, `POST /v1/completions` and
+//! `POST /v1/embeddings`): front desk → order ticket → admission → the answer.
 //!
 //! The flow of DESIGN.md, outer to inner: front desk (auth 401, content type 415, body limit
 //! 413, JSON and fields 400) → a cancel scope for the request (child of the shutdown scope,
@@ -6,6 +7,9 @@
 //! the first chunk) → a JSON answer, or an SSE body with keep-alive (`generation.rs`) inside a
 //! `DisconnectBody`, so a body dropped mid-stream cancels the scope with `ClientDisconnected`
 //! and the line cook stops at once.
+//!
+//! Completions and embeddings take the same path; the mock answers chat only, so without an
+//! upstream they are a 404.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -13,25 +17,77 @@ use std::time::Duration;
 
 use brigade_cancel::{CancelReason, CancelScope, DisconnectBody};
 use brigade_sse::{KeepAlive, SseBody};
+use http::header::CONTENT_TYPE;
 use http::{HeaderMap, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 
 use crate::admission::{Admitted, Streamed, admit};
-use crate::api::ChatRequest;
+use crate::api::{ChatRequest, Endpoint, Order, ProxyRequest};
 use crate::cook::Whole;
 use crate::error::ApiError;
 use crate::generation::Generation;
+use crate::ids::RequestId;
 use crate::routes::{App, Body, Streaming, Tokens, json_body, json_request_body};
+use crate::upstream::REQUEST_TIMEOUT;
 
+/// `POST /v1/chat/completions`.
 pub(crate) async fn chat(
     app: Arc<App>,
     request: Request<hyper::body::Incoming>,
     peer: SocketAddr,
 ) -> Result<Response<Body>, ApiError> {
-    // Front desk.
-    let key = crate::auth::authorize(&app, request.headers(), peer)?.into_string();
-    let timeout = request_timeout(&app, request.headers());
-    let chat = Arc::new(ChatRequest::parse(json_request_body(&app, request).await?)?);
+    let (key, timeout, id) = front_desk(&app, &request, peer)?;
+    let chat = ChatRequest::parse(json_request_body(&app, request).await?)?;
+    answer(&app, &key, timeout, &id, Arc::new(chat)).await
+}
+
+/// `POST /v1/completions` and `POST /v1/embeddings`, passed to the upstream.
+pub(crate) async fn passthrough(
+    app: Arc<App>,
+    request: Request<hyper::body::Incoming>,
+    peer: SocketAddr,
+    endpoint: Endpoint,
+) -> Result<Response<Body>, ApiError> {
+    let (key, timeout, id) = front_desk(&app, &request, peer)?;
+    if app.cook.upstream.is_none() {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "invalid_request_error",
+            "not_found",
+            format!(
+                "{} needs an upstream (--upstream URL): the mock answers chat only",
+                endpoint.path()
+            ),
+        ));
+    }
+    let order = ProxyRequest::parse(endpoint, json_request_body(&app, request).await?)?;
+    answer(&app, &key, timeout, &id, Arc::new(order)).await
+}
+
+/// The front desk before the body: the client's key (401), the request's deadline and id.
+fn front_desk(
+    app: &App,
+    request: &Request<hyper::body::Incoming>,
+    peer: SocketAddr,
+) -> Result<(String, Option<Duration>, RequestId), ApiError> {
+    let key = crate::auth::authorize(app, request.headers(), peer)?.into_string();
+    let timeout = request_timeout(app, request.headers());
+    let id = request
+        .extensions()
+        .get::<RequestId>()
+        .cloned()
+        .unwrap_or_else(RequestId::random);
+    Ok((key, timeout, id))
+}
+
+/// The order ticket and the answer, for a validated request.
+async fn answer<R: Order>(
+    app: &Arc<App>,
+    key: &str,
+    timeout: Option<Duration>,
+    id: &RequestId,
+    order: Arc<R>,
+) -> Result<Response<Body>, ApiError> {
     if app.shutdown.is_draining() {
         return Err(ApiError::shutting_down(app.config.grace()));
     }
@@ -44,10 +100,10 @@ pub(crate) async fn chat(
     };
     let guard = scope.clone().drop_guard(CancelReason::ClientDisconnected);
 
-    let answer = if chat.stream {
-        stream(&app, &key, &scope, &chat).await
+    let answer = if order.head().stream {
+        stream(app, key, &scope, &order, id).await
     } else {
-        whole(&app, &key, &scope, &chat).await
+        whole(app, key, &scope, &order, id).await
     };
     let _ = guard.disarm();
     answer
@@ -56,20 +112,21 @@ pub(crate) async fn chat(
 /// A streamed answer: admitted up to its first chunk, then the pass window, SSE with
 /// keep-alive in a body that cancels the scope if dropped before its end. The generation holds
 /// the ticket until then.
-async fn stream(
+async fn stream<R: Order>(
     app: &Arc<App>,
     key: &str,
     scope: &CancelScope,
-    chat: &Arc<ChatRequest>,
+    order: &Arc<R>,
+    id: &RequestId,
 ) -> Result<Response<Body>, ApiError> {
     let Admitted {
         ticket,
         dish,
         headers,
-    } = admit::<Streamed>(app, key, scope, chat)
+    } = admit::<Streamed, R>(app, key, scope, order, id)
         .await
         .map_err(|refusal| refusal.into_error(app))?;
-    let generation = Generation::new(Arc::clone(app), scope.clone(), chat, dish, ticket);
+    let generation = Generation::new(Arc::clone(app), scope.clone(), &order.head(), dish, ticket);
     let log = generation.log();
     let keep_alive = KeepAlive::new().interval(Duration::from_secs(app.config.keep_alive_secs));
     let mut response = SseBody::new(generation)
@@ -82,24 +139,35 @@ async fn stream(
     Ok(response)
 }
 
-/// A whole answer, admitted once the line cook has made all of it.
-async fn whole(
+/// A whole answer, admitted once the line cook has made all of it, forwarded as it came:
+/// status, body, content type.
+async fn whole<R: Order>(
     app: &Arc<App>,
     key: &str,
     scope: &CancelScope,
-    chat: &Arc<ChatRequest>,
+    order: &Arc<R>,
+    id: &RequestId,
 ) -> Result<Response<Body>, ApiError> {
     let Admitted {
         mut ticket,
         dish,
         headers,
-    } = admit::<Whole>(app, key, scope, chat)
+    } = admit::<Whole, R>(app, key, scope, order, id)
         .await
         .map_err(|refusal| refusal.into_error(app))?;
     ticket.succeeded();
-    let mut response = json_body(StatusCode::OK, dish.json);
-    if let Some(usage) = dish.usage {
-        ticket.spend(usage.total_tokens);
+    let Whole {
+        status,
+        content_type,
+        json,
+        usage,
+    } = dish;
+    let mut response = json_body(status, json);
+    if let Some(content_type) = content_type {
+        response.headers_mut().insert(CONTENT_TYPE, content_type);
+    }
+    if let Some(usage) = usage {
+        ticket.spend(usage.settled());
         app.metrics
             .tokens
             .inc_by(u64::from(usage.completion_tokens));
@@ -122,7 +190,7 @@ fn with_headers<B>(response: &mut Response<B>, mut headers: HeaderMap) {
 fn request_timeout(app: &App, headers: &HeaderMap) -> Option<Duration> {
     let configured = app.config.deadline();
     let asked = headers
-        .get("x-request-timeout-ms")
+        .get(REQUEST_TIMEOUT)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok())
         .map(Duration::from_millis);

@@ -33,9 +33,44 @@ pub(crate) struct Config {
           value_parser = clap::value_parser!(u32).range(1..))]
     pub(crate) max_connections: u32,
 
-    /// Proxy to this OpenAI-compatible server (e.g. `http://127.0.0.1:8000`) instead of the mock.
+    /// Proxy to this OpenAI-compatible server instead of the mock: its root or its `/v1` base,
+    /// over `http://` or `https://` (e.g. `http://127.0.0.1:8000`, `https://api.openai.com/v1`).
+    /// Requests go to it as the client sent them; its answers come back as it wrote them.
     #[arg(long, value_name = "URL")]
     pub(crate) upstream: Option<String>,
+
+    /// A PEM file of CA certificates that an `https://` upstream's certificate may chain to,
+    /// trusted beside the system's roots (a private CA).
+    #[arg(long, value_name = "PEM")]
+    pub(crate) upstream_ca_file: Option<std::path::PathBuf>,
+
+    /// `NAME=UPSTREAM_MODEL`: a model clients may ask for as NAME, sent to the line cook as
+    /// UPSTREAM_MODEL, and listed by `/v1/models` (repeatable).
+    #[arg(long = "model-alias", value_name = "NAME=UPSTREAM_MODEL",
+          value_parser = crate::cook::ModelAlias::parse)]
+    pub(crate) model_aliases: Vec<crate::cook::ModelAlias>,
+
+    /// Upstream: time to open a connection (TCP), in milliseconds, from 1 to 3,600,000.
+    #[arg(long, default_value_t = 5_000, value_name = "MS",
+          value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
+    pub(crate) upstream_connect_timeout_ms: u64,
+
+    /// Upstream: time an attempt has for the first chunk of a streamed answer (connection, TLS,
+    /// head and first event), in milliseconds, from 1 to 86,400,000. A stalled attempt is cut
+    /// and retried, within the request's deadline. Raise it for models that think long before
+    /// their first token. A whole (non-streamed) answer comes when it is done, so only the
+    /// deadline bounds it.
+    #[arg(long, default_value_t = 60_000, value_name = "MS",
+          value_parser = clap::value_parser!(u64).range(1..=86_400_000))]
+    pub(crate) upstream_first_chunk_timeout_ms: u64,
+
+    /// Upstream: longest silence of a streamed answer after its first chunk (no bytes at all: an
+    /// upstream's keep-alive comment breaks it), and the longest wait for a whole answer's body
+    /// after its head, in milliseconds, from 1 to 86,400,000. After it a stream ends with an
+    /// error event.
+    #[arg(long, default_value_t = 60_000, value_name = "MS",
+          value_parser = clap::value_parser!(u64).range(1..=86_400_000))]
+    pub(crate) upstream_idle_timeout_ms: u64,
 
     /// Bearer key sent to the upstream. The command line is visible to every user of the
     /// machine (`ps`): prefer `KITCHEN_UPSTREAM_KEY`, read when this flag is not given.
@@ -155,7 +190,8 @@ pub(crate) struct Config {
     pub(crate) body_limit: usize,
 
     /// Deadline of a request, in seconds (a request may ask for less with
-    /// `x-request-timeout-ms`); 0: none unless the request asks.
+    /// `x-request-timeout-ms`); 0: none unless the request asks. What is left of it goes to an
+    /// upstream in `x-request-timeout-ms` with each attempt, so kitchens chain.
     #[arg(long, default_value_t = 300)]
     pub(crate) deadline_secs: u64,
 

@@ -3,58 +3,169 @@
 //!
 //! An attempt opens either a stream of chunks or a whole answer:
 //!
-//! - a [`Chunk`] is the JSON text of one `chat.completion.chunk`, as bytes, with what the kitchen
-//!   reads from it (its content tokens for the metrics, its usage to settle the token limit);
-//!   the stream ends with [`Cooked::Done`] (`data: [DONE]`), and a stream that ends without it
-//!   was cut off;
-//! - a [`Whole`] answer is the JSON body of a `chat.completion`, with its usage.
+//! - a [`Chunk`] is the JSON text of one chunk (`chat.completion.chunk`, or a completions
+//!   `text_completion` chunk), as bytes, with its usage when it carries one; the stream ends
+//!   with [`Cooked::Done`] (`data: [DONE]`), and a stream that ends without it was cut off;
+//! - a [`Whole`] answer is the JSON body of a `chat.completion` (or of a completions or
+//!   embeddings answer), with its status, content type and usage.
+//!
+//! The mock answers chat only; completions and embeddings need an upstream.
 
+use std::borrow::Cow;
 use std::pin::Pin;
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures::Stream;
+use http::header::HeaderValue;
+use http::{Response, StatusCode};
+use tokio::time::Instant;
 
-use crate::api::{ChatRequest, Usage};
+use crate::api::{ListedModel, Model, ModelList, Order, Usage};
 use crate::config::Config;
+use crate::error::ApiError;
+use crate::ids::RequestId;
 use crate::mock::Mock;
+use crate::routes::{Body, json_body};
 use crate::upstream::Upstream;
 
-/// The mock, or the upstream when one is configured.
+/// The mock, or the upstream when one is configured; and the model aliases.
 #[derive(Debug)]
 pub(crate) struct LineCook {
     pub(crate) mock: Mock,
     pub(crate) upstream: Option<Upstream>,
+    aliases: Vec<ModelAlias>,
 }
 
 impl LineCook {
     pub(crate) fn new(config: &Config) -> Result<Self, String> {
+        let aliases = config.model_aliases.clone();
+        for (i, alias) in aliases.iter().enumerate() {
+            if aliases[..i].iter().any(|other| other.name == alias.name) {
+                return Err(format!(
+                    "--model-alias: `{}` is given more than once",
+                    alias.name
+                ));
+            }
+        }
         let upstream = config
             .upstream
             .as_deref()
-            .map(|url| Upstream::new(url, config.upstream_key.clone()))
+            .map(|url| Upstream::new(url, config))
             .transpose()?;
         Ok(Self {
             mock: Mock::new(config),
             upstream,
+            aliases,
         })
     }
 
+    /// The model to ask the line cook for, when `asked` is an alias.
+    pub(crate) fn alias(&self, asked: &str) -> Option<&str> {
+        self.aliases
+            .iter()
+            .find(|alias| alias.name == asked)
+            .map(|alias| alias.upstream.as_str())
+    }
+
     /// Starts a streamed answer.
-    pub(crate) async fn stream(&self, request: &ChatRequest) -> Result<Chunks, CookError> {
-        match &self.upstream {
-            Some(upstream) => upstream.stream(request).await,
-            None => Ok(self.mock.stream(request)),
+    pub(crate) async fn stream<R: Order>(
+        &self,
+        request: &R,
+        call: &Call,
+    ) -> Result<Chunks, CookError> {
+        let head = request.head();
+        let alias = self.alias(head.model);
+        match (&self.upstream, request.chat()) {
+            (Some(upstream), _) => upstream.stream(&head, alias, call).await,
+            (None, Some(chat)) => Ok(self.mock.stream(chat, alias.unwrap_or(head.model))),
+            (None, None) => Err(CookError::no_mock()),
         }
     }
 
     /// Makes a whole answer.
-    pub(crate) async fn whole(&self, request: &ChatRequest) -> Result<Whole, CookError> {
-        match &self.upstream {
-            Some(upstream) => upstream.whole(request).await,
-            None => self.mock.whole(request).await,
+    pub(crate) async fn whole<R: Order>(
+        &self,
+        request: &R,
+        call: &Call,
+    ) -> Result<Whole, CookError> {
+        let head = request.head();
+        let alias = self.alias(head.model);
+        match (&self.upstream, request.chat()) {
+            (Some(upstream), _) => upstream.whole(&head, alias, call).await,
+            (None, Some(chat)) => self.mock.whole(chat, alias.unwrap_or(head.model)).await,
+            (None, None) => Err(CookError::no_mock()),
         }
     }
+
+    /// `GET /v1/models`: the upstream's list (cached briefly), or the mock's model; and the
+    /// aliases.
+    pub(crate) async fn models(&self) -> Result<Response<Body>, ApiError> {
+        let Some(upstream) = &self.upstream else {
+            return Ok(self.list(&[]));
+        };
+        upstream.models(|models| self.list(models)).await
+    }
+
+    /// A model list: the upstream's models (each as it wrote it), or the mock's, and then the
+    /// aliases.
+    pub(crate) fn list(&self, upstream: &[&serde_json::value::RawValue]) -> Response<Body> {
+        let ours = |id| {
+            ListedModel::Named(Model {
+                id,
+                object: "model",
+                created: 0,
+                owned_by: "brigade",
+            })
+        };
+        let mut data: Vec<ListedModel<'_>> = if self.upstream.is_some() {
+            upstream
+                .iter()
+                .map(|model| ListedModel::Upstream(model))
+                .collect()
+        } else {
+            vec![ours(Mock::MODEL)]
+        };
+        data.extend(self.aliases.iter().map(|alias| ours(alias.name.as_str())));
+        let list = ModelList {
+            object: "list",
+            data,
+        };
+        json_body(
+            StatusCode::OK,
+            serde_json::to_vec(&list).unwrap_or_default(),
+        )
+    }
+}
+
+/// `--model-alias NAME=UPSTREAM_MODEL`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct ModelAlias {
+    pub(crate) name: String,
+    pub(crate) upstream: String,
+}
+
+impl ModelAlias {
+    /// clap's value parser: both sides non-empty.
+    pub(crate) fn parse(text: &str) -> Result<Self, String> {
+        match text.split_once('=') {
+            Some((name, upstream)) if !name.trim().is_empty() && !upstream.trim().is_empty() => {
+                Ok(Self {
+                    name: name.trim().to_owned(),
+                    upstream: upstream.trim().to_owned(),
+                })
+            }
+            _ => Err("expected NAME=UPSTREAM_MODEL, both non-empty".to_owned()),
+        }
+    }
+}
+
+/// What every attempt of one request carries beside the request: its id and its deadline (an
+/// upstream gets both, in `x-request-id` and `x-request-timeout-ms`).
+#[derive(Clone, Debug)]
+pub(crate) struct Call {
+    pub(crate) id: RequestId,
+    pub(crate) deadline: Option<Instant>,
 }
 
 /// The chunks of a streamed answer, as they come; an `Err` ends the stream.
@@ -68,41 +179,108 @@ pub(crate) enum Cooked {
     Done,
 }
 
-/// One `chat.completion.chunk`.
+/// One chunk of a streamed answer.
 #[derive(Debug)]
 pub(crate) struct Chunk {
-    /// Its JSON text.
+    /// Its JSON text, as the line cook wrote it.
     pub(crate) json: Bytes,
-    /// Content tokens it carries, as far as the line cook can tell (the metrics count them).
-    pub(crate) tokens: u32,
-    /// Its `usage`, when it has one: the usage chunk that ends an answer (`choices: []`),
-    /// which the client gets only if it asked (`stream_options.include_usage`).
+    /// Its `usage`, when it has one.
     pub(crate) usage: Option<Usage>,
+    /// Whether it carries the usage and nothing else (`choices: []`): the chunk the client
+    /// gets only if it asked (`stream_options.include_usage`).
+    pub(crate) usage_only: bool,
 }
 
-/// A whole answer: the JSON body of a `chat.completion`, and its usage if it has one.
+/// A whole answer: its status (a success), its JSON body and content type as the line cook
+/// wrote them, and its usage if it has one.
 #[derive(Debug)]
 pub(crate) struct Whole {
+    pub(crate) status: StatusCode,
+    pub(crate) content_type: Option<HeaderValue>,
     pub(crate) json: Bytes,
     pub(crate) usage: Option<Usage>,
 }
 
 /// A failure of the line cook (the mock or the upstream).
-#[derive(Clone, Debug)]
-pub(crate) struct CookError {
-    pub(crate) message: String,
-    /// Worth another attempt (a 5xx, a reset), as opposed to a 4xx.
-    pub(crate) retryable: bool,
-    /// The upstream's own `Retry-After`, if it gave one.
-    pub(crate) retry_after: Option<Duration>,
+#[derive(Debug)]
+pub(crate) enum CookError {
+    /// The upstream answered with an error status: its answer, which reaches the client as it
+    /// is (a 4xx at once, a 5xx or 429 when no attempt is left).
+    Answered(Box<ErrorAnswer>),
+    /// No answer, or a broken one: unreachable, reset, cut off, malformed (or the mock's
+    /// injected failure).
+    Failed(Cow<'static, str>),
+    /// No first chunk, or no next chunk, in time.
+    TimedOut(Cow<'static, str>),
+}
+
+/// An upstream's error answer.
+#[derive(Debug)]
+pub(crate) struct ErrorAnswer {
+    pub(crate) status: StatusCode,
+    pub(crate) content_type: Option<HeaderValue>,
+    /// Its `Retry-After`, as sent and as a wait.
+    pub(crate) retry_after: Option<(HeaderValue, Duration)>,
+    pub(crate) body: Bytes,
 }
 
 impl CookError {
-    pub(crate) fn retryable(message: impl Into<String>) -> Self {
-        Self {
-            message: message.into(),
-            retryable: true,
-            retry_after: None,
+    pub(crate) fn failed(message: impl Into<Cow<'static, str>>) -> Self {
+        Self::Failed(message.into())
+    }
+
+    fn no_mock() -> Self {
+        Self::failed("the mock answers chat only: completions and embeddings need --upstream")
+    }
+
+    /// Worth another attempt: a 5xx, a 429, no answer, a timeout; not a 4xx (the request's
+    /// fault, which another attempt would meet again).
+    pub(crate) fn is_retryable(&self) -> bool {
+        match self {
+            Self::Answered(answer) => {
+                answer.status.is_server_error() || answer.status == StatusCode::TOO_MANY_REQUESTS
+            }
+            Self::Failed(_) | Self::TimedOut(_) => true,
+        }
+    }
+
+    /// The upstream's `Retry-After`, as a wait.
+    pub(crate) fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Self::Answered(answer) => answer.retry_after.as_ref().map(|(_, wait)| *wait),
+            Self::Failed(_) | Self::TimedOut(_) => None,
+        }
+    }
+
+    /// What went wrong, in a few words.
+    pub(crate) fn message(&self) -> Cow<'_, str> {
+        match self {
+            Self::Answered(answer) => {
+                Cow::Owned(format!("the upstream answered {}", answer.status))
+            }
+            Self::Failed(message) | Self::TimedOut(message) => Cow::Borrowed(message),
+        }
+    }
+
+    /// The code of the error event that ends a stream with this failure.
+    pub(crate) fn code(&self) -> &'static str {
+        match self {
+            Self::TimedOut(_) => "upstream_timeout",
+            Self::Answered(_) | Self::Failed(_) => "upstream_error",
+        }
+    }
+
+    /// The answer to the client when this is the last attempt's failure: the upstream's own,
+    /// or 504 for a timeout, 502 for the rest.
+    pub(crate) fn into_api_error(self, attempts: u32) -> ApiError {
+        match self {
+            Self::Answered(answer) => ApiError::upstream(*answer),
+            Self::TimedOut(message) => ApiError::upstream_timeout(format!(
+                "the upstream timed out after {attempts} attempt(s): {message}"
+            )),
+            Self::Failed(message) => ApiError::bad_gateway(format!(
+                "the line cook failed after {attempts} attempt(s): {message}"
+            )),
         }
     }
 }

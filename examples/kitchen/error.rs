@@ -1,13 +1,16 @@
 //! The error contract of DESIGN.md: every error is JSON in OpenAI's shape,
-//! `{"error":{"message":"...","type":"...","code":"..."}}`, with the headers its status needs.
+//! `{"error":{"message":"...","type":"...","code":"..."}}`, with the headers its status needs;
+//! except an upstream's own error answer, which the client gets as the upstream wrote it.
 
 use std::time::Duration;
 
+use bytes::Bytes;
 use headers::{ContentType, Header, HeaderMapExt, RetryAfter};
-use http::header::{ALLOW, HeaderName, HeaderValue, RETRY_AFTER};
+use http::header::{ALLOW, CONTENT_TYPE, HeaderName, HeaderValue, RETRY_AFTER};
 use http::{Response, StatusCode};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
+use crate::cook::ErrorAnswer;
 use crate::routes::{Body, full};
 
 /// An error answer: status, OpenAI error fields, extra headers.
@@ -18,6 +21,9 @@ pub(crate) struct ApiError {
     pub(crate) kind: &'static str,
     pub(crate) code: &'static str,
     pub(crate) headers: Vec<(HeaderName, HeaderValue)>,
+    /// An upstream's error answer, sent as it came instead of the fields above (which say what
+    /// it says, for a WebSocket's error message and the log).
+    pub(crate) passed: Option<Bytes>,
 }
 
 /// `{"error":{...}}`: the body of an error answer, and the data of a final SSE error event.
@@ -48,7 +54,40 @@ impl ApiError {
             kind,
             code,
             headers: Vec::new(),
+            passed: None,
         }
+    }
+
+    /// An upstream's error answer, passed to the client as it is: its status, body, content
+    /// type and `Retry-After`.
+    pub(crate) fn upstream(answer: ErrorAnswer) -> Self {
+        #[derive(Deserialize)]
+        struct Said {
+            error: SaidFields,
+        }
+        #[derive(Deserialize)]
+        struct SaidFields {
+            message: String,
+        }
+        let message = serde_json::from_slice::<Said>(&answer.body).map_or_else(
+            |_| format!("the upstream answered {}", answer.status),
+            |said| said.error.message,
+        );
+        let kind = if answer.status.is_client_error() {
+            "invalid_request_error"
+        } else {
+            "server_error"
+        };
+        let mut error = Self::new(answer.status, kind, "upstream_error", message);
+        let content_type = answer
+            .content_type
+            .unwrap_or(HeaderValue::from_static("application/json"));
+        error = error.header(CONTENT_TYPE, content_type);
+        if let Some((retry_after, _)) = answer.retry_after {
+            error = error.header(RETRY_AFTER, retry_after);
+        }
+        error.passed = Some(answer.body);
+        error
     }
 
     /// 400: the message names the field.
@@ -139,6 +178,16 @@ impl ApiError {
         )
     }
 
+    /// 504: every attempt timed out before its first chunk.
+    pub(crate) fn upstream_timeout(message: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            "server_error",
+            "upstream_timeout",
+            message,
+        )
+    }
+
     pub(crate) fn deadline() -> Self {
         Self::new(
             StatusCode::GATEWAY_TIMEOUT,
@@ -201,12 +250,20 @@ impl ApiError {
     }
 
     pub(crate) fn into_response(self) -> Response<Body> {
-        let mut response = Response::new(full(self.json()));
+        let body = match self.passed {
+            Some(passed) => full(passed),
+            None => full(self.json()),
+        };
+        let mut response = Response::new(body);
         *response.status_mut() = self.status;
         let headers = response.headers_mut();
         headers.typed_insert(ContentType::json());
         for (name, value) in self.headers {
-            headers.append(name, value);
+            if name == CONTENT_TYPE {
+                headers.insert(name, value);
+            } else {
+                headers.append(name, value);
+            }
         }
         response
     }

@@ -1,4 +1,6 @@
-//! The kitchen: an OpenAI-compatible hyper server that composes every Brigade crate.
+//! The kitchen: an OpenAI-compatible hyper server that composes every Brigade crate, on a mock
+//! model or as a gateway to an OpenAI-compatible upstream (`--upstream URL`, `http://` or
+//! `https://`).
 //!
 //! `cargo run --release --example kitchen -- --help` lists every flag. Then:
 //!
@@ -6,6 +8,14 @@
 //! curl -N localhost:8080/v1/chat/completions -H 'content-type: application/json' \
 //!   -d '{"model":"kitchen-mock","messages":[{"role":"user","content":"hi"}],"stream":true}'
 //! ```
+//!
+//! As a gateway, here to `bare_stream` (`cargo run --release --example bare_stream`):
+//!
+//! ```text
+//! cargo run --release --example kitchen -- --upstream http://127.0.0.1:8081
+//! ```
+//!
+//! `docs/architecture.md` follows one request through the files.
 
 mod admission;
 mod api;
@@ -16,10 +26,12 @@ mod cook;
 mod error;
 mod fanout;
 mod generation;
+mod ids;
 mod jobs;
 mod limits;
 mod metrics;
 mod mock;
+mod passthrough;
 mod routes;
 mod server;
 mod upstream;
@@ -61,7 +73,7 @@ fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        tracing::info!(addr = %running.addr, model = running.app.model_name(), "kitchen open");
+        tracing::info!(addr = %running.addr, line_cook = running.app.line_cook(), "kitchen open");
         let shutdown = running.app.shutdown.clone();
         shutdown.listen_for_signals();
         let report = shutdown.drained().await;

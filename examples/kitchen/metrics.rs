@@ -20,8 +20,11 @@ pub(crate) struct Metrics {
     pub(crate) requests: Family<RouteStatus, Counter>,
     /// Streams open now.
     pub(crate) streams_in_flight: Gauge,
-    /// Tokens the line cook produced.
+    /// Completion tokens the line cook produced, counted as each answer ends (from its usage).
     pub(crate) tokens: Counter,
+    /// Streamed answers that reached their end without a usage chunk, settled by counting
+    /// their chunks.
+    pub(crate) usage_counted: Counter,
     /// Generations stopped before their end, by reason.
     pub(crate) cancelled: Family<Labels, Counter>,
     /// Rate-limit rejections, by limit.
@@ -74,8 +77,15 @@ impl Metrics {
         let tokens = Counter::default();
         registry.register(
             "tokens_generated",
-            "Tokens produced by the line cook",
+            "Completion tokens produced by the line cook, counted as each answer ends",
             tokens.clone(),
+        );
+        let usage_counted = Counter::default();
+        registry.register(
+            "usage_counted",
+            "Streamed answers that ended without the line cook's usage, settled by counting \
+             their chunks as tokens",
+            usage_counted.clone(),
         );
         let cancelled = Family::<Labels, Counter>::default();
         registry.register(
@@ -136,6 +146,7 @@ impl Metrics {
             requests,
             streams_in_flight,
             tokens,
+            usage_counted,
             cancelled,
             rate_limited,
             breaker_state,

@@ -6,8 +6,9 @@
 //! answer is a role chunk (sent with the first token, once the time to first token has passed),
 //! one chunk per token, a finish chunk (`finish_reason` `stop`, or `length` when `max_tokens`
 //! cut the answer), a usage chunk (`choices: []`), then the end; a whole answer is one
-//! `chat.completion`. Chunks are serialized with serde into one buffer per answer, which the
-//! pass window copies out of: no allocation per token.
+//! `chat.completion`. Each answer's id is `chatcmpl-` and 128 random bits. Chunks are
+//! serialized with serde into one buffer per answer, which the pass window shares until it
+//! encodes them: no allocation per token.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -25,6 +26,7 @@ use crate::api::{
 };
 use crate::config::Config;
 use crate::cook::{Chunk, Chunks, CookError, Cooked, Whole};
+use crate::ids::random_bits;
 
 /// Fault rates, changeable while the server runs (tests flip them to check recovery).
 #[derive(Debug)]
@@ -83,6 +85,9 @@ const WORDS: [&str; 32] = [
 ];
 
 impl Mock {
+    /// The model the mock is, in `/v1/models`.
+    pub(crate) const MODEL: &'static str = "kitchen-mock";
+
     pub(crate) fn new(config: &Config) -> Self {
         Self {
             ttft: Duration::from_millis(config.ttft_ms),
@@ -118,9 +123,9 @@ impl Mock {
         rate > 0.0 && self.draw() < rate
     }
 
-    /// A streamed answer to `request`.
-    pub(crate) fn stream(&self, request: &ChatRequest) -> Chunks {
-        let (cooking, order) = self.cook(request);
+    /// A streamed answer to `request`, in the name of `model`.
+    pub(crate) fn stream(&self, request: &ChatRequest, model: &str) -> Chunks {
+        let (cooking, order) = self.cook(request, model);
         Box::pin(Serving {
             cooking,
             writer: ChunkWriter {
@@ -133,9 +138,14 @@ impl Mock {
         })
     }
 
-    /// A whole answer to `request`, after the time the stream would take.
-    pub(crate) async fn whole(&self, request: &ChatRequest) -> Result<Whole, CookError> {
-        let (mut cooking, order) = self.cook(request);
+    /// A whole answer to `request`, in the name of `model`, after the time the stream would
+    /// take.
+    pub(crate) async fn whole(
+        &self,
+        request: &ChatRequest,
+        model: &str,
+    ) -> Result<Whole, CookError> {
+        let (mut cooking, order) = self.cook(request, model);
         let mut content = String::new();
         let mut completion_tokens = 0;
         while let Some(word) = cooking.next().await {
@@ -159,16 +169,18 @@ impl Mock {
             usage,
         };
         let json = serde_json::to_vec(&answer)
-            .map_err(|e| CookError::retryable(format!("could not write the answer: {e}")))?;
+            .map_err(|e| CookError::failed(format!("could not write the answer: {e}")))?;
         Ok(Whole {
+            status: http::StatusCode::OK,
+            content_type: None,
             json: Bytes::from(json),
             usage: Some(usage),
         })
     }
 
     /// Starts an attempt: its tokens, paced, with faults drawn for it.
-    fn cook(&self, request: &ChatRequest) -> (Cooking, Order) {
-        let attempt = self.attempts.fetch_add(1, Ordering::Relaxed) + 1;
+    fn cook(&self, request: &ChatRequest, model: &str) -> (Cooking, Order) {
+        self.attempts.fetch_add(1, Ordering::Relaxed);
         let prompt = request.prompt();
         // A bug in the line cook, on demand, with every permit of the request taken: the catch
         // in `App::handle` turns it into a 500, and unwinding hands every permit back.
@@ -197,11 +209,11 @@ impl Mock {
             over: false,
         };
         let order = Order {
-            id: format!("chatcmpl-{attempt}"),
+            id: format!("chatcmpl-{:032x}", random_bits()),
             created: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),
-            model: request.model.clone(),
+            model: model.to_owned(),
             prompt_tokens: request.prompt_tokens(),
             max_tokens,
         };
@@ -282,18 +294,18 @@ impl Stream for Serving {
                         role: Some(Role::Assistant),
                         content: Some(""),
                     };
-                    this.writer.choice(role, None, 0)
+                    this.writer.choice(role, None)
                 } else if let Held::Word(word) = next {
                     this.completion_tokens += 1;
                     let content = Delta {
                         role: None,
                         content: Some(word),
                     };
-                    this.writer.choice(content, None, 1)
+                    this.writer.choice(content, None)
                 } else {
                     this.phase = Phase::Usage;
                     let reason = this.writer.order.finish_reason(this.completion_tokens);
-                    this.writer.choice(Delta::default(), Some(reason), 0)
+                    this.writer.choice(Delta::default(), Some(reason))
                 }
             }
             Phase::Usage => {
@@ -313,7 +325,7 @@ impl Stream for Serving {
 
 /// Writes an answer's chunks with serde, each into the free end of one buffer and split off
 /// it: the buffer is allocated once, and reused whole once the chunks split off it are
-/// dropped (the pass window copies each out at once).
+/// dropped (the pass window encodes each as it comes).
 struct ChunkWriter {
     buf: BytesMut,
     order: Order,
@@ -328,26 +340,24 @@ impl ChunkWriter {
         &mut self,
         delta: Delta<'_>,
         finish_reason: Option<FinishReason>,
-        tokens: u32,
     ) -> Result<Chunk, CookError> {
         let choices = [ChunkChoice {
             index: 0,
             delta,
             finish_reason,
         }];
-        self.write(&choices, None, tokens)
+        self.write(&choices, None)
     }
 
     /// The usage chunk: no choice.
     fn usage(&mut self, usage: Usage) -> Result<Chunk, CookError> {
-        self.write(&[], Some(usage), 0)
+        self.write(&[], Some(usage))
     }
 
     fn write(
         &mut self,
         choices: &[ChunkChoice<'_>],
         usage: Option<Usage>,
-        tokens: u32,
     ) -> Result<Chunk, CookError> {
         let chunk = ChatCompletionChunk {
             id: &self.order.id,
@@ -359,11 +369,11 @@ impl ChunkWriter {
         };
         self.buf.reserve(Self::ROOM);
         serde_json::to_writer((&mut self.buf).writer(), &chunk)
-            .map_err(|e| CookError::retryable(format!("could not write a chunk: {e}")))?;
+            .map_err(|e| CookError::failed(format!("could not write a chunk: {e}")))?;
         Ok(Chunk {
             json: self.buf.split().freeze(),
-            tokens,
             usage,
+            usage_only: choices.is_empty(),
         })
     }
 }
@@ -452,16 +462,14 @@ impl Stream for Cooking {
             }
             if this.fail {
                 this.over = true;
-                return Poll::Ready(Some(Err(CookError::retryable(
+                return Poll::Ready(Some(Err(CookError::failed(
                     "injected failure before the first token",
                 ))));
             }
         }
         if this.fail_at == Some(this.next) {
             this.over = true;
-            return Poll::Ready(Some(Err(CookError::retryable(
-                "injected failure mid-stream",
-            ))));
+            return Poll::Ready(Some(Err(CookError::failed("injected failure mid-stream"))));
         }
         match this.words.next() {
             Some(word) => {

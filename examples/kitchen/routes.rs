@@ -1,11 +1,11 @@
-//! The front desk: the shared state, routing, health, readiness, metrics and models, and the
-//! catch-unwind that turns a handler panic into a 500.
+//! The front desk: the shared state, routing, health, readiness, metrics and models, the
+//! request's id (`ids.rs`: taken from `x-request-id` or made, returned in the answer, printed
+//! in the log line), and the catch-unwind that turns a handler panic into a 500.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use brigade_breaker::{CircuitBreaker, OpenDuration, Window};
@@ -21,10 +21,11 @@ use http_body_util::combinators::UnsyncBoxBody;
 use tokio::time::Instant;
 use tracing::Instrument;
 
-use crate::api::{Model, ModelList};
+use crate::api::Endpoint;
 use crate::config::Config;
 use crate::cook::LineCook;
 use crate::error::ApiError;
+use crate::ids::{REQUEST_ID, RequestId};
 use crate::limits::Limits;
 use crate::metrics::Metrics;
 
@@ -58,7 +59,6 @@ pub(crate) struct App {
     pub(crate) jobs: crate::jobs::Shelf,
     /// The fan-out's sources.
     pub(crate) fanout: crate::fanout::Sources,
-    next_id: AtomicU64,
 }
 
 impl App {
@@ -101,38 +101,41 @@ impl App {
             breaker,
             retry,
             config,
-            next_id: AtomicU64::new(1),
         })
     }
 
     /// Answers one request: never fails, never unwinds.
     pub(crate) async fn handle(
         self: Arc<Self>,
-        request: Request<hyper::body::Incoming>,
+        mut request: Request<hyper::body::Incoming>,
         peer: SocketAddr,
     ) -> Response<Body> {
         let start = Instant::now();
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let id = RequestId::of(request.headers());
+        request.extensions_mut().insert(id.clone());
         let route = route_name(request.uri().path());
-        let span = tracing::info_span!("request", id, route, method = %request.method());
+        let span = tracing::info_span!("request", %id, route, method = %request.method());
         let log = LogLine {
             start,
             span: span.clone(),
         };
-        let routed = AssertUnwindSafe(Arc::clone(&self).route(request, peer, id, route))
+        let routed = AssertUnwindSafe(Arc::clone(&self).route(request, peer, id.clone(), route))
             .catch_unwind()
             .instrument(span)
             .await;
-        let response = routed.unwrap_or_else(|panic| {
+        let mut response = routed.unwrap_or_else(|panic| {
             let message = panic
                 .downcast_ref::<&str>()
                 .map(|s| (*s).to_owned())
                 .or_else(|| panic.downcast_ref::<String>().cloned())
                 .unwrap_or_default();
             self.metrics.panics.inc();
-            tracing::error!(parent: &log.span, id, panic = %message, "handler panicked");
+            tracing::error!(parent: &log.span, panic = %message, "handler panicked");
             ApiError::internal().into_response()
         });
+        response
+            .headers_mut()
+            .insert(REQUEST_ID, id.header().clone());
         self.metrics.request(route, response.status().as_u16());
         if response.extensions().get::<Streaming>().is_none() {
             let tokens = response.extensions().get::<Tokens>().map_or(0, |t| t.0);
@@ -147,13 +150,20 @@ impl App {
         self: Arc<Self>,
         request: Request<hyper::body::Incoming>,
         peer: SocketAddr,
-        id: u64,
+        id: RequestId,
         route: &'static str,
     ) -> Response<Body> {
         let method = request.method().clone();
         let result = match (route, &method) {
             ("chat", &Method::POST) => crate::chat::chat(self, request, peer).await,
-            ("chat", _) => Err(ApiError::method_not_allowed("POST")),
+            ("completions", &Method::POST) => {
+                crate::chat::passthrough(self, request, peer, Endpoint::Completions).await
+            }
+            ("embeddings", &Method::POST) => {
+                crate::chat::passthrough(self, request, peer, Endpoint::Embeddings).await
+            }
+            ("chat" | "completions" | "embeddings", _) => Err(ApiError::method_not_allowed("POST")),
+            ("models", &Method::GET | &Method::HEAD) => self.cook.models().await,
             ("jobs" | "job", _) => crate::jobs::route(self, request, peer).await,
             ("fanout", &Method::GET) => crate::fanout::fanout(self, request).await,
             ("fanout", _) => Err(ApiError::method_not_allowed("GET")),
@@ -192,37 +202,24 @@ impl App {
                 );
                 response
             }
-            "models" => {
-                let models = ModelList {
-                    object: "list",
-                    data: &[Model {
-                        id: self.model_name(),
-                        object: "model",
-                        created: 0,
-                        owned_by: "brigade",
-                    }],
-                };
-                json_body(
-                    StatusCode::OK,
-                    serde_json::to_vec(&models).unwrap_or_default(),
-                )
-            }
             _ => ApiError::not_found(path).into_response(),
         }
     }
 
-    pub(crate) fn model_name(&self) -> &'static str {
-        if self.cook.upstream.is_some() {
-            "upstream"
-        } else {
-            "kitchen-mock"
-        }
+    /// What answers: the mock's model name, or the upstream's root.
+    pub(crate) fn line_cook(&self) -> &str {
+        self.cook
+            .upstream
+            .as_ref()
+            .map_or(crate::mock::Mock::MODEL, |upstream| upstream.base())
     }
 }
 
 fn route_name(path: &str) -> &'static str {
     match path {
         "/v1/chat/completions" => "chat",
+        "/v1/completions" => "completions",
+        "/v1/embeddings" => "embeddings",
         "/v1/models" => "models",
         "/healthz" => "healthz",
         "/readyz" => "readyz",

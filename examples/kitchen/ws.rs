@@ -11,7 +11,9 @@
 //!   `"type":"chat"` or no `type`. One generation runs at a time per socket.
 //! - `{"type":"cancel"}`: stops the running generation (ignored when none runs).
 //!
-//! Server to client, for each generation (`id` names it): `{"type":"start","id","model"}`, then
+//! Server to client, for each generation (`id` names it: the upgrade request's id, a dash and
+//! the generation's number, which an upstream gets as its `x-request-id`):
+//! `{"type":"start","id","model"}`, then
 //! `{"type":"token","id","index","text"}` for each token, in order, then exactly one of
 //! `{"type":"done","id","finish_reason","usage"}`, `{"type":"error","id","status","error"}` or
 //! `{"type":"cancelled","id","reason","completion_tokens"}`. A request that starts no
@@ -80,6 +82,7 @@ use crate::admission::{Admitted, Refusal, Streamed, Ticket, admit};
 use crate::api::{ChatRequest, ChunkView, Usage};
 use crate::cook::{CookError, Cooked};
 use crate::error::{ApiError, ErrorFields};
+use crate::ids::RequestId;
 use crate::routes::{App, Body, full};
 
 /// How long the server waits for the client's answer to its close frame.
@@ -171,7 +174,7 @@ pub(crate) async fn upgrade(
     app: Arc<App>,
     mut request: Request<hyper::body::Incoming>,
     peer: SocketAddr,
-    id: u64,
+    id: RequestId,
 ) -> Result<Response<Body>, ApiError> {
     let headers = request.headers();
     let connection_upgrade = headers
@@ -232,7 +235,9 @@ pub(crate) async fn upgrade(
                 .await;
                 connection.run(socket).await;
             }
-            Err(error) => tracing::debug!(%error, id, "WebSocket upgrade failed"),
+            Err(error) => {
+                tracing::debug!(%error, id = %connection.id, "WebSocket upgrade failed");
+            }
         }
     });
 
@@ -307,7 +312,8 @@ struct Connection {
     app: Arc<App>,
     /// The rate-limit key: the API key, or the client's address.
     client: String,
-    id: u64,
+    /// The upgrade request's id; a generation's is it and the generation's number.
+    id: RequestId,
     /// Child of the shutdown's scope; the parent of every generation's.
     scope: CancelScope,
     generations: u64,
@@ -344,7 +350,7 @@ impl Connection {
         let mut ping = tokio::time::interval_at(Instant::now() + every, every);
         ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut answered = true;
-        tracing::debug!(id = self.id, "WebSocket open");
+        tracing::debug!(id = %self.id, "WebSocket open");
 
         let ended = loop {
             tokio::select! {
@@ -352,7 +358,7 @@ impl Connection {
                     let message = match incoming {
                         Some(Ok(message)) => message,
                         Some(Err(error)) => {
-                            tracing::debug!(%error, id = self.id, "WebSocket read failed");
+                            tracing::debug!(%error, id = %self.id, "WebSocket read failed");
                             break Ended::Gone;
                         }
                         None => break Ended::Gone,
@@ -439,7 +445,7 @@ impl Connection {
             }
         }
         tracing::debug!(
-            id = self.id,
+            id = %self.id,
             generations = self.generations,
             "WebSocket closed"
         );
@@ -458,11 +464,11 @@ impl Connection {
                 true
             }
             Ok(Err(error)) => {
-                tracing::debug!(%error, id = self.id, "WebSocket write failed");
+                tracing::debug!(%error, id = %self.id, "WebSocket write failed");
                 false
             }
             Err(_) => {
-                tracing::debug!(id = self.id, "WebSocket client stopped reading");
+                tracing::debug!(id = %self.id, "WebSocket client stopped reading");
                 false
             }
         }
@@ -535,7 +541,7 @@ impl Connection {
         let generation = Generation {
             app: Arc::clone(&self.app),
             client: self.client.clone(),
-            id: format!("ws-{}-{}", self.id, self.generations),
+            id: self.id.nth(self.generations),
             prompt_tokens: chat.prompt_tokens(),
             chat: Arc::new(chat),
             scope: scope.clone(),
@@ -627,7 +633,7 @@ enum End {
 struct Generation {
     app: Arc<App>,
     client: String,
-    id: String,
+    id: RequestId,
     chat: Arc<ChatRequest>,
     prompt_tokens: u32,
     scope: CancelScope,
@@ -642,7 +648,7 @@ struct Generation {
 impl Generation {
     async fn run(mut self) {
         let start = ServerMessage::Start {
-            id: &self.id,
+            id: self.id.as_str(),
             model: &self.chat.model,
         }
         .to_text();
@@ -654,17 +660,17 @@ impl Generation {
         };
         let last = match end {
             End::Done => ServerMessage::Done {
-                id: &self.id,
+                id: self.id.as_str(),
                 finish_reason: self.finish_reason.as_deref().unwrap_or("stop"),
                 usage: self.usage(),
             }
             .to_text(),
-            End::Failed(error) => error_message(&error, Some(&self.id)),
+            End::Failed(error) => error_message(&error, Some(self.id.as_str())),
             End::Cancelled(reason) => {
                 self.app.metrics.ws.cancel(&reason);
-                tracing::debug!(id = self.id, %reason, "WebSocket generation cancelled");
+                tracing::debug!(id = %self.id, %reason, "WebSocket generation cancelled");
                 ServerMessage::Cancelled {
-                    id: &self.id,
+                    id: self.id.as_str(),
                     reason: reason.as_str(),
                     completion_tokens: self.completion_tokens,
                 }
@@ -715,7 +721,8 @@ impl Generation {
     /// Admission, then the chunks; the ticket is settled with what the answer used.
     async fn generate(&mut self) -> End {
         let app = Arc::clone(&self.app);
-        let admitted = admit::<Streamed>(&app, &self.client, &self.scope, &self.chat).await;
+        let admitted =
+            admit::<Streamed, _>(&app, &self.client, &self.scope, &self.chat, &self.id).await;
         let Admitted {
             mut ticket, dish, ..
         } = match admitted {
@@ -757,12 +764,12 @@ impl Generation {
                     ticket.failed(&error);
                     return End::Failed(ApiError::bad_gateway(format!(
                         "the line cook failed mid-stream: {}",
-                        error.message
+                        error.message()
                     )));
                 }
                 None => {
                     let error = "the line cook's stream ended before its end";
-                    ticket.failed(&CookError::retryable(error));
+                    ticket.failed(&CookError::failed(error));
                     return End::Failed(ApiError::bad_gateway(error));
                 }
             }
@@ -786,7 +793,7 @@ impl Generation {
             let index = self.completion_tokens;
             self.completion_tokens += 1;
             let message = ServerMessage::Token {
-                id: &self.id,
+                id: self.id.as_str(),
                 index,
                 text: &text,
             }

@@ -7,22 +7,25 @@
 //! fail.
 
 use std::borrow::Cow;
+use std::ops::Deref;
 use std::time::Duration;
 
 use bytes::{BufMut, BytesMut};
+use bytestring::ByteString;
 
 use crate::error::{EventField, InvalidEvent};
 
 /// One server-sent event, built with chained setters and written with [`encode`](Self::encode).
 ///
 /// Text fields take anything that converts into `Cow<'static, str>`: a `&'static str` is used
-/// in place, a `String` is moved in, neither is copied before encoding.
+/// in place, a `String` is moved in, neither is copied before encoding. Data may also be text
+/// shared by reference count ([`shared_data`](Self::shared_data)).
 ///
 /// What each setter writes:
 ///
 /// | setter | on the wire |
 /// | --- | --- |
-/// | [`data`](Self::data) | one `data:` line per line of the text; every LF, CR and CRLF starts a new line |
+/// | [`data`](Self::data), [`shared_data`](Self::shared_data) | one `data:` line per line of the text; every LF, CR and CRLF starts a new line |
 /// | [`event`](Self::event) | `event: <type>` (fallible: no CR or LF) |
 /// | [`id`](Self::id) | `id: <id>` (fallible: no NUL, CR or LF) |
 /// | [`retry`](Self::retry) | `retry: <milliseconds>` |
@@ -59,8 +62,35 @@ pub struct Event {
     id: Option<Cow<'static, str>>,
     event: Option<Cow<'static, str>>,
     retry: Option<Duration>,
-    data: Option<Cow<'static, str>>,
+    data: Option<Text>,
 }
+
+/// An event's data: text owned or static, or text shared by reference count.
+#[derive(Clone, Debug)]
+enum Text {
+    Cow(Cow<'static, str>),
+    Shared(ByteString),
+}
+
+impl Deref for Text {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        match self {
+            Self::Cow(text) => text,
+            Self::Shared(text) => text,
+        }
+    }
+}
+
+/// The same text is the same data, however it is held.
+impl PartialEq for Text {
+    fn eq(&self, other: &Self) -> bool {
+        **self == **other
+    }
+}
+
+impl Eq for Text {}
 
 impl Event {
     /// Sets the event's data, replacing any set before.
@@ -82,7 +112,37 @@ impl Event {
     /// ```
     #[must_use]
     pub fn data(mut self, data: impl Into<Cow<'static, str>>) -> Self {
-        self.data = Some(data.into());
+        self.data = Some(Text::Cow(data.into()));
+        self
+    }
+
+    /// Sets the event's data to text shared by reference count, replacing any set before: it is
+    /// written as [`data`](Self::data) writes text, and never copied before that.
+    ///
+    /// For a gateway, whose data already sits in a `Bytes` (an upstream's event from
+    /// [`DecodedEvent::data_bytes`](crate::DecodedEvent::data_bytes), a chunk cut from a
+    /// buffer): [`ByteString::try_from`] checks that the bytes are UTF-8 and takes them as they
+    /// are, where `data(String)` would need them copied into a `String`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use brigade_sse::{ByteString, Decoder, Event};
+    /// use bytes::BytesMut;
+    ///
+    /// let mut decoder = Decoder::new();
+    /// decoder.feed(b"data: {\"content\":\"hi\"}\n\n");
+    /// let upstream = decoder.next_event()?.unwrap();
+    ///
+    /// let text = ByteString::try_from(upstream.into_data_bytes()).expect("decoded data is UTF-8");
+    /// let mut buf = BytesMut::new();
+    /// Event::default().shared_data(text).encode(&mut buf);
+    /// assert_eq!(&buf[..], b"data: {\"content\":\"hi\"}\n\n");
+    /// # Ok::<(), brigade_sse::EventTooLarge>(())
+    /// ```
+    #[must_use]
+    pub fn shared_data(mut self, data: ByteString) -> Self {
+        self.data = Some(Text::Shared(data));
         self
     }
 
@@ -112,7 +172,7 @@ impl Event {
     where
         T: serde::Serialize + ?Sized,
     {
-        self.data = Some(Cow::Owned(serde_json::to_string(value)?));
+        self.data = Some(Text::Cow(Cow::Owned(serde_json::to_string(value)?)));
         Ok(self)
     }
 
@@ -307,14 +367,12 @@ impl Event {
     /// or a comment spans several lines.
     fn size_hint(&self) -> usize {
         // "data: " + "\n", "id: " + "\n", ... plus the blank line.
-        let text = |value: &Option<Cow<'static, str>>, overhead: usize| {
-            value.as_ref().map_or(0, |v| v.len() + overhead)
-        };
-        text(&self.comment, 3)
-            + text(&self.id, 5)
-            + text(&self.event, 8)
+        let text = |value: Option<&str>, overhead: usize| value.map_or(0, |v| v.len() + overhead);
+        text(self.comment.as_deref(), 3)
+            + text(self.id.as_deref(), 5)
+            + text(self.event.as_deref(), 8)
             + self.retry.map_or(0, |_| 28)
-            + text(&self.data, 7)
+            + text(self.data.as_deref(), 7)
             + 1
     }
 }
@@ -430,5 +488,31 @@ mod tests {
             .unwrap()
             .data("d");
         assert_eq!(encoded(&event).len(), event.size_hint());
+    }
+
+    #[test]
+    fn shared_data_is_written_and_compared_as_the_same_text() {
+        let text = "one\r\ntwo\rthree\n";
+        let shared = Event::default().shared_data(ByteString::from_static(text));
+        let owned = Event::default().data(text.to_owned());
+        assert_eq!(encoded(&shared), encoded(&owned));
+        assert_eq!(shared.encoded_len(), encoded(&shared).len());
+        assert_eq!(shared, owned);
+        assert_ne!(shared, Event::default().data("one"));
+    }
+
+    #[test]
+    fn shared_data_is_not_copied_before_encoding() {
+        let buffer = bytes::Bytes::from(String::from("data that stays where it is"));
+        let text = ByteString::try_from(buffer.clone()).unwrap();
+        let event = Event::default().shared_data(text);
+        let Some(Text::Shared(held)) = &event.data else {
+            panic!("the data is held shared");
+        };
+        assert_eq!(held.as_bytes().as_ptr(), buffer.as_ptr());
+        assert_eq!(
+            &encoded(&event)[..],
+            b"data: data that stays where it is\n\n"
+        );
     }
 }

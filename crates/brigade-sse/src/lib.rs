@@ -95,3 +95,6 @@ pub use crate::error::{
 };
 pub use crate::event::Event;
 pub use crate::replay::{Replay, ReplayBuilder};
+/// UTF-8 text in a [`Bytes`](bytes::Bytes), from the `bytestring` crate: the data of
+/// [`Event::shared_data`], held by reference count.
+pub use bytestring::ByteString;

@@ -144,5 +144,4 @@ fn a_chunk_reads_back_as_written() {
         view.choices[0].delta.content.as_deref(),
         Some("a \"quoted\" é")
     );
-    assert!(view.usage.is_none() && view.error.is_none());
 }

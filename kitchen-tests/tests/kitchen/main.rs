@@ -30,6 +30,9 @@ mod fanout;
 #[path = "../../../examples/kitchen/generation.rs"]
 mod generation;
 #[allow(dead_code, reason = "the tests use part of the server's code")]
+#[path = "../../../examples/kitchen/ids.rs"]
+mod ids;
+#[allow(dead_code, reason = "the tests use part of the server's code")]
 #[path = "../../../examples/kitchen/jobs.rs"]
 mod jobs;
 #[allow(dead_code, reason = "the tests use part of the server's code")]
@@ -41,6 +44,9 @@ mod metrics;
 #[allow(dead_code, reason = "the tests use part of the server's code")]
 #[path = "../../../examples/kitchen/mock.rs"]
 mod mock;
+#[allow(dead_code, reason = "the tests use part of the server's code")]
+#[path = "../../../examples/kitchen/passthrough.rs"]
+mod passthrough;
 #[allow(dead_code, reason = "the tests use part of the server's code")]
 #[path = "../../../examples/kitchen/routes.rs"]
 mod routes;
@@ -64,7 +70,9 @@ mod jobs_tests;
 // Needs a redis-server: `cargo test -p brigade-kitchen-tests --features redis` (.ci/redis-tests).
 #[cfg(feature = "redis")]
 mod redis_tests;
+mod scripted;
 mod server_tests;
+mod upstream_tests;
 mod ws_tests;
 
 use std::net::SocketAddr;
@@ -895,46 +903,4 @@ async fn a_message_without_content_is_a_400_naming_it() {
     });
     let response = post(kitchen.addr, &body, &[]).await;
     assert_eq!(response.status(), StatusCode::OK);
-}
-
-/// An upstream that answers every request with one chunk, then closes the connection: a
-/// stream cut off before its `[DONE]`.
-async fn cut_off_upstream() -> SocketAddr {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut socket, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut request = vec![0; 64 * 1024];
-                let _ = socket.read(&mut request).await;
-                let chunk = json!({
-                    "id": "chatcmpl-cut", "object": "chat.completion.chunk", "created": 0,
-                    "model": "m",
-                    "choices": [{ "index": 0, "delta": { "content": "half" }, "finish_reason": null }],
-                });
-                let answer = format!(
-                    "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\n\
-                     data: {chunk}\n\n"
-                );
-                let _ = socket.write_all(answer.as_bytes()).await;
-            });
-        }
-    });
-    addr
-}
-
-#[tokio::test(start_paused = true)]
-async fn a_stream_cut_off_before_done_ends_with_an_error_event() {
-    let upstream = cut_off_upstream().await;
-    let proxy = kitchen(&["--upstream", &format!("http://{upstream}")]).await;
-    let response = post(proxy.addr, &order("hi", true), &[]).await;
-    assert_eq!(response.status(), StatusCode::OK);
-    let events = sse_data(&text(response).await);
-    assert!(events[0].contains("\"half\""), "{events:?}");
-    assert!(!events.iter().any(|e| e == "[DONE]"), "{events:?}");
-    let last: Value = serde_json::from_str(events.last().unwrap()).unwrap();
-    assert_eq!(last["error"]["code"], "upstream_error", "{events:?}");
-    // The upstream's failure, after the commit point: recorded on the breaker.
-    assert_eq!(proxy.app.breaker.metrics().failed_calls, 1);
 }
