@@ -101,6 +101,9 @@ pub mod redis;
 #[cfg_attr(docsrs, doc(cfg(feature = "tower")))]
 pub mod tower;
 
+pub use crate::concurrency::adaptive::{
+    AdaptiveLimit, AdaptiveLimitBuilder, AdaptivePermit, AdaptivePolicy, Aimd, Gradient,
+};
 pub use crate::concurrency::{
     ConcurrencyLimit, ConcurrencyLimitBuilder, ConcurrencyPermit, OverloadReason, Overloaded,
     PermitBody,
