@@ -11,7 +11,7 @@
 //! They answer refusals themselves, with an empty body (`B: Default`), the header fields a
 //! client needs, and the refusal in the response's extensions: 429 with `Retry-After`,
 //! `RateLimit-Policy` and `RateLimit`, and the [`AcquireError`](crate::AcquireError), for the
-//! rate limit; 503 with `Retry-After`, and the [`Overloaded`](crate::Overloaded), for the
+//! rate limit; 503 with `Retry-After`, and the [`Overloaded`], for the
 //! concurrency limits. Admitted responses carry `RateLimit-Policy` and `RateLimit` too.
 
 pub mod adaptive;

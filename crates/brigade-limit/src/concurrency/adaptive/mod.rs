@@ -134,6 +134,8 @@ pub struct AdaptiveLimit {
     inner: Arc<Inner>,
 }
 
+/// Lock order: `controller`, then the semaphore's own lock (a limit change made under the
+/// controller moves the semaphore); nothing takes the controller while holding the semaphore.
 #[derive(Debug)]
 struct Inner {
     capacity: Capacity,
