@@ -12,7 +12,7 @@
 //! | --- | --- | --- |
 //! | `breaker` | [`breaker`] | `brigade-breaker`: a lock-free circuit breaker with rate windows, slow calls, probe permits and manual control |
 //! | `cancel` | [`cancel`] | `brigade-cancel`: cancel scopes with reasons and deadlines, cancel-on-disconnect, graceful shutdown |
-//! | `limit` | [`limit`] | `brigade-limit`: keyed, token-weighted rate limits with reserve-and-settle and all-or-nothing multi-limits; concurrency permits that live as long as the stream |
+//! | `limit` | [`limit`] | `brigade-limit`: keyed, token-weighted rate limits with reserve-and-settle and all-or-nothing multi-limits; fixed and adaptive concurrency limits whose permits live as long as the stream |
 //! | `retry` | [`retry`] | `brigade-retry`: retries with backoff and jitter, retry budgets, deadlines, `Retry-After` and a commit point for streams |
 //! | `sse` | [`sse`] | `brigade-sse`: a spec-exact SSE encoder and decoder, a hyper body with keep-alive, `Last-Event-ID` replay |
 //! | `full` | all of the above | |

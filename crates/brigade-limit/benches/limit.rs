@@ -1,6 +1,7 @@
-//! brigade-limit against raw governor: one decision, direct and over 10,000 keys; and the
+//! brigade-limit against raw governor: one decision, direct and over 10,000 keys; the
 //! header fields of an admitted decision (`headers/admitted`: two limits, the IETF and the
-//! OpenAI fields, as the kitchen writes them; no peer).
+//! OpenAI fields, as the kitchen writes them; no peer); and a permit of the adaptive
+//! concurrency limit against one of the fixed bulkhead (`adaptive_acquire`).
 //!
 //! `cargo bench -p brigade-limit --bench limit -- --warm-up-time 1 --measurement-time 3`
 //!
@@ -12,8 +13,9 @@
 use std::hint::black_box;
 use std::num::NonZeroU32;
 
+use brigade_limit::concurrency::adaptive::Outcome;
 use brigade_limit::headers::RateLimitHeaders;
-use brigade_limit::{Limit, Quota, RateLimiter};
+use brigade_limit::{AdaptiveLimit, ConcurrencyLimit, Limit, Quota, RateLimiter};
 use criterion::{Criterion, criterion_group, criterion_main};
 
 const KEYS: u64 = 10_000;
@@ -93,5 +95,32 @@ fn headers(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, direct, keyed, headers);
+/// One permit taken and given back, never queued: the fixed bulkhead (`bulkhead`: tokio's
+/// semaphore), the adaptive limit (`adaptive`: the same semaphore, the grant's epoch and a
+/// clock read), and the adaptive limit with the call's success recorded (`adaptive_recorded`:
+/// one more clock read and the sample under the estimator's lock, a window closed every 20).
+fn adaptive_acquire(c: &mut Criterion) {
+    let mut group = c.benchmark_group("adaptive_acquire");
+    let bulkhead = ConcurrencyLimit::builder()
+        .max_in_flight(64)
+        .build()
+        .unwrap();
+    group.bench_function("bulkhead", |b| {
+        b.iter(|| drop(black_box(bulkhead.try_acquire().unwrap())));
+    });
+    let adaptive = AdaptiveLimit::builder().initial_limit(64).build().unwrap();
+    group.bench_function("adaptive", |b| {
+        b.iter(|| drop(black_box(adaptive.try_acquire().unwrap())));
+    });
+    group.bench_function("adaptive_recorded", |b| {
+        b.iter(|| {
+            let mut permit = adaptive.try_acquire().unwrap();
+            permit.record(Outcome::Success);
+            drop(black_box(permit));
+        });
+    });
+    group.finish();
+}
+
+criterion_group!(benches, direct, keyed, headers, adaptive_acquire);
 criterion_main!(benches);

@@ -27,6 +27,23 @@ pub enum InvalidConfig {
     ZeroMaxKeys,
     /// A concurrency limit must admit at least one call.
     ZeroConcurrency,
+    /// An adaptive limit's bounds out of order: it needs `1 <= min <= initial <= max`, and
+    /// `max` within tokio's semaphore.
+    InvalidLimits {
+        /// The lowest limit asked for.
+        min: usize,
+        /// The starting limit asked for.
+        initial: usize,
+        /// The highest limit asked for.
+        max: usize,
+    },
+    /// A setting outside the range it works in; names the setting and the range.
+    OutOfRange {
+        /// The setting.
+        setting: &'static str,
+        /// The values it takes, as its documentation writes them (`(0, 1]`, `at least 1`).
+        range: &'static str,
+    },
     /// An address prefix longer than the address (32 bits for IPv4, 128 for IPv6).
     PrefixTooLong {
         /// The prefix asked for.
@@ -91,6 +108,13 @@ impl fmt::Display for InvalidConfig {
             }
             Self::ZeroMaxKeys => f.write_str("keyed rate limiter holds zero keys"),
             Self::ZeroConcurrency => f.write_str("concurrency limit admits zero calls"),
+            Self::InvalidLimits { min, initial, max } => write!(
+                f,
+                "adaptive limit bounds min {min}, initial {initial}, max {max} are not in order"
+            ),
+            Self::OutOfRange { setting, range } => {
+                write!(f, "{setting} is out of its range {range}")
+            }
             Self::PrefixTooLong { prefix, max } => {
                 write!(f, "address prefix /{prefix} is longer than /{max}")
             }

@@ -1,13 +1,14 @@
 //! Rate limits and concurrency limits for AI backends: keyed, token-weighted GCRA limits with
-//! reserve-and-settle, all-or-nothing multi-limits, fair waiting, bounded memory, and
-//! concurrency permits that live as long as the response stream.
+//! reserve-and-settle, all-or-nothing multi-limits, fair waiting, bounded memory, and fixed
+//! or adaptive concurrency limits whose permits live as long as the response stream.
 //!
 //! LLM providers limit requests per minute *and* tokens per minute, and charge an estimate
 //! (prompt plus `max_tokens`) that they settle once the real usage is known. So a limiter in
 //! front of them must refund, check several limits before charging any, change a quota,
-//! queue a large caller fairly and bound its keyed memory; and a concurrency limit on
-//! streamed responses must hold its permit until the stream ends, not until the headers are
-//! sent. This crate does those things:
+//! queue a large caller fairly and bound its keyed memory; a concurrency limit on streamed
+//! responses must hold its permit until the stream ends, not until the headers are sent; and
+//! an upstream's capacity moves, so a limit in front of it is best found from what its calls
+//! show. This crate does those things:
 //!
 //! - [`RateLimiter`]: up to [`MAX_LIMITS`] GCRA [`Limit`]s per key, checked as one (all
 //!   charged or none), with [`try_acquire`](RateLimiter::try_acquire) (decide now),
@@ -19,6 +20,11 @@
 //! - [`IpKey`] / [`IpKeyer`]: client addresses as keys, IPv6 by its /64.
 //! - [`ConcurrencyLimit`]: a bulkhead with a bounded queue and timeout, and a
 //!   [`ConcurrencyPermit`] that a [`PermitBody`] holds until the stream ends.
+//! - [`AdaptiveLimit`]: a concurrency limit that finds the upstream's capacity from latency
+//!   samples and drops, by a [`Gradient`] or an [`Aimd`] policy, with the bulkhead's queue
+//!   and refusals; its [`AdaptivePermit`] records what the call showed and goes into a
+//!   [`PermitBody`] too ([`concurrency::adaptive`] explains the policies and the traps they
+//!   avoid).
 //! - [`headers`]: `Retry-After` rounded up, the IETF `RateLimit-Policy` and `RateLimit` fields,
 //!   and OpenAI's `x-ratelimit-*`.
 //! - `redis` (feature `redis`): `RedisRateLimiter`, the same limits and decision values kept in
@@ -59,18 +65,20 @@
 //!
 //! | feature | default | what it adds |
 //! | --- | --- | --- |
-//! | `tower` | no | `tower::RateLimit` (with a key extractor) and `tower::ConcurrencyLimit` (the permit lives with the response body), and their layers, for `http` services |
+//! | `tower` | no | `tower::RateLimit` (with a key extractor), `tower::ConcurrencyLimit` and `tower::AdaptiveConcurrencyLimit` (the permit lives with the response body; the adaptive one records each response), and their layers, for `http` services |
 //! | `redis` | no | `redis::RedisRateLimiter`: per-key limits in Redis (a Lua script; the native `GCRA` command, experimental, on request), shared by every replica, with a fallback for outages, overload refusals for load, and switch metrics; pulls `redis` (redis-rs, tokio) and `tracing` |
 //!
 //! # Cancel safety
 //!
-//! [`RateLimiter::acquire`], [`RateLimiter::reserve`] and [`ConcurrencyLimit::acquire`] are
-//! cancel safe: a dropped future leaves its queue and holds or charges nothing.
+//! [`RateLimiter::acquire`], [`RateLimiter::reserve`], [`ConcurrencyLimit::acquire`] and
+//! [`AdaptiveLimit::acquire`] are cancel safe: a dropped future leaves its queue and holds or
+//! charges nothing.
 //!
 //! # Time
 //!
-//! All time is tokio's clock ([`tokio::time::Instant`]), read once per decision, so tests can
-//! pause and advance it. Nothing runs in the background.
+//! All time is tokio's clock ([`tokio::time::Instant`]), read once per decision (and once per
+//! recorded outcome of an adaptive permit), so tests can pause and advance it. Nothing runs
+//! in the background.
 //! The `redis` limiter decides on the Redis server's clock instead, so that replicas agree;
 //! its timeouts and probe schedule use tokio's.
 //!
@@ -81,8 +89,10 @@
 //! `&str`); a direct single-limit decision is one clock read and one compare-and-swap. A key
 //! costs about 41 bytes for a `u64` key and one limit (the key, one TAT and a pointer, in a
 //! hash table; a second limit or a wait queue adds a small box per key);
-//! [`RateLimiter::memory_bytes`] reports it at run time. The module docs of [`rate`] and
-//! [`concurrency`] explain the design; the README has the benchmarks.
+//! [`RateLimiter::memory_bytes`] reports it at run time. An adaptive permit is granted by one
+//! compare-and-swap, an atomic load and a clock read, and records its outcome under one
+//! uncontended lock. The module docs of [`rate`] and [`concurrency`] explain the design; the
+//! README has the benchmarks.
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
@@ -101,6 +111,9 @@ pub mod redis;
 #[cfg_attr(docsrs, doc(cfg(feature = "tower")))]
 pub mod tower;
 
+pub use crate::concurrency::adaptive::{
+    AdaptiveLimit, AdaptiveLimitBuilder, AdaptivePermit, AdaptivePolicy, Aimd, Gradient,
+};
 pub use crate::concurrency::{
     ConcurrencyLimit, ConcurrencyLimitBuilder, ConcurrencyPermit, OverloadReason, Overloaded,
     PermitBody,

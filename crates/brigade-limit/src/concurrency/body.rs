@@ -7,8 +7,10 @@ use pin_project_lite::pin_project;
 use super::ConcurrencyPermit;
 
 pin_project! {
-    /// An [`http_body::Body`] that holds a [`ConcurrencyPermit`] until the stream ends, fails,
-    /// or is dropped.
+    /// An [`http_body::Body`] that holds a permit until the stream ends, fails, or is
+    /// dropped: a [`ConcurrencyPermit`] (the default), an
+    /// [`AdaptivePermit`](super::adaptive::AdaptivePermit), or any value whose drop gives
+    /// something back.
     ///
     /// # Examples
     ///
@@ -28,16 +30,16 @@ pin_project! {
     /// # }
     /// ```
     #[derive(Debug)]
-    pub struct PermitBody<B> {
+    pub struct PermitBody<B, P = ConcurrencyPermit> {
         #[pin]
         inner: B,
-        permit: Option<ConcurrencyPermit>,
+        permit: Option<P>,
     }
 }
 
-impl<B> PermitBody<B> {
+impl<B, P> PermitBody<B, P> {
     /// Wraps `inner`, holding `permit` until its end.
-    pub fn new(inner: B, permit: ConcurrencyPermit) -> Self {
+    pub fn new(inner: B, permit: P) -> Self {
         Self {
             inner,
             permit: Some(permit),
@@ -57,6 +59,17 @@ impl<B> PermitBody<B> {
         self.permit.is_some()
     }
 
+    /// The permit, while it is held.
+    pub fn permit(&self) -> Option<&P> {
+        self.permit.as_ref()
+    }
+
+    /// The permit, mutably, while it is held (to record what the stream showed, for an
+    /// [`AdaptivePermit`](super::adaptive::AdaptivePermit)).
+    pub fn permit_mut(&mut self) -> Option<&mut P> {
+        self.permit.as_mut()
+    }
+
     /// The wrapped body.
     pub fn get_ref(&self) -> &B {
         &self.inner
@@ -73,7 +86,7 @@ impl<B> PermitBody<B> {
     }
 }
 
-impl<B: Body> Body for PermitBody<B> {
+impl<B: Body, P> Body for PermitBody<B, P> {
     type Data = B::Data;
     type Error = B::Error;
 

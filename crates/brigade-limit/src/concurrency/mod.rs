@@ -15,7 +15,16 @@
 //! when the stream ends, fails, or is dropped by a disconnecting client.
 //!
 //! Waiting callers are served first come, first served (tokio's semaphore is fair).
+//!
+//! # Fixed or adaptive?
+//!
+//! A [`ConcurrencyLimit`] holds the number it is given: right for a resource whose capacity
+//! is known (a pool, this server's own streams). An [`AdaptiveLimit`](adaptive::AdaptiveLimit)
+//! finds an upstream's capacity from its latency and drops, and follows it when it moves
+//! ([`adaptive`]). Both refuse with [`Overloaded`], and both permits go into a
+//! [`PermitBody`].
 
+pub mod adaptive;
 mod body;
 mod slots;
 

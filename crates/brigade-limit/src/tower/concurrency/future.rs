@@ -5,11 +5,11 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
-use http::{Response, StatusCode};
+use http::Response;
 use pin_project_lite::pin_project;
 use tower_service::Service;
 
-use crate::headers::retry_after;
+use crate::tower::overloaded_response;
 use crate::{ConcurrencyLimit, ConcurrencyPermit, Overloaded, PermitBody};
 
 type Acquire = Pin<Box<dyn Future<Output = Result<ConcurrencyPermit, Overloaded>> + Send>>;
@@ -81,17 +81,7 @@ where
                 StateProj::Acquiring { acquire, call } => {
                     let permit = match ready!(acquire.as_mut().poll(cx)) {
                         Ok(permit) => permit,
-                        Err(overloaded) => {
-                            let mut response =
-                                Response::new(PermitBody::without_permit(ResB::default()));
-                            *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
-                            response.headers_mut().insert(
-                                http::header::RETRY_AFTER,
-                                retry_after(overloaded.retry_after()),
-                            );
-                            response.extensions_mut().insert(overloaded);
-                            return Poll::Ready(Ok(response));
-                        }
+                        Err(overloaded) => return Poll::Ready(Ok(overloaded_response(overloaded))),
                     };
                     let (mut service, req) =
                         call.take().expect("ResponseFuture polled after completion");
