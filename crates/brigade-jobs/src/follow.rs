@@ -2,7 +2,10 @@
 //! final one.
 
 use std::collections::VecDeque;
+use std::fmt;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use futures_core::Stream;
 
@@ -25,7 +28,38 @@ struct State {
     done: bool,
 }
 
-pub(crate) fn follow(
+/// The events of one job, from [`Jobs::follow`](crate::Jobs::follow): a `Stream` of
+/// `Result<Event, Error>` that ends after the job's final event.
+///
+/// # Cancel safety
+///
+/// Dropping it between items loses nothing: a new one with the last `seq` seen resumes.
+#[must_use = "streams do nothing unless polled"]
+pub struct Follow {
+    inner: Pin<Box<dyn Stream<Item = Result<Event, Error>> + Send>>,
+}
+
+impl fmt::Debug for Follow {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Follow").finish_non_exhaustive()
+    }
+}
+
+impl Stream for Follow {
+    type Item = Result<Event, Error>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.inner.as_mut().poll_next(cx)
+    }
+}
+
+pub(crate) fn follow(core: Arc<Core>, id: JobId, after: u64) -> Follow {
+    Follow {
+        inner: Box::pin(events(core, id, after)),
+    }
+}
+
+fn events(
     core: Arc<Core>,
     id: JobId,
     after: u64,

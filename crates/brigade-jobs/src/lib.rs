@@ -21,6 +21,7 @@ mod worker;
 
 pub use crate::error::{Error, ErrorKind, InvalidConfig, JobError, OpenError};
 pub use crate::event::{Event, EventKind};
+pub use crate::follow::Follow;
 pub use crate::id::{InvalidJobId, JobId};
 pub use crate::jobs::{Backend, Jobs, JobsBuilder};
 pub use crate::new_job::{DEFAULT_MAX_ATTEMPTS, Enqueued, NewJob};

@@ -21,7 +21,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use brigade_cancel::{CancelReason, CancelScope};
-use futures_core::Stream;
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -387,7 +386,7 @@ impl Jobs {
     ///
     /// The stream yields [`Error::NotFound`] and ends if the job is unknown or pruned, and an
     /// error of the store and ends if a read fails.
-    pub fn follow(&self, id: JobId, after: u64) -> impl Stream<Item = Result<Event, Error>> + Send {
+    pub fn follow(&self, id: JobId, after: u64) -> crate::Follow {
         crate::follow::follow(Arc::clone(self.core()), id, after)
     }
 
