@@ -512,7 +512,7 @@ async fn cancel_ends_queued_and_running_jobs_only() {
         );
         // Its heartbeat no longer extends it, and it is not reaped either.
         assert!(
-            s.heartbeat("a", &[running.clone()], at + 10)
+            s.heartbeat("a", std::slice::from_ref(&running), at + 10)
                 .await
                 .unwrap()
                 .is_empty()

@@ -210,6 +210,7 @@ pub async fn until(
 #[macro_export]
 macro_rules! backends {
     ($(async fn $name:ident($db:ident) $body:block)*) => {
+        #[cfg(feature = "sqlite")]
         mod memory {
             #[allow(unused_imports)]
             use super::*;
@@ -222,6 +223,7 @@ macro_rules! backends {
                 }
             )*
         }
+        #[cfg(feature = "sqlite")]
         mod sqlite {
             #[allow(unused_imports)]
             use super::*;
