@@ -18,7 +18,10 @@
 //! `docs/benchmarks.md` with the machine and the command.
 
 // Without a backend feature there is nothing to measure, and `main` only says so.
-#![cfg_attr(not(any(feature = "sqlite", feature = "postgres")), allow(unused_imports))]
+#![cfg_attr(
+    not(any(feature = "sqlite", feature = "postgres")),
+    allow(unused_imports)
+)]
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
