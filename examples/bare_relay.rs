@@ -1,6 +1,6 @@
-//! A bare relay: a hyper server that sends each request to one upstream with hyper-util's pooled
-//! client and answers with the upstream's response, its body passed through frame by frame. No
-//! parsing, no limits, no breaker, no retries, no timeouts, no cancel scopes, no metrics, no log.
+//! A bare relay: a hyper server that reads each request's body, sends the request to one upstream
+//! with hyper-util's pooled client and answers with the upstream's response, its body passed
+//! through frame by frame. No parsing, no limits, no breaker, no retries, no timeouts, no cancel scopes, no metrics, no log.
 //!
 //! It is the floor of the gateway-overhead figures in `docs/benchmarks.md`: what any hyper proxy
 //! pays per token (a read from the upstream, a hop from the client connection's task to the
@@ -52,7 +52,7 @@ fn main() {
         let mut http = HttpConnector::new();
         http.set_nodelay(true);
         // The same pool settings as the kitchen's upstream client.
-        let client: Client<HttpConnector, Incoming> = Client::builder(TokioExecutor::new())
+        let client: Client<HttpConnector, Full<Bytes>> = Client::builder(TokioExecutor::new())
             .pool_timer(TokioTimer::new())
             .pool_max_idle_per_host(1024)
             .build(http);
@@ -82,12 +82,19 @@ fn main() {
 
 /// Sends `request` to the upstream as it came (method, headers, body) and answers with what the
 /// upstream answers; a request that cannot reach it gets a bare 502.
+///
+/// The body is read whole first, as a gateway must to read the request: streamed through
+/// instead, the upstream connection's task may stop reading it at its `Content-Length` without
+/// seeing its end, and the server then closes the client's connection after the answer.
 async fn relay(
-    client: Client<HttpConnector, Incoming>,
+    client: Client<HttpConnector, Full<Bytes>>,
     upstream: Uri,
     request: Request<Incoming>,
 ) -> Result<Response<Body>, std::convert::Infallible> {
     let (mut parts, body) = request.into_parts();
+    let Ok(body) = body.collect().await.map(|body| Full::new(body.to_bytes())) else {
+        return Ok(status(StatusCode::BAD_REQUEST));
+    };
     let mut uri = upstream.into_parts();
     uri.path_and_query = parts
         .uri
@@ -95,22 +102,23 @@ async fn relay(
         .cloned()
         .or(Some(PathAndQuery::from_static("/")));
     let Ok(uri) = Uri::from_parts(uri) else {
-        return Ok(bad_gateway());
+        return Ok(status(StatusCode::BAD_GATEWAY));
     };
     parts.uri = uri;
     parts.headers.remove(http::header::HOST);
     match client.request(Request::from_parts(parts, body)).await {
         Ok(response) => Ok(response.map(BodyExt::boxed)),
-        Err(_) => Ok(bad_gateway()),
+        Err(_) => Ok(status(StatusCode::BAD_GATEWAY)),
     }
 }
 
-fn bad_gateway() -> Response<Body> {
+/// A bare answer with `code` and no body.
+fn status(code: StatusCode) -> Response<Body> {
     let mut response = Response::new(
-        Full::new(Bytes::from_static(b"bad gateway"))
+        Full::new(Bytes::new())
             .map_err(|never| match never {})
             .boxed(),
     );
-    *response.status_mut() = StatusCode::BAD_GATEWAY;
+    *response.status_mut() = code;
     response
 }

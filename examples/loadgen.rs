@@ -303,9 +303,14 @@ async fn one(
     let mut done = false;
     while let Some(event) = events.next().await {
         let event = event.map_err(|e| format!("stream broke: {e}"))?;
+        // The body is read to its end, past `[DONE]`, as a client that keeps its connection
+        // must: dropped before its last chunk, the connection cannot carry the next request.
+        if done {
+            return Err("an event after [DONE]".to_owned());
+        }
         if event.data() == "[DONE]" {
             done = true;
-            break;
+            continue;
         }
         let chunk: serde_json::Value =
             serde_json::from_str(event.data()).map_err(|_| "invalid chunk".to_owned())?;
