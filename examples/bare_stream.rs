@@ -15,11 +15,16 @@
 //! cargo run --release --example bare_stream -- --addr 127.0.0.1:8081 --ttft-ms 20 --token-ms 10 --tokens 32
 //! ```
 //!
+//! Faults for chaos runs, drawn per chat request from `--seed`: `--slow-fraction` of the answers
+//! are `--slow-factor` times slower, and `--fail-fraction` of the requests fail with a 500 before
+//! their first token.
+//!
 //! The chunks of an answer are written once, with serde, when it starts; each token sends the
 //! same bytes again (a reference count), so the server spends its time on the network.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -54,7 +59,70 @@ struct Args {
     /// Tokens per answer (fewer when `max_tokens` asks).
     #[arg(long, default_value_t = 64)]
     tokens: u32,
+    /// Fault: the share of chat requests (0 to 1) answered `--slow-factor` times slower, to the
+    /// first token and between tokens.
+    #[arg(long, default_value_t = 0.0, value_parser = fraction)]
+    slow_fraction: f64,
+    /// Fault: how many times slower a slow answer is.
+    #[arg(long, default_value_t = 10)]
+    slow_factor: u32,
+    /// Fault: the share of chat requests (0 to 1) that fail before their first token, with a
+    /// 500 and OpenAI's error JSON, after `--fail-after-ms`.
+    #[arg(long, default_value_t = 0.0, value_parser = fraction)]
+    fail_fraction: f64,
+    /// Fault: how long a failing request takes to fail, in milliseconds.
+    #[arg(long, default_value_t = 0)]
+    fail_after_ms: u64,
+    /// The seed of the faults' draws: the same seed draws the same faults for the same
+    /// sequence of requests.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
 }
+
+/// A share between 0 and 1.
+fn fraction(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(x) if (0.0..=1.0).contains(&x) => Ok(x),
+        _ => Err(format!("`{text}` is not a share between 0 and 1")),
+    }
+}
+
+/// The faults drawn for one request.
+#[derive(Clone, Copy, Debug)]
+struct Faults {
+    /// The answer's pacing is multiplied by this (1 when not slow).
+    slowdown: u32,
+    fail: bool,
+}
+
+impl Faults {
+    /// Draws the faults of the `n`th chat request: two independent uniform draws from a
+    /// SplitMix64 of the seed and `n`.
+    fn draw(args: &Args, n: u64) -> Self {
+        let uniform = |stream: u64| {
+            let mut z = args.seed.wrapping_add(
+                n.wrapping_mul(2)
+                    .wrapping_add(stream)
+                    .wrapping_mul(0x9E37_79B9_7F4A_7C15),
+            );
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            z ^= z >> 31;
+            (z >> 11) as f64 / (1_u64 << 53) as f64
+        };
+        Self {
+            slowdown: if uniform(0) < args.slow_fraction {
+                args.slow_factor
+            } else {
+                1
+            },
+            fail: uniform(1) < args.fail_fraction,
+        }
+    }
+}
+
+/// Chat requests so far: the index of each one's fault draws.
+static CHAT_REQUESTS: AtomicU64 = AtomicU64::new(0);
 
 /// What the server reads of a request.
 #[derive(Debug, Default, Deserialize)]
@@ -157,6 +225,16 @@ async fn answer(args: Args, request: Request<Incoming>) -> Result<Response<Body>
             return Ok(json_response(StatusCode::BAD_REQUEST, &error));
         }
     };
+    let faults = Faults::draw(&args, CHAT_REQUESTS.fetch_add(1, Ordering::Relaxed));
+    if faults.fail {
+        if args.fail_after_ms > 0 {
+            tokio::time::sleep(Duration::from_millis(args.fail_after_ms)).await;
+        }
+        let error = json!({ "error": {
+            "message": "bare_stream: an injected failure (--fail-fraction)", "type": "server_error", "code": null,
+        } });
+        return Ok(json_response(StatusCode::INTERNAL_SERVER_ERROR, &error));
+    }
     let tokens = args.tokens.min(
         order
             .max_completion_tokens
@@ -174,8 +252,8 @@ async fn answer(args: Args, request: Request<Incoming>) -> Result<Response<Body>
         .first()
         .filter(|_| order.messages.last().is_none_or(|m| m.role != "tool"))
         .map(|tool| tool.function.name.as_str());
-    let ttft = Duration::from_millis(args.ttft_ms);
-    let interval = Duration::from_millis(args.token_ms);
+    let ttft = Duration::from_millis(args.ttft_ms) * faults.slowdown;
+    let interval = Duration::from_millis(args.token_ms) * faults.slowdown;
     if !order.stream {
         let pause = ttft + interval * tokens.saturating_sub(1);
         if !pause.is_zero() {
