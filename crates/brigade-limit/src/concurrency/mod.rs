@@ -16,6 +16,20 @@
 //!
 //! Waiting callers are served first come, first served (tokio's semaphore is fair).
 //!
+//! # Why refuse a wait that would time out?
+//!
+//! A caller who joins the queue behind so many others that it would wait past the queue
+//! timeout gets a 503 either way; made to wait first, it holds a connection and a task for the
+//! whole timeout, and a surge fills the queue with callers who will all time out. So the limit
+//! predicts the wait from the time permits are held (a moving average of the permits released
+//! so far, by Little's law: the `q`th caller in line waits about `q` × hold time ÷
+//! `max_in_flight`) and refuses at once, with [`OverloadReason::PredictedTimeout`] and the
+//! predicted wait as its `Retry-After`, a caller whose predicted wait exceeds the timeout
+//! ([`refuse_predicted_timeouts`](ConcurrencyLimitBuilder::refuse_predicted_timeouts), on by
+//! default). Until a permit has been released there is no prediction, and callers queue.
+//! [`ConcurrencyLimit::would_refuse`] asks the same question without joining the queue, so a
+//! server can refuse before it reads a request's body.
+//!
 //! # Fixed or adaptive?
 //!
 //! A [`ConcurrencyLimit`] holds the number it is given: right for a resource whose capacity
@@ -31,9 +45,11 @@ mod slots;
 use std::error::Error;
 use std::fmt;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
 
 pub use self::body::PermitBody;
 use self::slots::Slots;
@@ -76,6 +92,10 @@ struct Inner {
     queue: Slots,
     queue_timeout: Duration,
     retry_after: Duration,
+    /// The moving average of the time permits are held, in nanoseconds; 0 before the first
+    /// release, or when predictions are off.
+    hold_nanos: AtomicU64,
+    predict: bool,
 }
 
 /// Builds a [`ConcurrencyLimit`]; each setter documents its default.
@@ -86,6 +106,7 @@ pub struct ConcurrencyLimitBuilder {
     max_queue: usize,
     queue_timeout: Duration,
     retry_after: Duration,
+    predict: bool,
 }
 
 impl ConcurrencyLimitBuilder {
@@ -108,9 +129,19 @@ impl ConcurrencyLimitBuilder {
         self
     }
 
-    /// The `Retry-After` an overloaded caller is given. Default: 1 s.
+    /// The `Retry-After` an overloaded caller is given while the limit has no prediction of
+    /// the wait (see [`Overloaded::retry_after`]). Default: 1 s.
     pub fn retry_after(mut self, retry_after: Duration) -> Self {
         self.retry_after = retry_after;
+        self
+    }
+
+    /// Whether a caller whose predicted wait in the queue exceeds the queue timeout is refused
+    /// at once ([`OverloadReason::PredictedTimeout`]) instead of waiting to time out, and
+    /// refusals carry the predicted wait as their `Retry-After`. The prediction costs two clock
+    /// readings per permit (at acquire and at release). Default: on.
+    pub fn refuse_predicted_timeouts(mut self, on: bool) -> Self {
+        self.predict = on;
         self
     }
 
@@ -131,19 +162,23 @@ impl ConcurrencyLimitBuilder {
                 queue: Slots::new(self.max_queue),
                 queue_timeout: self.queue_timeout,
                 retry_after: self.retry_after,
+                hold_nanos: AtomicU64::new(0),
+                predict: self.predict,
             }),
         })
     }
 }
 
 impl ConcurrencyLimit {
-    /// A builder: 64 in flight, 64 queued, 5 s queue timeout, 1 s `Retry-After`.
+    /// A builder: 64 in flight, 64 queued, 5 s queue timeout, 1 s `Retry-After`, predicted
+    /// timeouts refused.
     pub fn builder() -> ConcurrencyLimitBuilder {
         ConcurrencyLimitBuilder {
             max_in_flight: 64,
             max_queue: 64,
             queue_timeout: Duration::from_secs(5),
             retry_after: Duration::from_secs(1),
+            predict: true,
         }
     }
 
@@ -155,8 +190,8 @@ impl ConcurrencyLimit {
     pub fn try_acquire(&self) -> Result<ConcurrencyPermit, Overloaded> {
         Arc::clone(&self.inner.semaphore)
             .try_acquire_owned()
-            .map(|permit| ConcurrencyPermit { _permit: permit })
-            .map_err(|_| self.overloaded(OverloadReason::QueueFull))
+            .map(|permit| self.permit(permit))
+            .map_err(|_| self.overloaded(OverloadReason::QueueFull, self.inner.queue.taken() + 1))
     }
 
     /// A permit, waiting in the queue if all are taken.
@@ -175,14 +210,79 @@ impl ConcurrencyLimit {
         }
         let inner = &*self.inner;
         // The queue slot is given back when this future ends or is dropped.
-        let Some(_slot) = inner.queue.try_take() else {
-            return Err(self.overloaded(OverloadReason::QueueFull));
+        let Some(slot) = inner.queue.try_take() else {
+            return Err(self.overloaded(OverloadReason::QueueFull, inner.queue.taken() + 1));
         };
+        let place = slot.place();
+        if self
+            .predicted_wait(place)
+            .is_some_and(|wait| wait > inner.queue_timeout)
+        {
+            return Err(self.overloaded(OverloadReason::PredictedTimeout, place));
+        }
         let acquire = Arc::clone(&inner.semaphore).acquire_owned();
         match tokio::time::timeout(inner.queue_timeout, acquire).await {
-            Ok(Ok(permit)) => Ok(ConcurrencyPermit { _permit: permit }),
+            Ok(Ok(permit)) => Ok(self.permit(permit)),
             // The semaphore is never closed; a timeout is the only way out.
-            Ok(Err(_)) | Err(_) => Err(self.overloaded(OverloadReason::QueueTimeout)),
+            Ok(Err(_)) | Err(_) => Err(self.overloaded(OverloadReason::QueueTimeout, place)),
+        }
+    }
+
+    /// Whether [`acquire`](Self::acquire) would be refused at once if called now: every permit
+    /// taken and the queue full, or (with
+    /// [`refuse_predicted_timeouts`](ConcurrencyLimitBuilder::refuse_predicted_timeouts)) a
+    /// wait predicted past the queue timeout. The refusal it would get, if so.
+    ///
+    /// Lock-free and allocation-free: a few atomic loads, for a server that refuses before it
+    /// reads a request. It is a snapshot: a permit may free up, or the queue fill, right
+    /// after, so the caller still acquires for real when this says no refusal.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use brigade_limit::{ConcurrencyLimit, OverloadReason};
+    ///
+    /// let bulkhead = ConcurrencyLimit::builder().max_in_flight(1).max_queue(0).build().unwrap();
+    /// assert!(bulkhead.would_refuse().is_none());
+    /// let _permit = bulkhead.try_acquire().unwrap();
+    /// let refusal = bulkhead.would_refuse().unwrap();
+    /// assert_eq!(refusal.reason(), OverloadReason::QueueFull);
+    /// ```
+    pub fn would_refuse(&self) -> Option<Overloaded> {
+        let inner = &*self.inner;
+        if inner.semaphore.available_permits() > 0 {
+            return None;
+        }
+        let queued = inner.queue.taken();
+        if queued >= inner.queue.max() {
+            return Some(self.overloaded(OverloadReason::QueueFull, queued + 1));
+        }
+        self.predicted_wait(queued + 1)
+            .filter(|wait| *wait > inner.queue_timeout)
+            .map(|_| self.overloaded(OverloadReason::PredictedTimeout, queued + 1))
+    }
+
+    /// The wait predicted for the caller at `place` in the queue (1 for the next one served):
+    /// `place` releases, at `max_in_flight` per hold time. `None` before the first release.
+    fn predicted_wait(&self, place: usize) -> Option<Duration> {
+        let inner = &*self.inner;
+        let hold = inner.hold_nanos.load(Ordering::Relaxed);
+        if hold == 0 {
+            return None;
+        }
+        let nanos = u128::from(hold) * place as u128 / inner.max_in_flight as u128;
+        Some(Duration::from_nanos(
+            u64::try_from(nanos).unwrap_or(u64::MAX),
+        ))
+    }
+
+    fn permit(&self, permit: OwnedSemaphorePermit) -> ConcurrencyPermit {
+        ConcurrencyPermit {
+            _hold: self.inner.predict.then(|| HoldClock {
+                since: Instant::now(),
+                limit: Arc::clone(&self.inner),
+            }),
+            _permit: permit,
         }
     }
 
@@ -201,11 +301,49 @@ impl ConcurrencyLimit {
         self.inner.max_in_flight
     }
 
-    fn overloaded(&self, reason: OverloadReason) -> Overloaded {
+    /// The refusal of the caller at `place` in the queue: its `Retry-After` is its predicted
+    /// wait when there is one, else the configured hint.
+    fn overloaded(&self, reason: OverloadReason, place: usize) -> Overloaded {
+        let predicted = if self.inner.predict {
+            self.predicted_wait(place)
+        } else {
+            None
+        };
         Overloaded {
             reason,
-            retry_after: self.inner.retry_after,
+            retry_after: predicted.unwrap_or(self.inner.retry_after),
         }
+    }
+}
+
+impl Inner {
+    /// Folds a permit's hold time into the moving average (weight 1/8; the first sets it).
+    fn record_hold(&self, held: Duration) {
+        let held = u64::try_from(held.as_nanos()).unwrap_or(u64::MAX).max(1);
+        let _ = self
+            .hold_nanos
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |old| {
+                Some(if old == 0 {
+                    held
+                } else {
+                    // old + (held - old) / 8, in signed arithmetic that cannot overflow.
+                    let step = (i128::from(held) - i128::from(old)) / 8;
+                    u64::try_from(i128::from(old) + step).unwrap_or(1).max(1)
+                })
+            });
+    }
+}
+
+/// When a permit was taken, to record how long it was held.
+#[derive(Debug)]
+struct HoldClock {
+    since: Instant,
+    limit: Arc<Inner>,
+}
+
+impl Drop for HoldClock {
+    fn drop(&mut self) {
+        self.limit.record_hold(self.since.elapsed());
     }
 }
 
@@ -216,6 +354,9 @@ impl ConcurrencyLimit {
 #[derive(Debug)]
 #[must_use = "the permit is released as soon as it is dropped"]
 pub struct ConcurrencyPermit {
+    /// Dropped before the semaphore's permit (fields drop in order): the hold is recorded
+    /// before the next caller can be admitted.
+    _hold: Option<HoldClock>,
     _permit: OwnedSemaphorePermit,
 }
 
@@ -227,6 +368,9 @@ pub enum OverloadReason {
     QueueFull,
     /// Waited the whole queue timeout without a permit.
     QueueTimeout,
+    /// Every permit taken, and the caller's predicted wait in the queue longer than the queue
+    /// timeout: rejected at once rather than made to wait for a timeout.
+    PredictedTimeout,
 }
 
 /// A call refused by a [`ConcurrencyLimit`]: a 503 with `Retry-After` for HTTP.
@@ -242,7 +386,8 @@ impl Overloaded {
         self.reason
     }
 
-    /// The configured hint for when to retry.
+    /// When to retry: the caller's predicted wait in the queue when the limit predicts waits
+    /// and has seen a permit released, else the configured hint.
     pub const fn retry_after(&self) -> Duration {
         self.retry_after
     }
@@ -255,6 +400,9 @@ impl fmt::Display for Overloaded {
             OverloadReason::QueueTimeout => {
                 f.write_str("overloaded: timed out in the concurrency queue")
             }
+            OverloadReason::PredictedTimeout => f.write_str(
+                "overloaded: the wait in the concurrency queue would exceed its timeout",
+            ),
         }
     }
 }

@@ -15,7 +15,14 @@ pub(crate) struct Slots {
 
 /// One taken slot, given back when dropped.
 #[derive(Debug)]
-pub(crate) struct Slot<'a>(&'a Slots);
+pub(crate) struct Slot<'a>(&'a Slots, usize);
+
+impl Slot<'_> {
+    /// The slot's place in line when it was taken (1: the only caller waiting).
+    pub(crate) fn place(&self) -> usize {
+        self.1
+    }
+}
 
 impl Drop for Slot<'_> {
     fn drop(&mut self) {
@@ -38,11 +45,15 @@ impl Slots {
                 (n < self.max).then_some(n + 1)
             })
             .ok()
-            .map(|_| Slot(self))
+            .map(|before| Slot(self, before + 1))
     }
 
     pub(crate) fn taken(&self) -> usize {
         self.taken.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn max(&self) -> usize {
+        self.max
     }
 }
 
