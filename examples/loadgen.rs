@@ -8,6 +8,17 @@
 //! the given processes spent during the run, per token (per request with `--no-stream`), from
 //! `/proc/PID/stat` (Linux).
 //!
+//! **Surge mode** (`--surge`): a 503 or a 429 is a refusal, not an error. Refusals are counted
+//! with their latency (p50, p99) apart from the admitted streams, whose time to first token and
+//! gaps between tokens (p50, p99) are reported alone. A refused client asks again at once on the
+//! same connection (a new one if the server closed it), or, with `--honour-retry-after`, after
+//! the answer's `Retry-After`. `--cpu-pid` then also reports each process's peak resident size
+//! during the run (`VmRSS`, sampled every 100 ms):
+//!
+//! ```text
+//! cargo run --release --example loadgen -- --url http://127.0.0.1:8080 --concurrency 2000 --surge --duration-secs 20
+//! ```
+//!
 //! It drives any OpenAI-compatible server the same way: the kitchen, `bare_stream`, or the
 //! kitchen in front of `bare_stream` (the gateway-overhead bench in `docs/benchmarks.md`):
 //!
@@ -63,6 +74,12 @@ struct Args {
     /// Spread the connections' start over this many milliseconds.
     #[arg(long, default_value_t = 1000)]
     ramp_ms: u64,
+    /// Surge mode: 503 and 429 answers are refusals, reported apart; the client asks again.
+    #[arg(long)]
+    surge: bool,
+    /// In surge mode, wait the refusal's `Retry-After` before asking again (else at once).
+    #[arg(long, requires = "surge")]
+    honour_retry_after: bool,
 }
 
 #[derive(Default)]
@@ -77,6 +94,14 @@ struct WorkerReport {
     ok: u64,
     tokens: u64,
     ttft: Vec<Duration>,
+    /// Time between consecutive tokens of a stream.
+    gaps: Vec<Duration>,
+    /// Surge mode: refusals' latency, and their count by status.
+    refusal_latency: Vec<Duration>,
+    refusals: BTreeMap<u16, u64>,
+    /// Refusals that closed their connection.
+    closed: u64,
+    connections: u64,
     errors: BTreeMap<String, u64>,
 }
 
@@ -104,6 +129,21 @@ async fn run(args: Args) {
     let shared = Arc::new(Shared::default());
     let cpu_before: Vec<Option<Duration>> =
         args.cpu_pids.iter().map(|&pid| cpu_time(pid)).collect();
+    let peak_rss: Arc<Vec<AtomicU64>> =
+        Arc::new(args.cpu_pids.iter().map(|_| AtomicU64::new(0)).collect());
+    let sampler = tokio::spawn({
+        let (pids, peak_rss) = (args.cpu_pids.clone(), Arc::clone(&peak_rss));
+        async move {
+            loop {
+                for (pid, peak) in pids.iter().zip(peak_rss.iter()) {
+                    if let Some(kib) = rss_kib(*pid) {
+                        peak.fetch_max(kib, Ordering::Relaxed);
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    });
     let start = Instant::now();
     let until = start + Duration::from_secs(args.duration_secs);
     let body = Bytes::from(
@@ -136,19 +176,29 @@ async fn run(args: Args) {
         total.ok += report.ok;
         total.tokens += report.tokens;
         total.ttft.extend(report.ttft);
+        total.gaps.extend(report.gaps);
+        total.refusal_latency.extend(report.refusal_latency);
+        for (status, n) in report.refusals {
+            *total.refusals.entry(status).or_default() += n;
+        }
+        total.closed += report.closed;
+        total.connections += report.connections;
         for (what, n) in report.errors {
             *total.errors.entry(what).or_default() += n;
         }
     }
+    sampler.abort();
     let elapsed = start.elapsed().as_secs_f64();
     let cpu_after: Vec<Option<Duration>> = args.cpu_pids.iter().map(|&pid| cpu_time(pid)).collect();
     total.ttft.sort_unstable();
-    let pct = |p: f64| {
-        if total.ttft.is_empty() {
-            Duration::ZERO
+    total.gaps.sort_unstable();
+    total.refusal_latency.sort_unstable();
+    let ms = |sorted: &[Duration], p: f64| {
+        if sorted.is_empty() {
+            0.0
         } else {
-            let i = ((total.ttft.len() as f64 * p).ceil() as usize).clamp(1, total.ttft.len()) - 1;
-            total.ttft[i]
+            let i = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
+            sorted[i].as_secs_f64() * 1000.0
         }
     };
     let errors: u64 = total.errors.values().sum();
@@ -168,9 +218,36 @@ async fn run(args: Args) {
         } else {
             "ttft       "
         },
-        pct(0.50).as_secs_f64() * 1000.0,
-        pct(0.99).as_secs_f64() * 1000.0
+        ms(&total.ttft, 0.50),
+        ms(&total.ttft, 0.99)
     );
+    if !args.no_stream {
+        println!(
+            "token gap      p50 {:.1} ms, p99 {:.1} ms",
+            ms(&total.gaps, 0.50),
+            ms(&total.gaps, 0.99)
+        );
+    }
+    if args.surge {
+        let refused: u64 = total.refusals.values().sum();
+        let by_status: Vec<String> = total
+            .refusals
+            .iter()
+            .map(|(status, n)| format!("{status}: {n}"))
+            .collect();
+        println!(
+            "refusals       {refused} ({}), {:.0}/s, {} closed their connection",
+            by_status.join(", "),
+            refused as f64 / elapsed,
+            total.closed
+        );
+        println!(
+            "refusal time   p50 {:.2} ms, p99 {:.2} ms",
+            ms(&total.refusal_latency, 0.50),
+            ms(&total.refusal_latency, 0.99)
+        );
+        println!("connections    {} opened", total.connections);
+    }
     println!("tokens/s       {:.0}", total.tokens as f64 / elapsed);
     println!("peak open      {}", shared.peak.load(Ordering::Relaxed));
     for ((pid, before), after) in args.cpu_pids.iter().zip(&cpu_before).zip(&cpu_after) {
@@ -188,6 +265,12 @@ async fn run(args: Args) {
             "cpu pid {pid:<6} {:.2} s, {:.1} us per {unit}",
             spent.as_secs_f64(),
             spent.as_secs_f64() * 1e6 / per.max(1) as f64
+        );
+    }
+    for (pid, peak) in args.cpu_pids.iter().zip(peak_rss.iter()) {
+        println!(
+            "rss pid {pid:<6} peak {:.1} MiB",
+            peak.load(Ordering::Relaxed) as f64 / 1024.0
         );
     }
     for (what, n) in &total.errors {
@@ -214,7 +297,10 @@ async fn worker(
         }
         if sender.is_none() {
             match connect(&authority).await {
-                Ok(s) => sender = Some(s),
+                Ok(s) => {
+                    report.connections += 1;
+                    sender = Some(s);
+                }
                 Err(e) => {
                     report.error(format!("connect: {e}"));
                     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -233,13 +319,29 @@ async fn worker(
         let sent = Instant::now();
         let open = shared.open.fetch_add(1, Ordering::Relaxed) + 1;
         shared.peak.fetch_max(open, Ordering::Relaxed);
-        let outcome = one(s, request, sent, args.no_stream).await;
+        let outcome = one(s, request, sent, &args, &mut report.gaps).await;
         shared.open.fetch_sub(1, Ordering::Relaxed);
         match outcome {
-            Ok((tokens, ttft)) => {
+            Ok(Answer::Served { tokens, ttft }) => {
                 report.ok += 1;
                 report.tokens += tokens;
                 report.ttft.push(ttft);
+            }
+            Ok(Answer::Refused {
+                status,
+                closed,
+                retry_after,
+            }) => {
+                report.refusal_latency.push(sent.elapsed());
+                *report.refusals.entry(status).or_default() += 1;
+                if closed {
+                    report.closed += 1;
+                    sender = None;
+                }
+                if let Some(wait) = retry_after.filter(|_| args.honour_retry_after) {
+                    let resume = Instant::now() + wait;
+                    tokio::time::sleep_until(resume.min(until).into()).await;
+                }
             }
             Err(what) => {
                 report.error(what);
@@ -264,13 +366,28 @@ async fn connect(authority: &str) -> std::io::Result<Sender> {
     Ok(sender)
 }
 
-/// One request: its tokens and its time to first token (or to the whole answer).
+/// How a request was answered.
+enum Answer {
+    /// Served: its tokens and its time to first token (or to the whole answer).
+    Served { tokens: u64, ttft: Duration },
+    /// Surge mode: refused with a 503 or a 429.
+    Refused {
+        status: u16,
+        /// The server closed the connection with the refusal (`Connection: close`).
+        closed: bool,
+        retry_after: Option<Duration>,
+    },
+}
+
+/// One request; a stream's gaps between tokens go to `gaps`.
 async fn one(
     sender: &mut Sender,
     request: Request<Full<Bytes>>,
     sent: Instant,
-    no_stream: bool,
-) -> Result<(u64, Duration), String> {
+    args: &Args,
+    gaps: &mut Vec<Duration>,
+) -> Result<Answer, String> {
+    let no_stream = args.no_stream;
     sender
         .ready()
         .await
@@ -280,6 +397,22 @@ async fn one(
         .await
         .map_err(|e| format!("request: {e}"))?;
     let status = response.status();
+    if args.surge && matches!(status.as_u16(), 429 | 503) {
+        let headers = response.headers();
+        let closed = headers
+            .get(http::header::CONNECTION)
+            .is_some_and(|value| value.as_bytes().eq_ignore_ascii_case(b"close"));
+        let retry_after = headers
+            .get(http::header::RETRY_AFTER)
+            .and_then(|value| value.to_str().ok()?.parse::<u64>().ok())
+            .map(Duration::from_secs);
+        let _ = response.into_body().collect().await;
+        return Ok(Answer::Refused {
+            status: status.as_u16(),
+            closed,
+            retry_after,
+        });
+    }
     if !status.is_success() {
         let _ = response.into_body().collect().await;
         return Err(format!("status {}", status.as_u16()));
@@ -294,13 +427,17 @@ async fn one(
         let answer: serde_json::Value =
             serde_json::from_slice(&bytes).map_err(|_| "invalid JSON answer".to_owned())?;
         let tokens = answer["usage"]["completion_tokens"].as_u64().unwrap_or(0);
-        return Ok((tokens, sent.elapsed()));
+        return Ok(Answer::Served {
+            tokens,
+            ttft: sent.elapsed(),
+        });
     }
     let mut events = EventStream::from_body(response.into_body());
     let mut ttft = None;
     let mut tokens = 0u64;
     let mut usage = None;
     let mut done = false;
+    let mut last_token: Option<Instant> = None;
     while let Some(event) = events.next().await {
         let event = event.map_err(|e| format!("stream broke: {e}"))?;
         // The body is read to its end, past `[DONE]`, as a client that keeps its connection
@@ -328,7 +465,11 @@ async fn one(
             .is_some_and(|c| !c.is_empty())
         {
             tokens += 1;
-            ttft.get_or_insert_with(|| sent.elapsed());
+            let now = Instant::now();
+            if let Some(last) = last_token.replace(now) {
+                gaps.push(now - last);
+            }
+            ttft.get_or_insert_with(|| now - sent);
         }
     }
     if !done {
@@ -337,7 +478,17 @@ async fn one(
     if usage.is_some_and(|n| n != tokens) {
         return Err("token count differs from usage".to_owned());
     }
-    Ok((tokens, ttft.unwrap_or_else(|| sent.elapsed())))
+    Ok(Answer::Served {
+        tokens,
+        ttft: ttft.unwrap_or_else(|| sent.elapsed()),
+    })
+}
+
+/// A process's resident size now, in KiB, from `/proc/PID/status` (Linux).
+fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|line| line.starts_with("VmRSS:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
 }
 
 /// The CPU time (user and system) a process has used so far, from `/proc/PID/stat`, in clock
