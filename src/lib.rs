@@ -10,6 +10,7 @@
 //!
 //! | feature | module | crate |
 //! | --- | --- | --- |
+//! | `balance` | [`balance`] | `brigade-balance`: pools of upstreams: power of two choices on latency and load, weights, priority tiers with fallback, a breaker, an adaptive limit and a 429 cooldown per endpoint |
 //! | `breaker` | [`breaker`] | `brigade-breaker`: a lock-free circuit breaker with rate windows, slow calls, probe permits and manual control |
 //! | `cancel` | [`cancel`] | `brigade-cancel`: cancel scopes with reasons and deadlines, cancel-on-disconnect, graceful shutdown |
 //! | `limit` | [`limit`] | `brigade-limit`: keyed, token-weighted rate limits with reserve-and-settle and all-or-nothing multi-limits; fixed and adaptive concurrency limits whose permits live as long as the stream |
@@ -22,7 +23,7 @@
 //!
 //! | feature | turns on |
 //! | --- | --- |
-//! | `tower` | the tower `Layer`/`Service` pairs of `breaker`, `limit` and `retry`, for those turned on |
+//! | `tower` | the tower `Layer`/`Service` pairs of `balance`, `breaker`, `limit` and `retry`, for those turned on |
 //! | `serde` | `sse`'s `Event::json_data`, if `sse` is on |
 //! | `redis` | `limit`, and its Redis-backed limiter (`limit::redis`) |
 //! | `backoff` | `retry`, and its adapter for the `backoff` crate's schedules |
@@ -31,6 +32,9 @@
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+#[cfg(feature = "balance")]
+#[cfg_attr(docsrs, doc(cfg(feature = "balance")))]
+pub use brigade_balance as balance;
 #[cfg(feature = "breaker")]
 #[cfg_attr(docsrs, doc(cfg(feature = "breaker")))]
 pub use brigade_breaker as breaker;
