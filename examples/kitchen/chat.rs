@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use brigade_cancel::{CancelReason, CancelScope, DisconnectBody};
 use brigade_sse::{KeepAlive, SseBody};
-use http::header::CONTENT_TYPE;
+use http::header::{CONNECTION, CONTENT_TYPE, HeaderValue};
 use http::{HeaderMap, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 
@@ -37,6 +37,7 @@ pub(crate) async fn chat(
     peer: SocketAddr,
 ) -> Result<Response<Body>, ApiError> {
     let (key, timeout, id) = front_desk(&app, &request, peer)?;
+    refuse_early(&app)?;
     let chat = ChatRequest::parse(json_request_body(&app, request).await?)?;
     answer(&app, &key, timeout, &id, Arc::new(chat)).await
 }
@@ -60,8 +61,23 @@ pub(crate) async fn passthrough(
             ),
         ));
     }
+    refuse_early(&app)?;
     let order = ProxyRequest::parse(endpoint, json_request_body(&app, request).await?)?;
     answer(&app, &key, timeout, &id, Arc::new(order)).await
+}
+
+/// Refuses now, before the body is read or any per-key limit is asked, when the stream bulkhead
+/// would refuse the request anyway (every slot taken and the queue full, or the queue's wait
+/// predicted past its timeout): a surge costs its headers, not its bodies. The body left unread,
+/// the connection cannot carry another request, so the answer says `Connection: close`.
+fn refuse_early(app: &App) -> Result<(), ApiError> {
+    match app.limits.refuse_early() {
+        None => Ok(()),
+        Some(refusal) => {
+            app.metrics.early_refusal_closes.inc();
+            Err(refusal.header(CONNECTION, HeaderValue::from_static("close")))
+        }
+    }
 }
 
 /// The front desk before the body: the client's key (401), the request's deadline and id.

@@ -8,10 +8,11 @@ use std::time::Duration;
 
 use brigade_limit::headers::{RateLimitHeaders, retry_after_secs};
 use brigade_limit::{
-    AcquireError, ConcurrencyLimit, ConcurrencyPermit, Limit, OverloadReason, Quota, RateLimiter,
-    RateLimiterBuilder, Reservation,
+    AcquireError, ConcurrencyLimit, ConcurrencyPermit, Limit, OverloadReason, Overloaded, Quota,
+    RateLimiter, RateLimiterBuilder, Reservation,
 };
 use http::{HeaderMap, StatusCode};
+use tokio::time::Instant;
 
 use crate::config::Config;
 use crate::error::ApiError;
@@ -234,21 +235,48 @@ impl Limits {
         self.bulkhead.queued()
     }
 
-    /// A stream slot, waiting in the bulkhead's bounded queue if all are taken.
+    /// A stream slot, waiting in the bulkhead's bounded queue if all are taken; the wait of an
+    /// admitted request goes to the queue-wait histogram.
     pub(crate) async fn slot(&self) -> Result<Slot, ApiError> {
-        let overloaded = match self.bulkhead.acquire().await {
-            Ok(permit) => return Ok(permit),
-            Err(overloaded) => overloaded,
+        let queued = Instant::now();
+        match self.bulkhead.acquire().await {
+            Ok(permit) => {
+                self.metrics
+                    .queue_wait
+                    .observe(queued.elapsed().as_secs_f64());
+                Ok(permit)
+            }
+            Err(overloaded) => Err(self.overloaded(&overloaded)),
+        }
+    }
+
+    /// The refusal a stream slot would get now, without queueing: asked before the request's
+    /// body is read, so that a surge is refused for the price of its headers (brigade-limit's
+    /// `would_refuse`: a few atomic loads).
+    pub(crate) fn refuse_early(&self) -> Option<ApiError> {
+        let overloaded = self.bulkhead.would_refuse()?;
+        Some(self.overloaded(&overloaded))
+    }
+
+    /// The 503 of a bulkhead refusal, counted by reason; its `Retry-After` is the predicted
+    /// wait in the queue.
+    fn overloaded(&self, overloaded: &Overloaded) -> ApiError {
+        let (reason, message) = match overloaded.reason() {
+            OverloadReason::QueueTimeout => (
+                "queue_timeout",
+                "overloaded: timed out waiting for a stream slot",
+            ),
+            OverloadReason::PredictedTimeout => (
+                "predicted_timeout",
+                "overloaded: the wait for a stream slot would outlast the queue timeout",
+            ),
+            _ => (
+                "queue_full",
+                "overloaded: every stream slot is taken and the queue is full",
+            ),
         };
-        let message = match overloaded.reason() {
-            OverloadReason::QueueTimeout => "overloaded: timed out waiting for a stream slot",
-            _ => "overloaded: every stream slot is taken and the queue is full",
-        };
-        Err(ApiError::unavailable(
-            "overloaded",
-            message,
-            overloaded.retry_after(),
-        ))
+        self.metrics.overload(reason);
+        ApiError::unavailable("overloaded", message, overloaded.retry_after())
     }
 }
 

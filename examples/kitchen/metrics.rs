@@ -4,6 +4,7 @@ use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 type Labels = Vec<(&'static str, String)>;
@@ -35,6 +36,15 @@ pub(crate) struct Metrics {
     pub(crate) retries: Counter,
     /// Requests waiting for a bulkhead slot.
     pub(crate) bulkhead_queue: Gauge,
+    /// Requests refused by the bulkhead, by reason (`queue_full`, `predicted_timeout`,
+    /// `queue_timeout`).
+    overload_refusals: Family<[(&'static str, &'static str); 1], Counter>,
+    /// How long admitted requests waited for a stream slot.
+    pub(crate) queue_wait: Histogram,
+    /// Refusals made before the request's body was read, which close their connection.
+    pub(crate) early_refusal_closes: Counter,
+    /// The process's CPU time, read at each scrape.
+    process_cpu: Gauge<f64, std::sync::atomic::AtomicU64>,
     /// Handler panics turned into 500s.
     pub(crate) panics: Counter,
     /// Where the rate limits are decided: 1 for the current store.
@@ -113,6 +123,34 @@ impl Metrics {
             "Requests waiting for a stream slot",
             bulkhead_queue.clone(),
         );
+        let overload_refusals = Family::default();
+        registry.register(
+            "overload_refusals",
+            "Requests refused by the stream bulkhead, by reason: queue_full, predicted_timeout \
+             (the queue's wait would outlast its timeout), queue_timeout",
+            overload_refusals.clone(),
+        );
+        // 1 ms to about 4 s.
+        let queue_wait = Histogram::new(exponential_buckets(0.001, 2.0, 13));
+        registry.register(
+            "queue_wait_seconds",
+            "How long admitted requests waited for a stream slot",
+            queue_wait.clone(),
+        );
+        let early_refusal_closes = Counter::default();
+        registry.register(
+            "early_refusal_closes",
+            "Refusals made before the request's body was read (the bulkhead full or its wait too \
+             long), each closing its connection",
+            early_refusal_closes.clone(),
+        );
+        let process_cpu = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+        registry.register(
+            "process_cpu_seconds",
+            "CPU time (user and system) the process has used, from /proc/self/stat (Linux; 0 \
+             elsewhere)",
+            process_cpu.clone(),
+        );
         let panics = Counter::default();
         registry.register(
             "handler_panics",
@@ -152,6 +190,10 @@ impl Metrics {
             breaker_state,
             retries,
             bulkhead_queue,
+            overload_refusals,
+            queue_wait,
+            early_refusal_closes,
+            process_cpu,
             panics,
             rate_store,
             rate_store_switches,
@@ -165,6 +207,13 @@ impl Metrics {
     pub(crate) fn request(&self, route: &'static str, status: u16) {
         self.requests
             .get_or_create(&([("route", route)], [("status", status)]))
+            .inc();
+    }
+
+    /// A bulkhead refusal, by reason.
+    pub(crate) fn overload(&self, reason: &'static str) {
+        self.overload_refusals
+            .get_or_create(&[("reason", reason)])
             .inc();
     }
 
@@ -199,10 +248,24 @@ impl Metrics {
 
     /// The OpenMetrics text exposition.
     pub(crate) fn encode(&self) -> String {
+        if let Some(cpu) = process_cpu_seconds() {
+            self.process_cpu.set(cpu);
+        }
         let mut out = String::new();
         encode(&mut out, &self.registry).expect("writing to a String cannot fail");
         out
     }
+}
+
+/// The CPU time (user and system) this process has used, from `/proc/self/stat`: fields 14 and
+/// 15, in clock ticks of 10 ms (Linux's `USER_HZ`, 100 on every architecture it exports).
+fn process_cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // The command name (field 2) is in parentheses and may hold spaces: count after it.
+    let mut fields = stat.get(stat.rfind(')')? + 2..)?.split(' ').skip(11);
+    let user: u64 = fields.next()?.parse().ok()?;
+    let system: u64 = fields.next()?.parse().ok()?;
+    Some((user + system) as f64 / 100.0)
 }
 
 /// What the Redis limiter counts (`brigade_limit::redis::Counters`), as counters; zero when the

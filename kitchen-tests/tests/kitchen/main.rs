@@ -72,6 +72,7 @@ mod jobs_tests;
 mod redis_tests;
 mod scripted;
 mod server_tests;
+mod surge_tests;
 mod upstream_tests;
 mod ws_tests;
 

@@ -1,0 +1,132 @@
+//! A surge: refusals that cost the headers only, and a queue that refuses a wait it cannot
+//! serve in time.
+
+use std::time::Duration;
+
+use http::StatusCode;
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+use crate::{error_of, kitchen, metric, order, post, text};
+
+#[tokio::test(start_paused = true)]
+async fn a_refusal_does_not_wait_for_the_body() {
+    let kitchen = kitchen(&["--max-streams", "1", "--queue-size", "0", "--tokens", "100"]).await;
+    let holder = post(kitchen.addr, &order("long", true), &[]).await;
+    assert_eq!(holder.status(), StatusCode::OK);
+
+    // A client that sends its head, announces a body, and never sends it.
+    let mut socket = TcpStream::connect(kitchen.addr).await.unwrap();
+    socket
+        .write_all(
+            b"POST /v1/chat/completions HTTP/1.1\r\nhost: kitchen\r\n\
+              content-type: application/json\r\ncontent-length: 1000\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(30), socket.read_to_end(&mut answer))
+        .await
+        .expect("refused without the body, and the connection closed")
+        .unwrap();
+    let answer = String::from_utf8(answer).unwrap();
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap();
+    let head = head.to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 503"), "{head}");
+    assert!(head.contains("\r\nconnection: close"), "{head}");
+    assert!(head.contains("\r\nretry-after: 1"), "{head}");
+    assert!(
+        head.contains("\r\ncontent-type: application/json"),
+        "{head}"
+    );
+    let error: Value = serde_json::from_str(body).unwrap();
+    assert_eq!(error["error"]["code"], "overloaded");
+    assert_eq!(error["error"]["type"], "server_error");
+    assert_eq!(
+        metric(kitchen.addr, "kitchen_early_refusal_closes_total").await,
+        1.0
+    );
+    assert_eq!(
+        metric(
+            kitchen.addr,
+            "kitchen_overload_refusals_total{reason=\"queue_full\"}"
+        )
+        .await,
+        1.0
+    );
+    // The admitted stream is untouched.
+    assert!(text(holder).await.ends_with("data: [DONE]\n\n"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_wait_predicted_past_the_queue_timeout_is_refused_at_once() {
+    // One slot; a stream holds it 1.1 s (100 ms to the first token, then 10 x 100 ms); the
+    // queue's timeout is 500 ms, so once a stream has ended, the next in line is predicted a
+    // 1 s wait and refused at once instead of waiting 500 ms for a 503.
+    let kitchen = kitchen(&[
+        "--max-streams",
+        "1",
+        "--queue-size",
+        "4",
+        "--queue-timeout-ms",
+        "500",
+        "--ttft-ms",
+        "100",
+        "--token-ms",
+        "100",
+        "--tokens",
+        "10",
+    ])
+    .await;
+    // Before any stream has ended there is no prediction: a caller queues, and waits.
+    let holder = post(kitchen.addr, &order("first", true), &[]).await;
+    let start = Instant::now();
+    let queued = post(kitchen.addr, &order("queued", true), &[]).await;
+    assert_eq!(queued.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(start.elapsed(), Duration::from_millis(500));
+    assert!(text(holder).await.ends_with("data: [DONE]\n\n"));
+
+    let holder = post(kitchen.addr, &order("second", true), &[]).await;
+    assert_eq!(holder.status(), StatusCode::OK);
+    let start = Instant::now();
+    let refused = post(kitchen.addr, &order("third", true), &[]).await;
+    assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(
+        start.elapsed() < Duration::from_millis(5),
+        "{:?}",
+        start.elapsed()
+    );
+    // The predicted wait, the first stream's 1.1 s hold, rounded up to whole seconds.
+    assert_eq!(refused.headers()["retry-after"], "2");
+    assert_eq!(refused.headers()["connection"], "close");
+    let error = error_of(refused).await;
+    assert!(
+        error["message"].as_str().unwrap().contains("outlast"),
+        "{error}"
+    );
+    assert_eq!(
+        metric(
+            kitchen.addr,
+            "kitchen_overload_refusals_total{reason=\"predicted_timeout\"}"
+        )
+        .await,
+        1.0
+    );
+    assert_eq!(
+        metric(
+            kitchen.addr,
+            "kitchen_overload_refusals_total{reason=\"queue_timeout\"}"
+        )
+        .await,
+        1.0
+    );
+    // Two admitted without waiting (the holders), each in the first bucket.
+    assert_eq!(
+        metric(kitchen.addr, "kitchen_queue_wait_seconds_count").await,
+        2.0
+    );
+    assert!(text(holder).await.ends_with("data: [DONE]\n\n"));
+    assert!(metric(kitchen.addr, "kitchen_process_cpu_seconds").await > 0.0);
+}
