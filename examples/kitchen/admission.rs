@@ -1,11 +1,12 @@
 //! The one admission path of an answer, for HTTP chat, completions and embeddings and for
 //! WebSocket chat alike: rate limits (the token estimate reserved) → a bulkhead slot (waited
-//! for within the request's scope) → a breaker permit → retries until the line cook's first
-//! chunk (the commit point).
+//! for within the request's scope) → the mock's breaker permit → retries (and hedges, with
+//! `--hedge-after-ms`) until the line cook's first chunk (the commit point), each request on an
+//! upstream picked from the pool among those it has not tried (`pool.rs`).
 //!
-//! What it hands back is a [`Ticket`] (the reservation, the slot, the permit), which the
-//! answer holds until it ends, and the opened answer: a stream up to its first chunk, or a
-//! whole answer.
+//! What it hands back is a [`Ticket`] (the reservation, the slot, the permit or the upstream's
+//! pick), which the answer holds until it ends, and the opened answer: a stream up to its first
+//! chunk, or a whole answer.
 //!
 //! A request refused before its first chunk (the bulkhead or the breaker full, the line cook
 //! failing every attempt, the deadline, the client gone, the shutdown) gets its whole token

@@ -1,5 +1,6 @@
-//! The line cook, as the rest of the kitchen sees it: the mock model (`mock.rs`) or an
-//! OpenAI-compatible upstream (`upstream.rs`), behind one interface that speaks OpenAI.
+//! The line cook, as the rest of the kitchen sees it: the mock model (`mock.rs`) or
+//! OpenAI-compatible upstreams (`upstream.rs`) in a pool (`pool.rs`), behind one interface that
+//! speaks OpenAI. Admission picks the upstream of each attempt; the line cook runs it.
 //!
 //! An attempt opens either a stream of chunks or a whole answer:
 //!
