@@ -466,3 +466,33 @@ async fn each_upstream_gets_its_own_key_and_aliases() {
     assert_eq!(seen[0].header("authorization"), Some("Bearer sk-shared"));
     assert_eq!(seen[0].json()["model"], "shared-model");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_whole_answer_fails_over_and_hedges_too() {
+    let answer = r#"{"id":"c","object":"chat.completion","created":0,"model":"m","choices":[]}"#;
+    let first = Scripted::start(vec![Answer::whole(502, &[], "bad gateway")]).await;
+    let second = Scripted::start(vec![Answer::json(answer)]).await;
+    let proxy = pool(&[format!("{},weight=1000", first.url()), second.url()], &[]).await;
+    let mut order = streamed_order();
+    order["stream"] = json!(false);
+    let response = post(proxy.addr, &order, &[]).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(text(response).await, answer);
+    assert_eq!((first.seen().len(), second.seen().len()), (1, 1));
+
+    // Hedged: the slow whole answer loses to the fast one after 50 ms.
+    let slow = Scripted::start(vec![Answer::silent()]).await;
+    let fast = Scripted::start(vec![Answer::json(answer)]).await;
+    let proxy = pool(
+        &[format!("{},weight=1000", slow.url()), fast.url()],
+        &["--hedge-after-ms", "50"],
+    )
+    .await;
+    let start = tokio::time::Instant::now();
+    let response = post(proxy.addr, &order, &[]).await;
+    assert_eq!(text(response).await, answer);
+    assert!(start.elapsed() < Duration::from_millis(60));
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    assert_eq!(slow.hangups().len(), 1);
+    assert_eq!(metric(proxy.addr, "kitchen_hedges_total").await, 1.0);
+}
