@@ -1,11 +1,12 @@
 //! The one admission path of an answer, for HTTP chat, completions and embeddings and for
 //! WebSocket chat alike: rate limits (the token estimate reserved) → a bulkhead slot (waited
-//! for within the request's scope) → a breaker permit → retries until the line cook's first
-//! chunk (the commit point).
+//! for within the request's scope) → the mock's breaker permit → retries (and hedges, with
+//! `--hedge-after-ms`) until the line cook's first chunk (the commit point), each request on an
+//! upstream picked from the pool among those it has not tried (`pool.rs`).
 //!
-//! What it hands back is a [`Ticket`] (the reservation, the slot, the permit), which the
-//! answer holds until it ends, and the opened answer: a stream up to its first chunk, or a
-//! whole answer.
+//! What it hands back is a [`Ticket`] (the reservation, the slot, the permit or the upstream's
+//! pick), which the answer holds until it ends, and the opened answer: a stream up to its first
+//! chunk, or a whole answer.
 //!
 //! A request refused before its first chunk (the bulkhead or the breaker full, the line cook
 //! failing every attempt, the deadline, the client gone, the shutdown) gets its whole token
@@ -20,11 +21,11 @@
 
 use std::borrow::Borrow;
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use brigade_breaker::{Outcome, OwnedPermit};
 use brigade_cancel::{CancelReason, CancelScope};
-use brigade_retry::{Action, Attempt, RetryError, StopReason};
+use brigade_retry::{Action, Attempt, HedgeAttempt, RetryError, StopReason};
 use futures::StreamExt;
 use http::{HeaderMap, StatusCode};
 use tokio::time::Instant;
@@ -34,13 +35,16 @@ use crate::cook::{Call, Chunks, CookError, Cooked, LineCook, Whole};
 use crate::error::ApiError;
 use crate::ids::RequestId;
 use crate::limits::{Reserved, Slot};
+use crate::pool::UpstreamPick;
 use crate::routes::App;
+use crate::upstream::Upstream;
 
 /// What an attempt of the line cook opens.
 pub(crate) trait Dish: Sized + Send {
-    /// Runs one attempt up to the commit point.
+    /// Runs one attempt up to the commit point, on `upstream` (or the mock).
     fn open<R: Order>(
         cook: &LineCook,
+        upstream: Option<&Upstream>,
         request: &R,
         call: &Call,
     ) -> impl Future<Output = Result<Self, CookError>> + Send;
@@ -53,8 +57,13 @@ pub(crate) struct Streamed {
 }
 
 impl Dish for Streamed {
-    async fn open<R: Order>(cook: &LineCook, request: &R, call: &Call) -> Result<Self, CookError> {
-        let mut chunks = cook.stream(request, call).await?;
+    async fn open<R: Order>(
+        cook: &LineCook,
+        upstream: Option<&Upstream>,
+        request: &R,
+        call: &Call,
+    ) -> Result<Self, CookError> {
+        let mut chunks = cook.stream(upstream, request, call).await?;
         match chunks.next().await {
             Some(Ok(first)) => Ok(Self {
                 first,
@@ -71,10 +80,11 @@ impl Dish for Streamed {
 impl Dish for Whole {
     fn open<R: Order>(
         cook: &LineCook,
+        upstream: Option<&Upstream>,
         request: &R,
         call: &Call,
     ) -> impl Future<Output = Result<Self, CookError>> + Send {
-        cook.whole(request, call)
+        cook.whole(upstream, request, call)
     }
 }
 
@@ -155,6 +165,7 @@ pub(crate) async fn admit<D: Dish, R: Order>(
         spent: None,
         slot: None,
         permit: None,
+        pick: None,
     };
 
     // Bulkhead: a slot for the whole answer, waited for within the request's scope.
@@ -163,16 +174,20 @@ pub(crate) async fn admit<D: Dish, R: Order>(
         Err(cancelled) => return Err(Refusal::Cancelled(cancelled.into_reason())),
     };
 
-    // Breaker: one permit per answer, recorded when the answer ends.
-    ticket.permit = Some(app.breaker.try_acquire_owned().map_err(|rejected| {
-        Refusal::Refused(ApiError::unavailable(
-            "circuit_open",
-            format!("the upstream is unavailable ({})", rejected.state()),
-            rejected.retry_after(),
-        ))
-    })?);
+    // Breaker: the mock's, one permit per answer, recorded when the answer ends. (Each
+    // upstream of a pool has its own, which its pick holds.)
+    if app.cook.upstreams.is_none() {
+        ticket.permit = Some(app.breaker.try_acquire_owned().map_err(|rejected| {
+            Refusal::Refused(ApiError::unavailable(
+                "circuit_open",
+                format!("the upstream is unavailable ({})", rejected.state()),
+                rejected.retry_after(),
+            ))
+        })?);
+    }
 
-    // Retries, until the first chunk only: from there on the answer is never retried. (The
+    // Retries (and hedges, when on), until the first chunk only: from there on the answer is
+    // never retried. Each request picks an upstream the request has not tried yet. (The
     // attempts own what they use: an async closure that borrows them trips rustc's "`Send` is
     // not general enough" in a spawned task.)
     let (cook, order) = (Arc::clone(app), Arc::clone(request));
@@ -182,21 +197,47 @@ pub(crate) async fn admit<D: Dish, R: Order>(
     };
     let verdict = Verdict {
         deadline: call.deadline,
+        elsewhere: app
+            .cook
+            .upstreams
+            .as_ref()
+            .is_some_and(|upstreams| upstreams.list().len() > 1),
     };
-    let opened = app
-        .retry
-        .classify(verdict)
-        .cancel_on(scope.token())
-        .run(async move |attempt: &Attempt| {
-            let dish = D::open(&cook.cook, &*order, &call).await?;
-            attempt.commit();
-            Ok(dish)
-        })
-        .await;
+    let tried = Mutex::new(Vec::new());
+    let opened = match &app.cook.hedge {
+        None => {
+            app.retry
+                .classify(verdict)
+                .cancel_on(scope.token())
+                .run(async move |attempt: &Attempt| {
+                    let opened = open::<D, R>(&cook, &order, &call, &tried, false).await?;
+                    attempt.commit();
+                    Ok(opened)
+                })
+                .await
+        }
+        Some(hedge) => {
+            app.retry
+                .hedge(hedge)
+                .classify(verdict)
+                .cancel_on(scope.token())
+                .run(async move |attempt: &HedgeAttempt<'_>| {
+                    let is_hedge = attempt.is_hedge();
+                    if is_hedge {
+                        cook.metrics.hedges.inc();
+                    }
+                    let opened = open::<D, R>(&cook, &order, &call, &tried, is_hedge).await?;
+                    attempt.commit();
+                    Ok(opened)
+                })
+                .await
+        }
+    };
     match opened {
-        Ok(dish) => {
+        Ok((dish, pick)) => {
             // Served from here on: until the answer says what it used, it used it all.
             ticket.spent = Some(estimate);
+            ticket.pick = pick;
             Ok(Admitted {
                 ticket,
                 dish,
@@ -204,6 +245,54 @@ pub(crate) async fn admit<D: Dish, R: Order>(
             })
         }
         Err(error) => Err(attempts_failed(scope, &mut ticket, error)),
+    }
+}
+
+/// One request to the line cook, up to its first chunk: an upstream picked among those not
+/// `tried` yet (and added to them), the dish opened, the first byte recorded on the pick; a
+/// failure is reported on the pick. A hedge that finds no upstream fails as an attempt would,
+/// leaving the request it hedges running.
+async fn open<D: Dish, R: Order>(
+    app: &App,
+    order: &R,
+    call: &Call,
+    tried: &Mutex<Vec<Arc<Upstream>>>,
+    is_hedge: bool,
+) -> Result<(D, Option<UpstreamPick>), CookError> {
+    let picked = {
+        let mut tried = tried.lock().unwrap_or_else(PoisonError::into_inner);
+        let picked = if tried.is_empty() {
+            app.cook.pick(&[])
+        } else {
+            let ids: Vec<&str> = tried.iter().map(|upstream| upstream.id.as_str()).collect();
+            app.cook.pick(&ids)
+        };
+        if let Ok(Some(pick)) = &picked {
+            tried.push(Arc::clone(pick.endpoint()));
+        }
+        picked
+    };
+    let mut pick = match picked {
+        Ok(pick) => pick,
+        Err(CookError::Unavailable(_)) if is_hedge => {
+            return Err(CookError::failed("no upstream left to hedge on"));
+        }
+        Err(error) => return Err(error),
+    };
+    let upstream = pick.as_ref().map(|pick| Arc::clone(pick.endpoint()));
+    match D::open(&app.cook, upstream.as_deref(), order, call).await {
+        Ok(dish) => {
+            if let Some(pick) = &mut pick {
+                pick.first_byte();
+            }
+            Ok((dish, pick))
+        }
+        Err(error) => {
+            if let Some(pick) = pick {
+                crate::pool::report(pick, &error);
+            }
+            Err(error)
+        }
     }
 }
 
@@ -233,11 +322,11 @@ fn attempts_failed<D>(
 }
 
 /// What an admitted answer holds until it ends: its token reservation, its bulkhead slot and
-/// its breaker permit.
+/// its breaker permit (the mock's), or its pick of an upstream.
 ///
 /// Dropped, it settles the reservation with what the answer used (see [`spend`](Self::spend)),
-/// or refunds it all if nothing was served; the slot goes back; a permit not yet recorded
-/// records nothing (a cancel is not the upstream's fault).
+/// or refunds it all if nothing was served; the slot goes back; a permit or pick not yet
+/// recorded records nothing (a cancel is not the upstream's fault).
 #[derive(Debug)]
 pub(crate) struct Ticket {
     reserved: Option<Reserved>,
@@ -245,6 +334,8 @@ pub(crate) struct Ticket {
     spent: Option<u32>,
     slot: Option<Slot>,
     permit: Option<OwnedPermit>,
+    /// The upstream answering: in flight in the pool until the answer ends.
+    pick: Option<UpstreamPick>,
 }
 
 impl Ticket {
@@ -253,16 +344,26 @@ impl Ticket {
         self.spent = Some(tokens);
     }
 
-    /// The answer reached its end: a success for the breaker.
+    /// The answer reached its end: a success for the breaker, and for the upstream's pick.
     pub(crate) fn succeeded(&mut self) {
         self.record(Outcome::Success);
+        if let Some(pick) = self.pick.take() {
+            pick.success();
+        }
     }
 
-    /// The line cook failed: the breaker hears what [`Verdict`] makes of it.
+    /// The line cook failed: the breaker hears what [`Verdict`] makes of it, the upstream's
+    /// pick what [`report`](crate::pool::report) does.
     pub(crate) fn failed(&mut self, error: &CookError) {
-        let verdict = Verdict { deadline: None };
+        let verdict = Verdict {
+            deadline: None,
+            elsewhere: false,
+        };
         let outcome = brigade_breaker::Classify::<(), _>::classify(&verdict, &Err(error));
         self.record(outcome);
+        if let Some(pick) = self.pick.take() {
+            crate::pool::report(pick, error);
+        }
     }
 
     fn record(&mut self, outcome: Outcome) {
@@ -286,11 +387,15 @@ impl Drop for Ticket {
 /// An error the line cook calls retryable (a 5xx, a 429 (a throttle), no answer, a timeout) is
 /// the upstream's failure, carrying its `Retry-After`, and is retried after at least that long,
 /// unless that wait would outlast the deadline: then the upstream's answer goes to the client
-/// at once rather than a 504 later. Any other error (a 4xx: the request's fault) says nothing
-/// about the upstream, is ignored by the breaker and is not retried.
+/// at once rather than a 504 later. With other upstreams to go to (`elsewhere`), a throttle is
+/// retried at once: the throttled upstream cools down and the retry goes to another. Any other
+/// error (a 4xx: the request's fault; no upstream available) says nothing about the upstream,
+/// is ignored by the breaker and is not retried.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Verdict {
     pub(crate) deadline: Option<Instant>,
+    /// The pool has more than one upstream.
+    pub(crate) elsewhere: bool,
 }
 
 impl<T, E: Borrow<CookError>> brigade_breaker::Classify<T, E> for Verdict {
@@ -312,6 +417,9 @@ impl<T> brigade_retry::Classify<T, CookError> for Verdict {
         };
         if !error.is_retryable() {
             return Action::Stop;
+        }
+        if self.elsewhere {
+            return Action::Retry;
         }
         match (error.retry_after(), self.deadline) {
             (Some(wait), Some(deadline))

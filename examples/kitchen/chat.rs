@@ -50,7 +50,7 @@ pub(crate) async fn passthrough(
     endpoint: Endpoint,
 ) -> Result<Response<Body>, ApiError> {
     let (key, timeout, id) = front_desk(&app, &request, peer)?;
-    if app.cook.upstream.is_none() {
+    if app.cook.upstreams.is_none() {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
             "invalid_request_error",

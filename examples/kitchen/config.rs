@@ -36,8 +36,20 @@ pub(crate) struct Config {
     /// Proxy to this OpenAI-compatible server instead of the mock: its root or its `/v1` base,
     /// over `http://` or `https://` (e.g. `http://127.0.0.1:8000`, `https://api.openai.com/v1`).
     /// Requests go to it as the client sent them; its answers come back as it wrote them.
-    #[arg(long, value_name = "URL")]
-    pub(crate) upstream: Option<String>,
+    ///
+    /// Repeatable: the upstreams form a pool, each attempt picks one (by latency and load),
+    /// and an attempt that fails before its first token goes to another. Options follow the
+    /// URL, comma-separated: `id=NAME` (in `/metrics`; default the URL's host:port),
+    /// `weight=W` (its share of its tier's picks; 1), `tier=T` (0 first: a higher tier answers
+    /// only while every lower one is out; 0), `concurrency=N|adaptive` (at most N calls at
+    /// once, or a limit found from its latency and drops; none), `key-env=VAR` (its bearer key,
+    /// from that environment variable; default `--upstream-key`), `alias=NAME:MODEL`
+    /// (repeatable; default `--model-alias`). E.g.
+    /// `--upstream 'http://10.0.0.1:8000,weight=2,concurrency=adaptive'
+    /// --upstream 'https://api.example.com/v1,tier=1,key-env=PROVIDER_KEY,alias=fast:gpt-4o-mini'`.
+    #[arg(long = "upstream", value_name = "URL[,OPTION=VALUE]...",
+          value_parser = crate::upstream_spec::UpstreamSpec::parse)]
+    pub(crate) upstreams: Vec<crate::upstream_spec::UpstreamSpec>,
 
     /// A PEM file of CA certificates that an `https://` upstream's certificate may chain to,
     /// trusted beside the system's roots (a private CA).
@@ -80,7 +92,7 @@ pub(crate) struct Config {
         env = "KITCHEN_UPSTREAM_KEY",
         hide_env_values = true
     )]
-    pub(crate) upstream_key: Option<String>,
+    pub(crate) upstream_key: Option<crate::upstream_spec::Secret>,
 
     /// An accepted API key (repeatable, or comma-separated). The command line is visible to
     /// every user of the machine (`ps`): prefer `KITCHEN_API_KEYS`, read when this flag is not
@@ -161,7 +173,18 @@ pub(crate) struct Config {
     #[arg(long, default_value_t = 50)]
     pub(crate) retry_backoff_ms: u64,
 
-    /// Breaker: calls in its window.
+    /// Hedge a chat attempt that has no first chunk (or whole answer) after this many
+    /// milliseconds: another request goes to another upstream, the first to answer wins and
+    /// the other is cancelled. Hedges draw on the retry budget. Off by default.
+    #[arg(long, value_name = "MS", value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
+    pub(crate) hedge_after_ms: Option<u64>,
+
+    /// Requests of one attempt in flight at once, the first included, with `--hedge-after-ms`.
+    #[arg(long, default_value_t = 2, value_name = "N",
+          value_parser = clap::value_parser!(u32).range(2..=16))]
+    pub(crate) hedge_max: u32,
+
+    /// Breaker: calls in its window (the mock's breaker, and each upstream's).
     #[arg(long, default_value_t = 100)]
     pub(crate) breaker_window: u32,
 

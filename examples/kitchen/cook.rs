@@ -1,5 +1,6 @@
-//! The line cook, as the rest of the kitchen sees it: the mock model (`mock.rs`) or an
-//! OpenAI-compatible upstream (`upstream.rs`), behind one interface that speaks OpenAI.
+//! The line cook, as the rest of the kitchen sees it: the mock model (`mock.rs`) or
+//! OpenAI-compatible upstreams (`upstream.rs`) in a pool (`pool.rs`), behind one interface that
+//! speaks OpenAI. Admission picks the upstream of each attempt; the line cook runs it.
 //!
 //! An attempt opens either a stream of chunks or a whole answer:
 //!
@@ -13,7 +14,11 @@
 
 use std::borrow::Cow;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
+
+use brigade_balance::Unavailable;
+use brigade_retry::Hedge;
 
 use bytes::Bytes;
 use futures::Stream;
@@ -26,15 +31,19 @@ use crate::config::Config;
 use crate::error::ApiError;
 use crate::ids::RequestId;
 use crate::mock::Mock;
+use crate::pool::{UpstreamPick, Upstreams};
 use crate::routes::{Body, json_body};
 use crate::upstream::Upstream;
 
-/// The mock, or the upstream when one is configured; and the model aliases.
+/// The mock, or the pool of upstreams when some are configured; the model aliases; the hedge
+/// policy, if hedging is on.
 #[derive(Debug)]
 pub(crate) struct LineCook {
     pub(crate) mock: Mock,
-    pub(crate) upstream: Option<Upstream>,
+    pub(crate) upstreams: Option<Upstreams>,
     aliases: Vec<ModelAlias>,
+    /// `--hedge-after-ms`: another request when an attempt is slow to its first chunk.
+    pub(crate) hedge: Option<Hedge>,
 }
 
 impl LineCook {
@@ -48,19 +57,33 @@ impl LineCook {
                 ));
             }
         }
-        let upstream = config
-            .upstream
-            .as_deref()
-            .map(|url| Upstream::new(url, config))
+        let hedge = config
+            .hedge_after_ms
+            .map(|ms| {
+                Hedge::builder()
+                    .delay(Duration::from_millis(ms))
+                    .max_in_flight(config.hedge_max)
+                    .build()
+                    .map_err(|e| format!("--hedge-after-ms: {e}"))
+            })
             .transpose()?;
         Ok(Self {
             mock: Mock::new(config),
-            upstream,
+            upstreams: Upstreams::new(config)?,
             aliases,
+            hedge,
         })
     }
 
-    /// The model to ask the line cook for, when `asked` is an alias.
+    /// Picks an upstream not in `tried` (see [`Upstreams::pick`]); `None` for the mock.
+    pub(crate) fn pick(&self, tried: &[&str]) -> Result<Option<UpstreamPick>, CookError> {
+        self.upstreams
+            .as_ref()
+            .map(|upstreams| upstreams.pick(tried))
+            .transpose()
+    }
+
+    /// The model to ask the mock for, when `asked` is an alias.
     pub(crate) fn alias(&self, asked: &str) -> Option<&str> {
         self.aliases
             .iter()
@@ -68,42 +91,62 @@ impl LineCook {
             .map(|alias| alias.upstream.as_str())
     }
 
-    /// Starts a streamed answer.
+    /// Starts a streamed answer: from `upstream` (picked from the pool), or from the mock.
     pub(crate) async fn stream<R: Order>(
         &self,
+        upstream: Option<&Upstream>,
         request: &R,
         call: &Call,
     ) -> Result<Chunks, CookError> {
         let head = request.head();
-        let alias = self.alias(head.model);
-        match (&self.upstream, request.chat()) {
-            (Some(upstream), _) => upstream.stream(&head, alias, call).await,
-            (None, Some(chat)) => Ok(self.mock.stream(chat, alias.unwrap_or(head.model))),
+        match (upstream, request.chat()) {
+            (Some(upstream), _) => {
+                upstream
+                    .stream(&head, upstream.alias(head.model), call)
+                    .await
+            }
+            (None, Some(chat)) => {
+                let alias = self.alias(head.model);
+                Ok(self.mock.stream(chat, alias.unwrap_or(head.model)))
+            }
             (None, None) => Err(CookError::no_mock()),
         }
     }
 
-    /// Makes a whole answer.
+    /// Makes a whole answer: from `upstream` (picked from the pool), or from the mock.
     pub(crate) async fn whole<R: Order>(
         &self,
+        upstream: Option<&Upstream>,
         request: &R,
         call: &Call,
     ) -> Result<Whole, CookError> {
         let head = request.head();
-        let alias = self.alias(head.model);
-        match (&self.upstream, request.chat()) {
-            (Some(upstream), _) => upstream.whole(&head, alias, call).await,
-            (None, Some(chat)) => self.mock.whole(chat, alias.unwrap_or(head.model)).await,
+        match (upstream, request.chat()) {
+            (Some(upstream), _) => {
+                upstream
+                    .whole(&head, upstream.alias(head.model), call)
+                    .await
+            }
+            (None, Some(chat)) => {
+                let alias = self.alias(head.model);
+                self.mock.whole(chat, alias.unwrap_or(head.model)).await
+            }
             (None, None) => Err(CookError::no_mock()),
         }
     }
 
-    /// `GET /v1/models`: the upstream's list (cached briefly), or the mock's model; and the
-    /// aliases.
+    /// `GET /v1/models`: the list of an upstream picked from the pool (cached briefly), or the
+    /// mock's model; and the aliases.
     pub(crate) async fn models(&self) -> Result<Response<Body>, ApiError> {
-        let Some(upstream) = &self.upstream else {
+        let Some(upstreams) = &self.upstreams else {
             return Ok(self.list(&[]));
         };
+        // The pick is held while the list is fetched, and dropped unreported: a model list
+        // says nothing of the upstream's chat.
+        let pick = upstreams
+            .pick(&[])
+            .map_err(|error| error.into_api_error(1))?;
+        let upstream = Arc::clone(pick.endpoint());
         upstream.models(|models| self.list(models)).await
     }
 
@@ -118,7 +161,7 @@ impl LineCook {
                 owned_by: "brigade",
             })
         };
-        let mut data: Vec<ListedModel<'_>> = if self.upstream.is_some() {
+        let mut data: Vec<ListedModel<'_>> = if self.upstreams.is_some() {
             upstream
                 .iter()
                 .map(|model| ListedModel::Upstream(model))
@@ -126,7 +169,15 @@ impl LineCook {
         } else {
             vec![ours(Mock::MODEL)]
         };
-        data.extend(self.aliases.iter().map(|alias| ours(alias.name.as_str())));
+        // The kitchen's aliases, then each upstream's own.
+        let mut names: Vec<&str> = self.aliases.iter().map(|a| a.name.as_str()).collect();
+        let upstreams = self.upstreams.iter().flat_map(Upstreams::list);
+        for alias in upstreams.flat_map(|upstream| &upstream.aliases) {
+            if !names.contains(&alias.name.as_str()) {
+                names.push(&alias.name);
+            }
+        }
+        data.extend(names.into_iter().map(ours));
         let list = ModelList {
             object: "list",
             data,
@@ -212,6 +263,8 @@ pub(crate) enum CookError {
     Failed(Cow<'static, str>),
     /// No first chunk, or no next chunk, in time.
     TimedOut(Cow<'static, str>),
+    /// No upstream of the pool can take the attempt: each is open, cooling down, saturated.
+    Unavailable(Box<Unavailable>),
 }
 
 /// An upstream's error answer.
@@ -221,6 +274,8 @@ pub(crate) struct ErrorAnswer {
     pub(crate) content_type: Option<HeaderValue>,
     /// Its `Retry-After`, as sent and as a wait.
     pub(crate) retry_after: Option<(HeaderValue, Duration)>,
+    /// How long it asks not to be called (`Retry-After`, `x-ratelimit-reset-*`), if it says.
+    pub(crate) cooldown: Option<Duration>,
     pub(crate) body: Bytes,
 }
 
@@ -241,6 +296,7 @@ impl CookError {
                 answer.status.is_server_error() || answer.status == StatusCode::TOO_MANY_REQUESTS
             }
             Self::Failed(_) | Self::TimedOut(_) => true,
+            Self::Unavailable(_) => false,
         }
     }
 
@@ -248,6 +304,7 @@ impl CookError {
     pub(crate) fn retry_after(&self) -> Option<Duration> {
         match self {
             Self::Answered(answer) => answer.retry_after.as_ref().map(|(_, wait)| *wait),
+            Self::Unavailable(unavailable) => Some(unavailable.retry_after()),
             Self::Failed(_) | Self::TimedOut(_) => None,
         }
     }
@@ -259,6 +316,7 @@ impl CookError {
                 Cow::Owned(format!("the upstream answered {}", answer.status))
             }
             Self::Failed(message) | Self::TimedOut(message) => Cow::Borrowed(message),
+            Self::Unavailable(unavailable) => Cow::Owned(unavailable.to_string()),
         }
     }
 
@@ -267,6 +325,7 @@ impl CookError {
         match self {
             Self::TimedOut(_) => "upstream_timeout",
             Self::Answered(_) | Self::Failed(_) => "upstream_error",
+            Self::Unavailable(_) => "upstreams_unavailable",
         }
     }
 
@@ -281,6 +340,11 @@ impl CookError {
             Self::Failed(message) => ApiError::bad_gateway(format!(
                 "the line cook failed after {attempts} attempt(s): {message}"
             )),
+            Self::Unavailable(unavailable) => ApiError::unavailable(
+                "upstreams_unavailable",
+                format!("every upstream is out ({unavailable})"),
+                unavailable.retry_after(),
+            ),
         }
     }
 }

@@ -32,9 +32,11 @@ mod limits;
 mod metrics;
 mod mock;
 mod passthrough;
+mod pool;
 mod routes;
 mod server;
 mod upstream;
+mod upstream_spec;
 mod ws;
 
 use std::process::ExitCode;

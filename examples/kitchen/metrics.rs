@@ -1,5 +1,7 @@
 //! Prometheus metrics through `prometheus-client` (OpenMetrics text).
 
+use std::sync::atomic::AtomicU64;
+
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -34,6 +36,10 @@ pub(crate) struct Metrics {
     pub(crate) breaker_state: Family<Labels, Gauge>,
     /// Retries before the first token.
     pub(crate) retries: Counter,
+    /// Hedged requests started (`--hedge-after-ms`).
+    pub(crate) hedges: Counter,
+    /// Each upstream's state in the pool, copied at each scrape.
+    pub(crate) upstreams: UpstreamMetrics,
     /// Requests waiting for a bulkhead slot.
     pub(crate) bulkhead_queue: Gauge,
     /// Requests refused by the bulkhead, by reason (`queue_full`, `predicted_timeout`,
@@ -117,6 +123,13 @@ impl Metrics {
         );
         let retries = Counter::default();
         registry.register("retries", "Retries before the first token", retries.clone());
+        let hedges = Counter::default();
+        registry.register(
+            "hedges",
+            "Hedged requests started: another upstream asked while an attempt had no first chunk",
+            hedges.clone(),
+        );
+        let upstreams = UpstreamMetrics::register(&mut registry);
         let bulkhead_queue = Gauge::default();
         registry.register(
             "bulkhead_queue_depth",
@@ -189,6 +202,8 @@ impl Metrics {
             rate_limited,
             breaker_state,
             retries,
+            hedges,
+            upstreams,
             bulkhead_queue,
             overload_refusals,
             queue_wait,
@@ -266,6 +281,111 @@ fn process_cpu_seconds() -> Option<f64> {
     let user: u64 = fields.next()?.parse().ok()?;
     let system: u64 = fields.next()?.parse().ok()?;
     Some((user + system) as f64 / 100.0)
+}
+
+/// `upstream`: an upstream's id.
+type UpstreamLabel = [(&'static str, String); 1];
+
+/// `upstream` and `state`.
+type UpstreamState = (
+    [(&'static str, String); 1],
+    [(&'static str, &'static str); 1],
+);
+
+/// Each upstream of the pool, from `Pool::snapshot` at each scrape (never per request).
+#[derive(Debug, Default)]
+pub(crate) struct UpstreamMetrics {
+    picks: Family<UpstreamLabel, Counter>,
+    in_flight: Family<UpstreamLabel, Gauge>,
+    latency: Family<UpstreamLabel, Gauge<f64, AtomicU64>>,
+    limit: Family<UpstreamLabel, Gauge>,
+    breaker: Family<UpstreamState, Gauge>,
+    cooling_down: Family<UpstreamLabel, Gauge>,
+    cooldowns: Family<UpstreamLabel, Counter>,
+}
+
+impl UpstreamMetrics {
+    fn register(registry: &mut Registry) -> Self {
+        let metrics = Self::default();
+        registry.register(
+            "upstream_picks",
+            "Attempts sent to each upstream (hedges included)",
+            metrics.picks.clone(),
+        );
+        registry.register(
+            "upstream_in_flight",
+            "Calls in flight on each upstream, streams until their end",
+            metrics.in_flight.clone(),
+        );
+        registry.register(
+            "upstream_latency_seconds",
+            "Each upstream's peak-EWMA time to first byte, as the pool estimates it",
+            metrics.latency.clone(),
+        );
+        registry.register(
+            "upstream_limit",
+            "Each upstream's concurrency limit (adaptive, or fixed), for those that have one",
+            metrics.limit.clone(),
+        );
+        registry.register(
+            "upstream_breaker_state",
+            "Each upstream's circuit breaker state (1 for the current one)",
+            metrics.breaker.clone(),
+        );
+        registry.register(
+            "upstream_cooling_down",
+            "1 while an upstream cools down after a throttle (429, Retry-After)",
+            metrics.cooling_down.clone(),
+        );
+        registry.register(
+            "upstream_cooldowns",
+            "Throttles each upstream reported, each starting or extending a cooldown",
+            metrics.cooldowns.clone(),
+        );
+        metrics
+    }
+
+    /// Copies one upstream's snapshot in (the counters only grow, as counters must).
+    pub(crate) fn set(&self, endpoint: &brigade_balance::EndpointSnapshot) {
+        use std::sync::atomic::Ordering;
+
+        let label = [("upstream", endpoint.id.to_string())];
+        let count = |family: &Family<UpstreamLabel, Counter>, value: u64| {
+            family
+                .get_or_create(&label)
+                .inner()
+                .store(value, Ordering::Relaxed);
+        };
+        count(&self.picks, endpoint.picks);
+        count(&self.cooldowns, endpoint.cooldowns);
+        self.in_flight
+            .get_or_create(&label)
+            .set(i64::try_from(endpoint.in_flight).unwrap_or(i64::MAX));
+        self.latency
+            .get_or_create(&label)
+            .set(endpoint.latency.as_secs_f64());
+        if let Some(limit) = endpoint.limit {
+            self.limit
+                .get_or_create(&label)
+                .set(i64::try_from(limit).unwrap_or(i64::MAX));
+        }
+        self.cooling_down
+            .get_or_create(&label)
+            .set(i64::from(endpoint.cooldown.is_some()));
+        let current = endpoint.breaker.to_string();
+        for state in [
+            "closed",
+            "open",
+            "half-open",
+            "forced open",
+            "disabled",
+            "metrics only",
+        ] {
+            self.breaker
+                .get_or_create(&(label.clone(), [("state", state)]))
+                .set(i64::from(state == current));
+        }
+    }
 }
 
 /// What the Redis limiter counts (`brigade_limit::redis::Counters`), as counters; zero when the

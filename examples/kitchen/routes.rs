@@ -8,7 +8,7 @@ use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 
-use brigade_breaker::{CircuitBreaker, OpenDuration, Window};
+use brigade_breaker::CircuitBreaker;
 use brigade_cancel::Shutdown;
 use brigade_retry::{Backoff, Jitter, Retry};
 use bytes::Bytes;
@@ -65,16 +65,7 @@ impl App {
     pub(crate) fn new(config: Config) -> Result<Self, String> {
         let metrics = Arc::new(Metrics::new());
         let shutdown = Shutdown::new(config.grace());
-        let breaker = CircuitBreaker::builder()
-            .window(Window::count(config.breaker_window))
-            .minimum_calls(config.breaker_min_calls)
-            .failure_rate_threshold(config.breaker_failure_rate)
-            .open_duration(OpenDuration::fixed(Duration::from_secs(
-                config.breaker_open_secs,
-            )))
-            .half_open_probes(config.breaker_probes)
-            .half_open_successes(config.breaker_probes)
-            .jitter_seed(config.seed)
+        let breaker = crate::pool::breaker(&config)
             .build()
             .map_err(|e| format!("breaker: {e}"))?;
         let retries = metrics.retries.clone();
@@ -193,6 +184,9 @@ impl App {
                     .bulkhead_queue
                     .set(i64::try_from(self.limits.queued()).unwrap_or(i64::MAX));
                 self.limits.export_counts();
+                if let Some(upstreams) = &self.cook.upstreams {
+                    upstreams.export(&self.metrics);
+                }
                 let mut response = Response::new(full(self.metrics.encode()));
                 response.headers_mut().insert(
                     CONTENT_TYPE,
@@ -206,12 +200,18 @@ impl App {
         }
     }
 
-    /// What answers: the mock's model name, or the upstream's root.
+    /// What answers: the mock's model name, the upstream's root, or a pool of them.
     pub(crate) fn line_cook(&self) -> &str {
-        self.cook
-            .upstream
+        match self
+            .cook
+            .upstreams
             .as_ref()
-            .map_or(crate::mock::Mock::MODEL, |upstream| upstream.base())
+            .map(|upstreams| upstreams.list())
+        {
+            None => crate::mock::Mock::MODEL,
+            Some([one]) => one.base(),
+            Some(_) => "a pool of upstreams",
+        }
     }
 }
 

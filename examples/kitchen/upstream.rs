@@ -30,6 +30,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
+use brigade_breaker::CircuitBreaker;
 use brigade_retry::RetryAfter;
 use brigade_sse::EventStream;
 use bytes::Bytes;
@@ -49,11 +50,12 @@ use tokio::time::{Instant, Sleep, sleep_until, timeout, timeout_at};
 
 use crate::api::{Endpoint, Head};
 use crate::config::Config;
-use crate::cook::{Call, Chunks, CookError, Cooked, ErrorAnswer, Whole};
+use crate::cook::{Call, Chunks, CookError, Cooked, ErrorAnswer, ModelAlias, Whole};
 use crate::error::ApiError;
 use crate::ids::REQUEST_ID;
 use crate::passthrough::{UpstreamModels, outgoing_body, read_chunk, whole_usage};
 use crate::routes::Body;
+use crate::upstream_spec::UpstreamSpec;
 
 /// The header of the time a request has left, in milliseconds (the kitchen reads it too).
 pub(crate) const REQUEST_TIMEOUT: HeaderName = HeaderName::from_static("x-request-timeout-ms");
@@ -68,11 +70,18 @@ const ERROR_BODY_LIMIT: usize = 64 * 1024;
 /// A pooled client to one upstream.
 #[derive(Debug)]
 pub(crate) struct Upstream {
+    /// Its id in the pool and in `/metrics`.
+    pub(crate) id: String,
     client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
     /// The upstream's root, without a trailing `/` or `/v1`.
     base: String,
-    /// `Bearer` and the key, marked sensitive.
+    /// `Bearer` and the key, marked sensitive (its `Debug` does not show it).
     key: Option<HeaderValue>,
+    /// Its model aliases: its own, or the kitchen's.
+    pub(crate) aliases: Vec<ModelAlias>,
+    /// Its circuit breaker, shared with its endpoint in the pool.
+    #[cfg_attr(not(test), allow(dead_code, reason = "read by the kitchen's tests"))]
+    pub(crate) breaker: CircuitBreaker,
     first_chunk: Duration,
     idle: Duration,
     /// The last model list and when it was fetched.
@@ -80,7 +89,12 @@ pub(crate) struct Upstream {
 }
 
 impl Upstream {
-    pub(crate) fn new(url: &str, config: &Config) -> Result<Self, String> {
+    pub(crate) fn new(
+        spec: &UpstreamSpec,
+        config: &Config,
+        breaker: CircuitBreaker,
+    ) -> Result<Self, String> {
+        let url = spec.url.as_str();
         let base = url.trim_end_matches('/');
         let base = base.strip_suffix("/v1").unwrap_or(base).to_owned();
         let uri: Uri = format!("{base}{}", Endpoint::Chat.path())
@@ -91,11 +105,12 @@ impl Upstream {
             Some("http") => false,
             _ => return Err("--upstream: the URL must start with http:// or https://".to_owned()),
         };
-        let key = config
-            .upstream_key
-            .as_deref()
+        let key = spec
+            .key
+            .as_ref()
+            .or(config.upstream_key.as_ref())
             .map(|key| {
-                let mut value = HeaderValue::try_from(format!("Bearer {key}"))
+                let mut value = HeaderValue::try_from(format!("Bearer {}", key.expose()))
                     .map_err(|_| "--upstream-key: not a valid header value".to_owned())?;
                 value.set_sensitive(true);
                 Ok::<_, String>(value)
@@ -117,10 +132,18 @@ impl Upstream {
             .pool_timer(TokioTimer::new())
             .pool_max_idle_per_host(1024)
             .build(connector);
+        let aliases = if spec.aliases.is_empty() {
+            config.model_aliases.clone()
+        } else {
+            spec.aliases.clone()
+        };
         Ok(Self {
+            id: spec.id.clone(),
             client,
             base,
             key,
+            aliases,
+            breaker,
             first_chunk: Duration::from_millis(config.upstream_first_chunk_timeout_ms),
             idle: Duration::from_millis(config.upstream_idle_timeout_ms),
             models: Mutex::new(None),
@@ -130,6 +153,14 @@ impl Upstream {
     /// The upstream's root, for the log.
     pub(crate) fn base(&self) -> &str {
         &self.base
+    }
+
+    /// The model to ask this upstream for, when `asked` is one of its aliases.
+    pub(crate) fn alias(&self, asked: &str) -> Option<&str> {
+        self.aliases
+            .iter()
+            .find(|alias| alias.name == asked)
+            .map(|alias| alias.upstream.as_str())
     }
 
     /// Sends a streamed request and forwards the upstream's chunks. The attempt has
@@ -302,6 +333,7 @@ impl Upstream {
         Err(CookError::Answered(Box::new(ErrorAnswer {
             status: parts.status,
             content_type: parts.headers.get(CONTENT_TYPE).cloned(),
+            cooldown: brigade_balance::headers::cooldown(&parts.headers),
             retry_after,
             body,
         })))

@@ -82,6 +82,10 @@ async fn a_429_with_retry_after_two_cools_the_endpoint_for_two_seconds() {
     assert_eq!(pick.cooldown_from_headers(&headers), Duration::from_secs(2));
     assert_eq!(picks_of(&pool, "a", 100), 0);
     assert_eq!(pool.snapshot()[0].cooldown, Some(Duration::from_secs(2)));
+    assert_eq!(
+        (pool.snapshot()[0].cooldowns, pool.snapshot()[1].cooldowns),
+        (1, 0)
+    );
     // Not a breaker failure.
     assert_eq!(pool.snapshot()[0].breaker, State::Closed);
 
@@ -90,6 +94,8 @@ async fn a_429_with_retry_after_two_cools_the_endpoint_for_two_seconds() {
     advance(Duration::from_millis(1)).await;
     assert!(picks_of(&pool, "a", 100) > 10);
     assert_eq!(pool.snapshot()[0].cooldown, None);
+    // The count stays, for a counter in `/metrics`.
+    assert_eq!(pool.snapshot()[0].cooldowns, 1);
 }
 
 #[tokio::test(start_paused = true)]

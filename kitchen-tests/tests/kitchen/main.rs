@@ -48,6 +48,9 @@ mod mock;
 #[path = "../../../examples/kitchen/passthrough.rs"]
 mod passthrough;
 #[allow(dead_code, reason = "the tests use part of the server's code")]
+#[path = "../../../examples/kitchen/pool.rs"]
+mod pool;
+#[allow(dead_code, reason = "the tests use part of the server's code")]
 #[path = "../../../examples/kitchen/routes.rs"]
 mod routes;
 #[allow(dead_code, reason = "the tests use part of the server's code")]
@@ -56,6 +59,9 @@ mod server;
 #[allow(dead_code, reason = "the tests use part of the server's code")]
 #[path = "../../../examples/kitchen/upstream.rs"]
 mod upstream;
+#[allow(dead_code, reason = "the tests use part of the server's code")]
+#[path = "../../../examples/kitchen/upstream_spec.rs"]
+mod upstream_spec;
 #[allow(dead_code, reason = "the tests use part of the server's code")]
 #[path = "../../../examples/kitchen/ws.rs"]
 mod ws;
@@ -67,6 +73,7 @@ mod api_tests;
 mod auth_tests;
 mod fanout_tests;
 mod jobs_tests;
+mod pool_tests;
 // Needs a redis-server: `cargo test -p brigade-kitchen-tests --features redis` (.ci/redis-tests).
 #[cfg(feature = "redis")]
 mod redis_tests;
@@ -105,6 +112,11 @@ async fn kitchen(flags: &[&str]) -> Running {
     let mut args = vec!["kitchen", "--addr", "127.0.0.1:0", "--seed", "42"];
     args.extend_from_slice(flags);
     server::start(Config::parse_from(args)).await.unwrap()
+}
+
+/// The circuit breaker of a kitchen's `i`th upstream.
+fn upstream_breaker(kitchen: &Running, i: usize) -> &brigade_breaker::CircuitBreaker {
+    &kitchen.app.cook.upstreams.as_ref().unwrap().list()[i].breaker
 }
 
 /// Sends one request on a new connection; the handle owns the connection (abort it to cut it).
@@ -755,11 +767,11 @@ async fn proxies_an_openai_compatible_upstream() {
     let usage: Value = serde_json::from_str(&events[events.len() - 2]).unwrap();
     assert_eq!(usage["usage"]["completion_tokens"], 6);
 
-    // The upstream down: 502 after the retries, and the breaker counts it.
+    // The upstream down: 502 after the retries, and its breaker counts each attempt.
     let dead = kitchen(&["--upstream", "http://127.0.0.1:9", "--max-attempts", "2"]).await;
     let response = post(dead.addr, &order("hi", true), &[]).await;
     assert_eq!(response.status(), StatusCode::BAD_GATEWAY);
-    assert_eq!(dead.app.breaker.metrics().failed_calls, 1);
+    assert_eq!(upstream_breaker(&dead, 0).metrics().failed_calls, 2);
 }
 
 #[tokio::test(start_paused = true)]

@@ -62,7 +62,7 @@ fn tool_call_stream() -> Answer {
 }
 
 /// A short streamed answer: one content chunk, the finish, the usage.
-fn short_stream(content: &str) -> Answer {
+pub(super) fn short_stream(content: &str) -> Answer {
     let chunk = json!({
         "id": "chatcmpl-s", "object": "chat.completion.chunk", "created": 0, "model": "m",
         "choices": [{ "index": 0, "delta": { "content": content }, "finish_reason": null }],
@@ -82,7 +82,7 @@ fn short_stream(content: &str) -> Answer {
         .done()
 }
 
-fn streamed_order() -> Value {
+pub(super) fn streamed_order() -> Value {
     json!({
         "model": "gpt-4o",
         "messages": [{ "role": "user", "content": "the weather in Paris?" }],
@@ -264,7 +264,7 @@ async fn an_upstream_400_reaches_the_client_with_its_status_and_body() {
     assert_eq!(text(response).await, error);
     // The request's fault: not retried, and nothing for the breaker.
     assert_eq!(upstream.seen().len(), 1);
-    assert_eq!(proxy.app.breaker.metrics().calls, 0);
+    assert_eq!(upstream_breaker(&proxy, 0).metrics().calls, 0);
     assert_eq!(metric(proxy.addr, "kitchen_retries_total").await, 0.0);
 }
 
@@ -307,6 +307,15 @@ async fn a_429_is_retried_after_its_retry_after() {
     assert_eq!(text(response).await, busy);
     assert_eq!(upstream.seen().len(), 4);
 
+    // The upstream cools down for the last 429's second: a request meanwhile gets a 503
+    // saying when to come back, and the upstream sees nothing of it.
+    let response = post(proxy.addr, &streamed_order(), &[]).await;
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(response.headers()["retry-after"], "1");
+    assert_eq!(error_of(response).await["code"], "upstreams_unavailable");
+    assert_eq!(upstream.seen().len(), 4);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
     // A Retry-After past the request's deadline is not waited for: the 429 passes at once.
     upstream.push(Answer::whole(
         429,
@@ -337,7 +346,8 @@ async fn a_5xx_on_every_attempt_reaches_the_client_and_the_breaker() {
     assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(text(response).await, down);
     assert_eq!(upstream.seen().len(), 2);
-    assert_eq!(proxy.app.breaker.metrics().failed_calls, 1);
+    // Each attempt is a failure of the upstream's breaker.
+    assert_eq!(upstream_breaker(&proxy, 0).metrics().failed_calls, 2);
 }
 
 #[tokio::test(start_paused = true)]
@@ -361,7 +371,7 @@ async fn a_truncated_stream_ends_in_an_error_event() {
         assert_eq!(last["error"]["code"], "upstream_error", "{events:?}");
     }
     // Failures after the commit point: recorded on the breaker, never retried.
-    assert_eq!(proxy.app.breaker.metrics().failed_calls, 2);
+    assert_eq!(upstream_breaker(&proxy, 0).metrics().failed_calls, 2);
     assert_eq!(upstream.seen().len(), 2);
 }
 
@@ -429,7 +439,7 @@ async fn a_client_hang_up_closes_the_upstream_connection_within_a_chunk_interval
     assert!(hangups[0].events_written <= 4, "{hangups:?}");
     assert_eq!(metric(proxy.addr, "kitchen_streams_in_flight").await, 0.0);
     // A client's leaving is nobody's failure.
-    assert_eq!(proxy.app.breaker.metrics().calls, 0);
+    assert_eq!(upstream_breaker(&proxy, 0).metrics().calls, 0);
 
     // The next request goes on a new connection: the cut one was not pooled.
     let response = post(proxy.addr, &streamed_order(), &[]).await;

@@ -60,6 +60,8 @@ pub(crate) struct State {
     pub(crate) in_flight: AtomicUsize,
     pub(crate) picks: AtomicU64,
     pub(crate) cooldown_until: AtomicU64,
+    /// Throttles reported: each starts or extends a cooldown.
+    pub(crate) cooldowns: AtomicU64,
     pub(crate) breaker_until: AtomicU64,
     /// The latency estimate in nanoseconds, as `f64` bits.
     estimate: AtomicU64,
@@ -75,6 +77,7 @@ impl State {
             in_flight: AtomicUsize::new(0),
             picks: AtomicU64::new(0),
             cooldown_until: AtomicU64::new(0),
+            cooldowns: AtomicU64::new(0),
             breaker_until: AtomicU64::new(0),
             estimate: AtomicU64::new(duration_ns(default_latency).to_bits()),
             updated: AtomicU64::new(now_ns),
@@ -120,6 +123,7 @@ impl State {
     /// Pushes the cooldown to at least `until_ns`.
     pub(crate) fn cool_down_until(&self, until_ns: u64) {
         self.cooldown_until.fetch_max(until_ns, Ordering::Relaxed);
+        self.cooldowns.fetch_add(1, Ordering::Relaxed);
     }
 }
 

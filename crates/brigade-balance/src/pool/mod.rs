@@ -582,6 +582,7 @@ impl<E> Pool<E> {
                     breaker: e.breaker.state(),
                     limit: e.limit.as_ref().map(brigade_limit::AdaptiveLimit::limit),
                     cooldown: remaining(state.cooldown_until.load(Ordering::Relaxed)),
+                    cooldowns: state.cooldowns.load(Ordering::Relaxed),
                 }
             })
             .collect()
@@ -611,6 +612,9 @@ pub struct EndpointSnapshot {
     pub limit: Option<usize>,
     /// The cooldown left, if it is cooling down.
     pub cooldown: Option<Duration>,
+    /// Throttles reported since the endpoint was added: each one starts a cooldown, or
+    /// extends the one under way.
+    pub cooldowns: u64,
 }
 
 #[inline]
