@@ -65,8 +65,11 @@ mod ws;
 mod admission_tests;
 mod api_tests;
 mod auth_tests;
+// Real processes of the kitchen binary (`target/<profile>/examples/kitchen`).
+mod crash_tests;
 mod fanout_tests;
 mod jobs_tests;
+mod processes;
 // Needs a redis-server: `cargo test -p brigade-kitchen-tests --features redis` (.ci/redis-tests).
 #[cfg(feature = "redis")]
 mod redis_tests;
