@@ -70,6 +70,9 @@ mod crash_tests;
 mod fanout_tests;
 mod jobs_tests;
 mod processes;
+// Two kitchens on one Postgres: `--features postgres` and `BRIGADE_POSTGRES_URL`.
+#[cfg(feature = "postgres")]
+mod replicas_tests;
 // Needs a redis-server: `cargo test -p brigade-kitchen-tests --features redis` (.ci/redis-tests).
 #[cfg(feature = "redis")]
 mod redis_tests;
