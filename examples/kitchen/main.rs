@@ -79,6 +79,7 @@ fn main() -> ExitCode {
         let shutdown = running.app.shutdown.clone();
         shutdown.listen_for_signals();
         let report = shutdown.drained().await;
+        running.app.jobs.closed().await;
         tracing::info!(
             outcome = ?report.outcome(),
             elapsed = ?report.elapsed(),

@@ -62,7 +62,8 @@ pub(crate) struct App {
 }
 
 impl App {
-    pub(crate) fn new(config: Config) -> Result<Self, String> {
+    /// The kitchen's state; opens the job store and starts this process's job workers.
+    pub(crate) async fn new(config: Config) -> Result<Self, String> {
         let metrics = Arc::new(Metrics::new());
         let shutdown = Shutdown::new(config.grace());
         let breaker = crate::pool::breaker(&config)
@@ -84,7 +85,13 @@ impl App {
             .map_err(|e| format!("retry: {e}"))?;
         Ok(Self {
             limits: Limits::new(&config, Arc::clone(&metrics))?,
-            jobs: crate::jobs::Shelf::new(&config.jobs, Arc::clone(&metrics), &shutdown)?,
+            jobs: crate::jobs::Shelf::open(
+                &config.jobs,
+                Arc::clone(&metrics),
+                &shutdown,
+                config.grace(),
+            )
+            .await?,
             fanout: crate::fanout::Sources::new(&config.fanout)?,
             cook: LineCook::new(&config)?,
             metrics,
@@ -160,6 +167,10 @@ impl App {
             ("fanout", _) => Err(ApiError::method_not_allowed("GET")),
             ("ws", &Method::GET) => crate::ws::upgrade(self, request, peer, id).await,
             ("ws", _) => Err(ApiError::method_not_allowed("GET")),
+            ("metrics", &Method::GET | &Method::HEAD) => {
+                self.jobs.export_counts(&self.metrics).await;
+                Ok(self.simple(route, request.uri().path()))
+            }
             (_, &Method::GET | &Method::HEAD) => Ok(self.simple(route, request.uri().path())),
             ("not_found", _) => Err(ApiError::not_found(request.uri().path())),
             (_, _) => Err(ApiError::method_not_allowed("GET, HEAD")),

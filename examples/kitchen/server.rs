@@ -75,7 +75,7 @@ pub(crate) async fn start(config: Config) -> std::io::Result<Running> {
     if let Some(file) = &config.api_keys_file {
         tracing::info!(path = %file.path().display(), keys = file.len(), "API keys read");
     }
-    let app = Arc::new(App::new(config).map_err(std::io::Error::other)?);
+    let app = Arc::new(App::new(config).await.map_err(std::io::Error::other)?);
     app.limits.connect().await;
     let shutdown = app.shutdown.clone();
     shutdown.spawn(accept(listener, Arc::clone(&app)));

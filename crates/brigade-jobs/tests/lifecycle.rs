@@ -199,4 +199,21 @@ backends! {
         );
         jobs.shutdown(Duration::ZERO).await;
     }
+
+    async fn queued_counts_a_queue_up_to_a_bound(db) {
+        let jobs = db.open(fast()).await;
+        for n in 0..5 {
+            jobs.enqueue(NewJob::new("wait", &n)).await.unwrap();
+        }
+        jobs.enqueue(NewJob::new("other", &0)).await.unwrap();
+        let delayed = NewJob::new("wait", &9).delay(Duration::from_secs(60));
+        let delayed = jobs.enqueue(delayed).await.unwrap().id();
+        assert_eq!(jobs.queued("wait", 100).await.unwrap(), 6, "due or not");
+        assert_eq!(jobs.queued("wait", 3).await.unwrap(), 3, "counted up to the bound");
+        assert_eq!(jobs.queued("other", 100).await.unwrap(), 1);
+        assert_eq!(jobs.queued("none", 100).await.unwrap(), 0);
+        jobs.cancel(delayed, "test").await.unwrap();
+        assert_eq!(jobs.queued("wait", 100).await.unwrap(), 5, "a cancelled job is not queued");
+        jobs.shutdown(Duration::ZERO).await;
+    }
 }

@@ -127,7 +127,7 @@ fn the_upstream_key_comes_from_kitchen_upstream_key_unseen_in_the_help() {
 #[ignore = "run by keys_from_kitchen_api_keys_are_accepted, in a child process with KITCHEN_API_KEYS"]
 async fn keys_from_the_environment_in_a_child_process() {
     let config = || Config::try_parse_from(["kitchen", "--addr", "127.0.0.1:0"]).unwrap();
-    let kitchen = server::start(config()).await.unwrap();
+    let kitchen = start(config()).await;
     if std::env::var_os("KITCHEN_API_KEYS").is_none() {
         assert_eq!(chat_status(kitchen.addr, None).await, StatusCode::OK);
         return;
@@ -148,7 +148,7 @@ async fn keys_from_the_environment_in_a_child_process() {
     let flagged =
         Config::try_parse_from(["kitchen", "--addr", "127.0.0.1:0", "--api-key", "flag-key"])
             .unwrap();
-    let flagged = server::start(flagged).await.unwrap();
+    let flagged = start(flagged).await;
     assert_eq!(
         chat_status(flagged.addr, Some("env-key-1")).await,
         StatusCode::UNAUTHORIZED

@@ -227,7 +227,15 @@ async fn fanout_flags_out_of_range_fail_at_start_with_the_reason() {
         ("--fanout-breaker-window", "0", "fan-out breaker"),
         ("--fanout-breaker-min-calls", "0", "fan-out breaker"),
     ] {
-        let config = Config::parse_from(["kitchen", "--addr", "127.0.0.1:0", flag, value]);
+        let config = Config::parse_from([
+            "kitchen",
+            "--addr",
+            "127.0.0.1:0",
+            "--jobs-db",
+            "sqlite::memory:",
+            flag,
+            value,
+        ]);
         let error = match server::start(config).await {
             Ok(_) => panic!("{flag} {value} was accepted"),
             Err(error) => error.to_string(),

@@ -71,9 +71,15 @@ mod ws;
 mod admission_tests;
 mod api_tests;
 mod auth_tests;
+// Real processes of the kitchen binary (`target/<profile>/examples/kitchen`).
+mod crash_tests;
 mod fanout_tests;
 mod jobs_tests;
 mod pool_tests;
+mod processes;
+// Two kitchens on one Postgres: `--features postgres` and `BRIGADE_POSTGRES_URL`.
+#[cfg(feature = "postgres")]
+mod replicas_tests;
 // Needs a redis-server: `cargo test -p brigade-kitchen-tests --features redis` (.ci/redis-tests).
 #[cfg(feature = "redis")]
 mod redis_tests;
@@ -110,8 +116,45 @@ async fn kitchen(flags: &[&str]) -> Running {
         "unset KITCHEN_API_KEYS to run the kitchen's tests"
     );
     let mut args = vec!["kitchen", "--addr", "127.0.0.1:0", "--seed", "42"];
+    if !flags.contains(&"--jobs-db") {
+        // A store in memory that polls once an hour: a test that does not use the jobs has
+        // no statement running behind its back (workers and followers in this process are
+        // woken without polling).
+        args.extend_from_slice(&["--jobs-db", "sqlite::memory:", "--job-poll-ms", "3600000"]);
+    }
     args.extend_from_slice(flags);
-    server::start(Config::parse_from(args)).await.unwrap()
+    start(Config::parse_from(args)).await
+}
+
+/// Starts a kitchen with this configuration. The job store opens on sqlx's own threads,
+/// which tokio's paused clock does not see: it would auto-advance through the open and fire
+/// sqlx's timeouts. The clock is held still until the store is open (see [`HeldClock`]).
+async fn start(mut config: Config) -> Running {
+    if config.jobs.jobs_db.is_none() {
+        config.jobs.jobs_db = Some("sqlite::memory:".to_owned());
+    }
+    let _held = HeldClock::new();
+    server::start(config).await.unwrap()
+}
+
+/// Holds tokio's paused clock still while it lives: a blocking task is running, and tokio
+/// does not auto-advance while one runs; only `tokio::time::advance` moves it then. Held
+/// around what waits on the job store (whose statements run on other threads), so that
+/// waiting for it takes no virtual time. Harmless on the real clock.
+pub(crate) struct HeldClock(Option<std::sync::mpsc::Sender<()>>);
+
+impl HeldClock {
+    pub(crate) fn new() -> Self {
+        let (release, hold) = std::sync::mpsc::channel::<()>();
+        tokio::task::spawn_blocking(move || hold.recv());
+        Self(Some(release))
+    }
+}
+
+impl Drop for HeldClock {
+    fn drop(&mut self) {
+        self.0.take();
+    }
 }
 
 /// The circuit breaker of a kitchen's `i`th upstream.
@@ -188,6 +231,8 @@ fn sse_data(body: &str) -> Vec<String> {
 
 /// A metric's value (0 when absent), by its full name with labels as exported.
 async fn metric(addr: SocketAddr, series: &str) -> f64 {
+    // A scrape reads the job store's counts: it takes no virtual time.
+    let _held = HeldClock::new();
     let body = text(get(addr, "/metrics").await).await;
     body.lines()
         .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))

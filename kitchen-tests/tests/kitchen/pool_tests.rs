@@ -322,7 +322,11 @@ async fn metrics_have_a_series_per_upstream() {
         ("kitchen_upstream_cooldowns_total{upstream=\"a\"}", 0.0),
         ("kitchen_hedges_total", 0.0),
     ];
-    let body = text(get(proxy.addr, "/metrics").await).await;
+    // The scrape reads the job store, on sqlx's threads: the paused clock is held meanwhile.
+    let body = {
+        let _held = crate::HeldClock::new();
+        text(get(proxy.addr, "/metrics").await).await
+    };
     for (name, value) in series {
         let line = body
             .lines()
@@ -450,7 +454,7 @@ async fn each_upstream_gets_its_own_key_and_aliases() {
     ]);
     // As `key-env=OWN_KEY` would read it (a test cannot set a variable safely).
     config.upstreams[0].key = Some(upstream_spec::Secret::from("sk-own".to_owned()));
-    let proxy = server::start(config).await.unwrap();
+    let proxy = crate::start(config).await;
     let mut order = streamed_order();
     order["model"] = json!("fast");
     let response = post(proxy.addr, &order, &[]).await;

@@ -797,7 +797,13 @@ async fn an_upstream_that_sends_no_usage_is_settled_by_counting_its_chunks() {
 #[tokio::test]
 async fn model_aliases_are_checked_at_start() {
     let start = |aliases: &[&str]| {
-        let mut args = vec!["kitchen", "--addr", "127.0.0.1:0"];
+        let mut args = vec![
+            "kitchen",
+            "--addr",
+            "127.0.0.1:0",
+            "--jobs-db",
+            "sqlite::memory:",
+        ];
         for alias in aliases {
             args.extend(["--model-alias", alias]);
         }

@@ -400,6 +400,39 @@ impl Jobs {
         Ok(self.core().store.counts().await?)
     }
 
+    /// How many jobs of `queue` wait for a worker (due or not), counted up to `at_most`: a
+    /// bound on a queue (refuse new jobs while `queued(queue, bound)` reaches `bound`) reads
+    /// at most `bound` entries of the queued jobs' index, whatever the table holds, where
+    /// [`counts`](Self::counts) reads every row.
+    ///
+    /// # Errors
+    ///
+    /// The store failed.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use brigade_jobs::{Jobs, NewJob};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let jobs = Jobs::open("sqlite::memory:").await?; // no worker: the jobs wait
+    /// for n in 0..3 {
+    ///     jobs.enqueue(NewJob::new("embed", &n)).await?;
+    /// }
+    /// assert_eq!(jobs.queued("embed", 100).await?, 3);
+    /// assert_eq!(jobs.queued("embed", 2).await?, 2); // the bound is reached
+    /// assert_eq!(jobs.queued("other", 100).await?, 0);
+    /// # jobs.shutdown(std::time::Duration::ZERO).await;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn queued(&self, queue: &str, at_most: u64) -> Result<u64, Error> {
+        let at_most = i64::try_from(at_most).unwrap_or(i64::MAX);
+        let n = self.core().store.queued(queue, at_most).await?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+
     /// Stops gracefully: the workers stop claiming; the running jobs get `grace` to end;
     /// then their handlers' scopes are cancelled with [`CancelReason::Shutdown`] and each
     /// job is released (queued again, its attempt not counted) unless it ends first; then

@@ -278,6 +278,11 @@ impl Store {
         dispatch!(self, s => s.counts().await)
     }
 
+    /// The queued jobs of `queue`, counted up to `at_most` (the partial index's entries).
+    pub(crate) async fn queued(&self, queue: &str, at_most: i64) -> Result<i64, sqlx::Error> {
+        dispatch!(self, s => s.queued(queue, at_most).await)
+    }
+
     /// Closes the pools.
     pub(crate) async fn close(&self) {
         dispatch!(self, s => s.close().await)

@@ -560,6 +560,17 @@ impl PgStore {
             .collect()
     }
 
+    pub(crate) async fn queued(&self, queue: &str, at_most: i64) -> Result<i64, sqlx::Error> {
+        sqlx::query_scalar(
+            "SELECT COUNT(*) FROM (SELECT 1 FROM brigade_jobs \
+             WHERE state = 'queued' AND queue = $1 LIMIT $2) AS q",
+        )
+        .bind(queue)
+        .bind(at_most)
+        .fetch_one(&self.pool)
+        .await
+    }
+
     pub(crate) async fn counts(&self) -> Result<Counts, sqlx::Error> {
         let mut tx = self.pool.begin().await?;
         tx.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")

@@ -617,6 +617,19 @@ impl SqliteStore {
             .collect()
     }
 
+    pub(crate) async fn queued(&self, queue: &str, at_most: i64) -> Result<i64, sqlx::Error> {
+        retry_busy!(async {
+            sqlx::query_scalar(
+                "SELECT COUNT(*) FROM (SELECT 1 FROM brigade_jobs \
+                 WHERE state = 'queued' AND queue = ?1 LIMIT ?2)",
+            )
+            .bind(queue)
+            .bind(at_most)
+            .fetch_one(&self.reader)
+            .await
+        })
+    }
+
     pub(crate) async fn counts(&self) -> Result<Counts, sqlx::Error> {
         retry_busy!(async {
             let mut conn = self.reader.acquire().await?;
