@@ -81,7 +81,8 @@
 //!
 //! Nothing here waits: [`Pool::pick`] answers at once. A [`Pick`] or [`PickBody`] dropped
 //! before its outcome is reported was cancelled: it counts as neither success nor failure, and
-//! gives its permits back. The tower service's response future is cancel safe in the same way.
+//! gives its permits back; if it had no first byte yet, the time it waited raises the
+//! endpoint's latency estimate when that was lower (see [`Pick`]). The tower service's response future is cancel safe in the same way.
 //!
 //! # Time
 //!

@@ -21,7 +21,10 @@ use crate::{Outcome, headers};
 /// [`success`](Self::success), [`failure`](Self::failure), [`throttled`](Self::throttled) or
 /// [`cooldown_from_headers`](Self::cooldown_from_headers), and record the first byte with
 /// [`first_byte`](Self::first_byte). Dropped without a report, the call was cancelled: it
-/// counts as neither success nor failure, and a half-open probe slot goes back. To keep the
+/// counts as neither success nor failure, and a half-open probe slot goes back; before its
+/// first byte, the time it waited is a lower bound on the endpoint's latency, and raises the
+/// estimate if that was lower (a hedge that lost to a faster endpoint says this one was slow).
+/// [`record`](Self::record) with [`Outcome::Ignored`] records nothing at all. To keep the
 /// pick for a streamed response, move it into a [`PickBody`](crate::PickBody).
 ///
 /// A pick of an endpoint that was [removed](crate::Pool::remove) meanwhile finishes normally.
@@ -58,6 +61,8 @@ pub struct Pick<E> {
     breaker: Option<OwnedPermit>,
     limit: Option<AdaptivePermit>,
     first_byte: Option<Duration>,
+    /// An outcome was recorded (`record` and the methods that call it).
+    reported: bool,
 }
 
 impl<E> Pick<E> {
@@ -73,6 +78,7 @@ impl<E> Pick<E> {
             breaker: Some(breaker),
             limit,
             first_byte: None,
+            reported: false,
         }
     }
 
@@ -170,8 +176,9 @@ impl<E> Pick<E> {
     }
 
     /// Records `outcome`, as the method of the same name does; [`Outcome::Ignored`] records
-    /// nothing, as a drop does.
+    /// nothing, not even the lower bound an unreported drop records.
     pub fn record(mut self, outcome: Outcome) {
+        self.reported = true;
         let breaker = self.breaker.take();
         match outcome {
             Outcome::Success => {
@@ -215,7 +222,21 @@ impl<E> Pick<E> {
 }
 
 impl<E> Drop for Pick<E> {
+    /// Counts the call out of in-flight. A pick dropped unreported before its first byte (a
+    /// hedge that lost, a client that left) still says something: the endpoint's first byte
+    /// takes at least the time it waited, which raises the latency estimate if it was lower.
+    /// Without it, an endpoint whose slow calls are always hedged away would keep the estimate
+    /// of its fast ones and draw ever more picks.
     fn drop(&mut self) {
+        if !self.reported && self.first_byte.is_none() {
+            let now = Instant::now();
+            let clock = &self.endpoint.clock;
+            self.endpoint.state.at_least(
+                now.saturating_duration_since(self.picked_at),
+                clock.nanos(now),
+                clock.decay_ns,
+            );
+        }
         self.endpoint
             .state
             .in_flight

@@ -136,3 +136,77 @@ async fn same_seed_same_picks() {
     assert_eq!(picks(9), picks(9));
     assert_ne!(picks(9), picks(10));
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_call_dropped_before_its_first_byte_raises_a_lower_estimate() {
+    let pool = Pool::builder()
+        .endpoint("a", (), EndpointConfig::new())
+        .seed(1)
+        .build()
+        .unwrap();
+    let mut pick = pool.pick().unwrap();
+    advance(Duration::from_millis(20)).await;
+    pick.first_byte();
+    pick.success();
+    assert_eq!(pool.snapshot()[0].latency, Duration::from_millis(20));
+
+    // A call given up after 5 ms (the client left) says only "at least 5 ms": no change.
+    let pick = pool.pick().unwrap();
+    advance(Duration::from_millis(5)).await;
+    drop(pick);
+    let estimate = pool.snapshot()[0].latency;
+    assert!(estimate <= Duration::from_millis(20), "{estimate:?}");
+    assert!(estimate >= Duration::from_millis(19), "{estimate:?}");
+
+    // A call given up after 200 ms without a first byte (a hedge won elsewhere): at least
+    // 200 ms, above the estimate, which becomes 200 ms.
+    let pick = pool.pick().unwrap();
+    advance(Duration::from_millis(200)).await;
+    drop(pick);
+    assert_eq!(pool.snapshot()[0].latency, Duration::from_millis(200));
+
+    // A reported outcome, or `Outcome::Ignored`, is not a lower bound.
+    let pick = pool.pick().unwrap();
+    advance(Duration::from_millis(900)).await;
+    pick.record(brigade_balance::Outcome::Ignored);
+    assert!(pool.snapshot()[0].latency <= Duration::from_millis(200));
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_endpoint_whose_slow_calls_are_hedged_away_loses_its_picks() {
+    // `slow` answers in 20 ms, except one call in five that would take 400 ms and is given up
+    // (hedged elsewhere) after 60 ms; `fast` always answers in 20 ms. Without the lower bound
+    // both would look equally fast, and share the picks.
+    let pool = Pool::builder()
+        .endpoint("fast", (), EndpointConfig::new())
+        .endpoint("slow", (), EndpointConfig::new())
+        .seed(3)
+        .build()
+        .unwrap();
+    // Each shows its 20 ms once (until then both stand at the default estimate).
+    for (id, other) in [("fast", "slow"), ("slow", "fast")] {
+        let mut pick = pool.pick_excluding(&[other]).unwrap();
+        assert_eq!(pick.id(), id);
+        advance(Duration::from_millis(20)).await;
+        pick.first_byte();
+        pick.success();
+    }
+    let (mut slow_picks, mut n_slow) = (0, 0_u32);
+    for _ in 0..2_000 {
+        let mut pick = pool.pick().unwrap();
+        if pick.id() == "slow" {
+            slow_picks += 1;
+            n_slow += 1;
+            if n_slow % 5 == 0 {
+                advance(Duration::from_millis(60)).await;
+                drop(pick);
+                continue;
+            }
+        }
+        advance(Duration::from_millis(20)).await;
+        pick.first_byte();
+        pick.success();
+    }
+    // Without the lower bound, slow got 1,111 of the 2,000.
+    assert!(slow_picks < 400, "slow got {slow_picks} of 2000 picks");
+}

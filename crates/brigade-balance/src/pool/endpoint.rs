@@ -95,6 +95,26 @@ impl State {
         decayed(estimate, now_ns.saturating_sub(updated), decay_ns)
     }
 
+    /// Records that a call waited `waited` at `now_ns` without a first byte (it was dropped
+    /// unreported: a hedge lost, the client left): the endpoint's latency is at least that.
+    /// When that is above the current estimate it becomes the estimate, as a peak sample would;
+    /// below it, it says nothing and changes nothing. Before the first real sample it is
+    /// ignored (the default estimate stands).
+    pub(crate) fn at_least(&self, waited: Duration, now_ns: u64, decay_ns: f64) {
+        let waited = duration_ns(waited);
+        let sampled = lock(&self.sample_lock);
+        if !*sampled {
+            return;
+        }
+        let stored = f64::from_bits(self.estimate.load(Ordering::Relaxed));
+        let elapsed = now_ns.saturating_sub(self.updated.load(Ordering::Relaxed));
+        if waited > decayed(stored, elapsed, decay_ns) {
+            self.estimate.store(waited.to_bits(), Ordering::Relaxed);
+            self.updated.store(now_ns, Ordering::Relaxed);
+        }
+        drop(sampled);
+    }
+
     /// Records a latency sample taken at `now_ns`. The first sample, and a sample above the
     /// current estimate, replaces it (the peak); one below it moves the estimate toward it with
     /// the weight `1 − e^(−elapsed / decay)`, `elapsed` being the time since the last write.
