@@ -2,7 +2,7 @@
 //!
 //! It keeps `--concurrency` chat requests open at once, each worker on its own HTTP/1.1
 //! connection, for `--duration-secs` seconds or `--requests` requests, and reports requests per
-//! second, time to first token (p50, p99), tokens per second, the peak of open streams and the
+//! second, time to first token (p50, p99, p99.9), tokens per second, the peak of open streams and the
 //! errors by status. Every stream is checked: it must end with `data: [DONE]` and carry as many
 //! content chunks as its usage chunk reports. With `--cpu-pid`, it also reports the CPU time
 //! the given processes spent during the run, per token (per request with `--no-stream`), from
@@ -212,14 +212,15 @@ async fn run(args: Args) {
     println!("requests       {} ok, {} errors", total.ok, errors);
     println!("requests/s     {:.1}", total.ok as f64 / elapsed);
     println!(
-        "{}   p50 {:.1} ms, p99 {:.1} ms",
+        "{}   p50 {:.1} ms, p99 {:.1} ms, p99.9 {:.1} ms",
         if args.no_stream {
             "latency    "
         } else {
             "ttft       "
         },
         ms(&total.ttft, 0.50),
-        ms(&total.ttft, 0.99)
+        ms(&total.ttft, 0.99),
+        ms(&total.ttft, 0.999)
     );
     if !args.no_stream {
         println!(
