@@ -282,7 +282,10 @@ async fn answer(args: Args, request: Request<Incoming>) -> Result<Response<Body>
             i if i == n + 2 => usage.clone(),
             _ => None,
         };
+        // The role chunk at once, the first token after the time to first token, each next
+        // one after the token interval.
         let pause = match i {
+            0 => Duration::ZERO,
             1 => ttft,
             i if i <= n => interval,
             _ => Duration::ZERO,
