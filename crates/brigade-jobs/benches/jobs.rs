@@ -8,7 +8,8 @@
 //! (SQLite and Postgres, on the throwaway server `.ci/with-servers` starts and exports as
 //! `BRIGADE_POSTGRES_URL`).
 //!
-//! 1. **Throughput**: `$BRIGADE_BENCH_JOBS` jobs (default 20,000) queued by 4 producer tasks
+//! 1. **Throughput**: `$BRIGADE_BENCH_JOBS` jobs (default 20,000) queued by
+//!    `$BRIGADE_BENCH_PRODUCERS` producer tasks (default 4; each waits for its enqueue to commit)
 //!    while one worker (concurrency `$BRIGADE_BENCH_CONCURRENCY`, default 64) runs them; the
 //!    time from the first enqueue until the store counts every job `done`.
 //! 2. **Latency**: `$BRIGADE_BENCH_SAMPLES` jobs (default 2,000) queued one at a time, 2 ms
@@ -123,10 +124,11 @@ where
         .unwrap();
     let started = Instant::now();
     let mut producers = Vec::new();
-    for p in 0..4 {
+    let n_producers = env("BRIGADE_BENCH_PRODUCERS", 4).max(1);
+    for p in 0..n_producers {
         let store = store.clone();
         producers.push(tokio::spawn(async move {
-            for n in (p..jobs).step_by(4) {
+            for n in (p..jobs).step_by(usize::try_from(n_producers).unwrap_or(4)) {
                 store.enqueue(NewJob::new("noop", &n)).await.unwrap();
             }
         }));
@@ -144,7 +146,7 @@ where
     let elapsed = started.elapsed();
     println!(
         "{name}: {jobs} no-op jobs end to end in {elapsed:.2?}: {:.0} jobs/s \
-         (all queued after {queued:.2?}; concurrency {concurrency})",
+         (all queued after {queued:.2?}; {n_producers} producers; concurrency {concurrency})",
         jobs as f64 / elapsed.as_secs_f64()
     );
     store.shutdown(Duration::from_secs(5)).await;

@@ -108,6 +108,15 @@ fn adaptive_acquire(c: &mut Criterion) {
     group.bench_function("bulkhead", |b| {
         b.iter(|| drop(black_box(bulkhead.try_acquire().unwrap())));
     });
+    // Without the queue-wait prediction: no clock read at acquire or release.
+    let unpredicted = ConcurrencyLimit::builder()
+        .max_in_flight(64)
+        .refuse_predicted_timeouts(false)
+        .build()
+        .unwrap();
+    group.bench_function("bulkhead_unpredicted", |b| {
+        b.iter(|| drop(black_box(unpredicted.try_acquire().unwrap())));
+    });
     let adaptive = AdaptiveLimit::builder().initial_limit(64).build().unwrap();
     group.bench_function("adaptive", |b| {
         b.iter(|| drop(black_box(adaptive.try_acquire().unwrap())));
