@@ -169,7 +169,7 @@ pub(crate) async fn admit<D: Dish, R: Order>(
     };
 
     // Bulkhead: a slot for the whole answer, waited for within the request's scope.
-    ticket.slot = match scope.run_until_cancelled(app.limits.slot()).await {
+    ticket.slot = match scope.run_until_cancelled(app.limits.slot(key)).await {
         Ok(slot) => Some(slot.map_err(Refusal::Refused)?),
         Err(cancelled) => return Err(Refusal::Cancelled(cancelled.into_reason())),
     };

@@ -124,6 +124,12 @@ pub(crate) struct Config {
     #[arg(long, default_value_t = 256)]
     pub(crate) queue_size: usize,
 
+    /// Most requests one client (its API key, or its address without keys) may have waiting
+    /// for a stream slot; beyond it, 503 at once, so one client's flood cannot fill the queue
+    /// (0: no bound but `--queue-size`).
+    #[arg(long, default_value_t = 32)]
+    pub(crate) queue_per_key: usize,
+
     /// How long a request may wait for a stream slot, in milliseconds.
     #[arg(long, default_value_t = 1000)]
     pub(crate) queue_timeout_ms: u64,

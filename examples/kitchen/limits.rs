@@ -94,12 +94,14 @@ impl Limits {
             }
             (Some(url), false) => Some(redis_rate(config, url, limits, &metrics)?),
         };
-        let bulkhead = ConcurrencyLimit::builder()
+        let mut bulkhead = ConcurrencyLimit::builder()
             .max_in_flight(config.max_streams)
             .max_queue(config.queue_size)
-            .queue_timeout(Duration::from_millis(config.queue_timeout_ms))
-            .build()
-            .map_err(|e| format!("bulkhead: {e}"))?;
+            .queue_timeout(Duration::from_millis(config.queue_timeout_ms));
+        if config.queue_per_key > 0 {
+            bulkhead = bulkhead.max_queue_per_key(config.queue_per_key);
+        }
+        let bulkhead = bulkhead.build().map_err(|e| format!("bulkhead: {e}"))?;
         Ok(Self {
             rate,
             bulkhead,
@@ -235,11 +237,12 @@ impl Limits {
         self.bulkhead.queued()
     }
 
-    /// A stream slot, waiting in the bulkhead's bounded queue if all are taken; the wait of an
-    /// admitted request goes to the queue-wait histogram.
-    pub(crate) async fn slot(&self) -> Result<Slot, ApiError> {
+    /// A stream slot for the client `key`, waiting in the bulkhead's bounded queue if all are
+    /// taken (at most `--queue-per-key` places per client); the wait of an admitted request
+    /// goes to the queue-wait histogram.
+    pub(crate) async fn slot(&self, key: &str) -> Result<Slot, ApiError> {
         let queued = Instant::now();
-        match self.bulkhead.acquire().await {
+        match self.bulkhead.acquire_as(key).await {
             Ok(permit) => {
                 self.metrics
                     .queue_wait
@@ -269,6 +272,10 @@ impl Limits {
             OverloadReason::PredictedTimeout => (
                 "predicted_timeout",
                 "overloaded: the wait for a stream slot would outlast the queue timeout",
+            ),
+            OverloadReason::KeyQueueFull => (
+                "key_queue_full",
+                "overloaded: this client already has its most requests waiting for a stream slot",
             ),
             _ => (
                 "queue_full",

@@ -267,3 +267,69 @@ async fn the_hold_time_follows_a_change_in_how_long_permits_are_held() {
         "0.5 s holds: place 1 waits about 0.25 s"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn one_key_cannot_fill_the_queue_and_others_still_queue() {
+    let limit = ConcurrencyLimit::builder()
+        .max_in_flight(1)
+        .max_queue(8)
+        .max_queue_per_key(2)
+        .queue_timeout(Duration::from_secs(10))
+        .refuse_predicted_timeouts(false)
+        .build()
+        .unwrap();
+    let held = limit.acquire_as("alice").await.unwrap();
+    let waiter = |key: &'static str| {
+        let limit = limit.clone();
+        tokio::spawn(async move { limit.acquire_as(key).await })
+    };
+    let alice = [waiter("alice"), waiter("alice")];
+    tokio::task::yield_now().await;
+    assert_eq!(limit.queued(), 2);
+    // Her third waiting call is refused at once; the queue still has room for bob.
+    let start = Instant::now();
+    let refused = limit.acquire_as("alice").await.unwrap_err();
+    assert_eq!(refused.reason(), OverloadReason::KeyQueueFull);
+    assert_eq!(start.elapsed(), Duration::ZERO);
+    let bob = waiter("bob");
+    tokio::task::yield_now().await;
+    assert_eq!(limit.queued(), 3);
+    // First come, first served: alice's two, then bob.
+    drop(held);
+    let [first, second] = alice;
+    drop(first.await.unwrap().unwrap());
+    drop(second.await.unwrap().unwrap());
+    drop(bob.await.unwrap().unwrap());
+    assert_eq!(limit.queued(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_key_s_places_come_back_when_its_calls_leave_the_queue() {
+    let limit = ConcurrencyLimit::builder()
+        .max_in_flight(1)
+        .max_queue(8)
+        .max_queue_per_key(1)
+        .queue_timeout(Duration::from_secs(1))
+        .refuse_predicted_timeouts(false)
+        .build()
+        .unwrap();
+    let _held = limit.acquire().await.unwrap();
+    {
+        let mut waiting = std::pin::pin!(limit.acquire_as("alice"));
+        assert!(futures::FutureExt::now_or_never(waiting.as_mut()).is_none());
+        assert_eq!(
+            limit.acquire_as("alice").await.unwrap_err().reason(),
+            OverloadReason::KeyQueueFull
+        );
+    }
+    // Dropped: her place is back. Timed out: back again.
+    let timed_out = limit.acquire_as("alice").await.unwrap_err();
+    assert_eq!(timed_out.reason(), OverloadReason::QueueTimeout);
+    let timed_out = limit.acquire_as("alice").await.unwrap_err();
+    assert_eq!(timed_out.reason(), OverloadReason::QueueTimeout);
+    // Plain `acquire` is not counted against any key.
+    let mut plain = std::pin::pin!(limit.acquire());
+    assert!(futures::FutureExt::now_or_never(plain.as_mut()).is_none());
+    let mut alice = std::pin::pin!(limit.acquire_as("alice"));
+    assert!(futures::FutureExt::now_or_never(alice.as_mut()).is_none());
+}

@@ -130,3 +130,85 @@ async fn a_wait_predicted_past_the_queue_timeout_is_refused_at_once() {
     assert!(text(holder).await.ends_with("data: [DONE]\n\n"));
     assert!(metric(kitchen.addr, "kitchen_process_cpu_seconds").await > 0.0);
 }
+
+#[tokio::test(start_paused = true)]
+async fn one_client_cannot_fill_the_queue() {
+    let kitchen = kitchen(&[
+        "--api-key",
+        "alice-key,bob-key",
+        "--max-streams",
+        "1",
+        "--queue-size",
+        "8",
+        "--queue-per-key",
+        "2",
+        "--queue-timeout-ms",
+        "5000",
+        "--tokens",
+        "100",
+    ])
+    .await;
+    let alice = [("authorization", "Bearer alice-key")];
+    let holder = post(kitchen.addr, &order("long", true), &alice).await;
+    assert_eq!(holder.status(), StatusCode::OK);
+    let addr = kitchen.addr;
+    let waiting: Vec<_> = (0..2)
+        .map(|_| {
+            tokio::spawn(async move {
+                post(
+                    addr,
+                    &order("more", true),
+                    &[("authorization", "Bearer alice-key")],
+                )
+                .await
+                .status()
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(
+        metric(kitchen.addr, "kitchen_bulkhead_queue_depth").await,
+        2.0
+    );
+
+    // Alice's third waiting request is refused at once; the queue has room for bob.
+    let start = Instant::now();
+    let refused = post(kitchen.addr, &order("and more", true), &alice).await;
+    assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(start.elapsed(), Duration::ZERO);
+    assert!(refused.headers().contains_key("retry-after"));
+    let error = error_of(refused).await;
+    assert_eq!(error["code"], "overloaded");
+    assert!(
+        error["message"].as_str().unwrap().contains("this client"),
+        "{error}"
+    );
+    let bob = tokio::spawn(async move {
+        post(
+            addr,
+            &order("bob", true),
+            &[("authorization", "Bearer bob-key")],
+        )
+        .await
+        .status()
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(
+        metric(kitchen.addr, "kitchen_bulkhead_queue_depth").await,
+        3.0
+    );
+    assert_eq!(
+        metric(
+            kitchen.addr,
+            "kitchen_overload_refusals_total{reason=\"key_queue_full\"}"
+        )
+        .await,
+        1.0
+    );
+    // Served in turn as the slot frees (each stream holds it a while).
+    assert!(text(holder).await.ends_with("data: [DONE]\n\n"));
+    for waiter in waiting {
+        assert_eq!(waiter.await.unwrap(), StatusCode::OK);
+    }
+    assert_eq!(bob.await.unwrap(), StatusCode::OK);
+}

@@ -16,6 +16,18 @@
 //!
 //! Waiting callers are served first come, first served (tokio's semaphore is fair).
 //!
+//! # Why a bound on each caller's places in the queue?
+//!
+//! One FIFO queue is fair to calls, not to callers: a client that sends a hundred requests at
+//! once takes a hundred places, and everyone behind it waits for its work. With
+//! [`max_queue_per_key`](ConcurrencyLimitBuilder::max_queue_per_key), a caller that queues
+//! through [`acquire_as`](ConcurrencyLimit::acquire_as) with its key (an API key, an address)
+//! holds at most that many places; beyond them it is refused at once
+//! ([`OverloadReason::KeyQueueFull`]), and the queue stays open to everyone else. The places are
+//! counted per key only while callers wait (a small map under a lock, touched when a call
+//! queues and when it leaves the queue, never when a permit is free), so it holds at most
+//! `max_queue` keys.
+//!
 //! # Why refuse a wait that would time out?
 //!
 //! A caller who joins the queue behind so many others that it would wait past the queue
@@ -42,10 +54,13 @@ pub mod adaptive;
 mod body;
 mod slots;
 
+use std::collections::HashMap;
+use std::collections::hash_map::RandomState;
 use std::error::Error;
 use std::fmt;
-use std::sync::Arc;
+use std::hash::{BuildHasher, Hash};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -96,6 +111,57 @@ struct Inner {
     /// release, or when predictions are off.
     hold_nanos: AtomicU64,
     predict: bool,
+    /// Places in the queue per key, when bounded.
+    per_key: Option<PerKey>,
+}
+
+/// The queue places each key holds now, keyed by a hash of the key (seeded per limit, so a
+/// client cannot pick keys that collide with another's).
+#[derive(Debug)]
+struct PerKey {
+    max: usize,
+    hasher: RandomState,
+    waiting: Mutex<HashMap<u64, usize>>,
+}
+
+/// A key's place in the queue, given back when dropped.
+struct KeyPlace<'a> {
+    per_key: &'a PerKey,
+    hash: u64,
+}
+
+impl PerKey {
+    fn try_take(&self, hash: u64) -> Option<KeyPlace<'_>> {
+        let mut waiting = self.waiting.lock().unwrap_or_else(PoisonError::into_inner);
+        let places = waiting.entry(hash).or_insert(0);
+        if *places >= self.max {
+            if *places == 0 {
+                waiting.remove(&hash);
+            }
+            return None;
+        }
+        *places += 1;
+        Some(KeyPlace {
+            per_key: self,
+            hash,
+        })
+    }
+}
+
+impl Drop for KeyPlace<'_> {
+    fn drop(&mut self) {
+        let mut waiting = self
+            .per_key
+            .waiting
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(places) = waiting.get_mut(&self.hash) {
+            *places -= 1;
+            if *places == 0 {
+                waiting.remove(&self.hash);
+            }
+        }
+    }
 }
 
 /// Builds a [`ConcurrencyLimit`]; each setter documents its default.
@@ -107,6 +173,7 @@ pub struct ConcurrencyLimitBuilder {
     queue_timeout: Duration,
     retry_after: Duration,
     predict: bool,
+    max_queue_per_key: Option<usize>,
 }
 
 impl ConcurrencyLimitBuilder {
@@ -133,6 +200,15 @@ impl ConcurrencyLimitBuilder {
     /// the wait (see [`Overloaded::retry_after`]). Default: 1 s.
     pub fn retry_after(mut self, retry_after: Duration) -> Self {
         self.retry_after = retry_after;
+        self
+    }
+
+    /// The most places in the queue one key may hold, for callers that queue through
+    /// [`ConcurrencyLimit::acquire_as`]; beyond them a caller is refused at once with
+    /// [`OverloadReason::KeyQueueFull`]. Callers of [`ConcurrencyLimit::acquire`] are not
+    /// counted. Default: unbounded (only `max_queue` holds).
+    pub fn max_queue_per_key(mut self, n: usize) -> Self {
+        self.max_queue_per_key = Some(n);
         self
     }
 
@@ -164,6 +240,11 @@ impl ConcurrencyLimitBuilder {
                 retry_after: self.retry_after,
                 hold_nanos: AtomicU64::new(0),
                 predict: self.predict,
+                per_key: self.max_queue_per_key.map(|max| PerKey {
+                    max,
+                    hasher: RandomState::new(),
+                    waiting: Mutex::new(HashMap::new()),
+                }),
             }),
         })
     }
@@ -179,6 +260,7 @@ impl ConcurrencyLimit {
             queue_timeout: Duration::from_secs(5),
             retry_after: Duration::from_secs(1),
             predict: true,
+            max_queue_per_key: None,
         }
     }
 
@@ -208,6 +290,65 @@ impl ConcurrencyLimit {
         if let Ok(permit) = self.try_acquire() {
             return Ok(permit);
         }
+        self.queue().await
+    }
+
+    /// A permit for the caller `key`, waiting in the queue if all are taken, where `key` holds
+    /// at most [`max_queue_per_key`](ConcurrencyLimitBuilder::max_queue_per_key) places.
+    /// Without that bound, the same as [`acquire`](Self::acquire).
+    ///
+    /// # Errors
+    ///
+    /// As [`acquire`](Self::acquire), and [`OverloadReason::KeyQueueFull`] at once when `key`
+    /// already holds its places.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: a dropped future gives back its places, and holds no permit.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use brigade_limit::{ConcurrencyLimit, OverloadReason};
+    /// use futures::FutureExt;
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() {
+    /// let bulkhead = ConcurrencyLimit::builder()
+    ///     .max_in_flight(1)
+    ///     .max_queue(8)
+    ///     .max_queue_per_key(1)
+    ///     .build()
+    ///     .unwrap();
+    /// let _held = bulkhead.acquire_as("alice").await.unwrap();
+    /// // alice waits in line once; her second waiting call is refused, bob's is not.
+    /// let mut first = std::pin::pin!(bulkhead.acquire_as("alice"));
+    /// assert!(first.as_mut().now_or_never().is_none());
+    /// let refused = bulkhead.acquire_as("alice").await.unwrap_err();
+    /// assert_eq!(refused.reason(), OverloadReason::KeyQueueFull);
+    /// let mut bob = std::pin::pin!(bulkhead.acquire_as("bob"));
+    /// assert!(bob.as_mut().now_or_never().is_none());
+    /// # }
+    /// ```
+    pub async fn acquire_as<Q: Hash + ?Sized>(
+        &self,
+        key: &Q,
+    ) -> Result<ConcurrencyPermit, Overloaded> {
+        if let Ok(permit) = self.try_acquire() {
+            return Ok(permit);
+        }
+        let Some(per_key) = &self.inner.per_key else {
+            return self.queue().await;
+        };
+        // Held while this call waits, given back when it ends or is dropped.
+        let Some(_place) = per_key.try_take(per_key.hasher.hash_one(key)) else {
+            return Err(self.overloaded(OverloadReason::KeyQueueFull, self.inner.queue.taken() + 1));
+        };
+        self.queue().await
+    }
+
+    /// Waits in the queue for a permit (none was free).
+    async fn queue(&self) -> Result<ConcurrencyPermit, Overloaded> {
         let inner = &*self.inner;
         // The queue slot is given back when this future ends or is dropped.
         let Some(slot) = inner.queue.try_take() else {
@@ -371,6 +512,9 @@ pub enum OverloadReason {
     /// Every permit taken, and the caller's predicted wait in the queue longer than the queue
     /// timeout: rejected at once rather than made to wait for a timeout.
     PredictedTimeout,
+    /// Every permit taken, and the caller's key already holds its places in the queue
+    /// ([`max_queue_per_key`](ConcurrencyLimitBuilder::max_queue_per_key)): rejected at once.
+    KeyQueueFull,
 }
 
 /// A call refused by a [`ConcurrencyLimit`]: a 503 with `Retry-After` for HTTP.
@@ -403,6 +547,9 @@ impl fmt::Display for Overloaded {
             OverloadReason::PredictedTimeout => f.write_str(
                 "overloaded: the wait in the concurrency queue would exceed its timeout",
             ),
+            OverloadReason::KeyQueueFull => {
+                f.write_str("overloaded: this caller's places in the concurrency queue are taken")
+            }
         }
     }
 }
