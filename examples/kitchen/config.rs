@@ -24,6 +24,13 @@ pub(crate) struct Config {
           value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
     pub(crate) header_read_timeout_ms: u64,
 
+    /// Time a client has to send a request's whole body once its head is read, in
+    /// milliseconds, from 1 to 3,600,000; a body still arriving then is answered 408 and its
+    /// connection closed, so a client that trickles its body cannot hold a task forever.
+    #[arg(long, default_value_t = 10_000, value_name = "MS",
+          value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
+    pub(crate) body_read_timeout_ms: u64,
+
     /// Most connections open at once, from 1. At the cap the server stops accepting until a
     /// connection closes: new ones wait in the kernel's listen backlog. The default is the
     /// 4,096 streams of `--max-streams` and half as many again, for queued requests, probes,

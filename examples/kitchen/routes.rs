@@ -256,9 +256,10 @@ pub(crate) fn json_body(status: StatusCode, body: impl Into<Bytes>) -> Response<
     response
 }
 
-/// A JSON request's body, read within the body limit: 415 unless the content type is
-/// `application/json`, 413 for a declared or an actual length over the limit, 400 for a body
-/// that cannot be read.
+/// A JSON request's body, read within the body limit and `--body-read-timeout-ms`: 415 unless
+/// the content type is `application/json`, 413 for a declared or an actual length over the
+/// limit, 408 (connection closed) for a body not whole in time, 400 for a body that cannot be
+/// read.
 pub(crate) async fn json_request_body(
     app: &App,
     request: Request<hyper::body::Incoming>,
@@ -277,16 +278,27 @@ pub(crate) async fn json_request_body(
     if declared.is_some_and(|ContentLength(len)| len > limit as u64) {
         return Err(ApiError::too_large(limit));
     }
-    let body = http_body_util::Limited::new(request.into_body(), limit)
-        .collect()
-        .await
-        .map_err(|e| {
-            if e.is::<http_body_util::LengthLimitError>() {
-                ApiError::too_large(limit)
-            } else {
-                ApiError::invalid(format!("could not read the body: {e}"))
-            }
-        })?;
+    let read = http_body_util::Limited::new(request.into_body(), limit).collect();
+    let timeout = Duration::from_millis(app.config.body_read_timeout_ms);
+    let Ok(body) = tokio::time::timeout(timeout, read).await else {
+        return Err(ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "invalid_request_error",
+            "request_timeout",
+            format!(
+                "the request body did not arrive within {} ms",
+                timeout.as_millis()
+            ),
+        )
+        .header(http::header::CONNECTION, HeaderValue::from_static("close")));
+    };
+    let body = body.map_err(|e| {
+        if e.is::<http_body_util::LengthLimitError>() {
+            ApiError::too_large(limit)
+        } else {
+            ApiError::invalid(format!("could not read the body: {e}"))
+        }
+    })?;
     Ok(body.to_bytes())
 }
 

@@ -212,3 +212,30 @@ async fn one_client_cannot_fill_the_queue() {
     }
     assert_eq!(bob.await.unwrap(), StatusCode::OK);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_body_that_trickles_is_cut_at_the_body_read_timeout() {
+    let kitchen = kitchen(&["--body-read-timeout-ms", "2000"]).await;
+    let mut socket = TcpStream::connect(kitchen.addr).await.unwrap();
+    socket
+        .write_all(
+            b"POST /v1/chat/completions HTTP/1.1\r\nhost: kitchen\r\n\
+              content-type: application/json\r\ncontent-length: 100\r\n\r\n{\"model\":",
+        )
+        .await
+        .unwrap();
+    let start = Instant::now();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(30), socket.read_to_end(&mut answer))
+        .await
+        .expect("answered and closed at the body-read timeout")
+        .unwrap();
+    assert_eq!(start.elapsed(), Duration::from_secs(2));
+    let answer = String::from_utf8(answer).unwrap();
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap();
+    let head = head.to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 408"), "{head}");
+    assert!(head.contains("\r\nconnection: close"), "{head}");
+    let error: Value = serde_json::from_str(body).unwrap();
+    assert_eq!(error["error"]["code"], "request_timeout");
+}
