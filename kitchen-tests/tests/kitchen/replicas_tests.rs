@@ -134,9 +134,10 @@ async fn two_kitchens_complete_every_job_once_and_one_finishes_the_dead_ones_job
     const WORKERS: usize = 8;
     // The backlog left in the store when A is killed: small enough that B drains it before
     // A's leases expire, so that B's finishing A's jobs waits on the lease, not on the queue.
-    const KILL_AT_BACKLOG: f64 = 200.0;
     let lease = Duration::from_secs(2);
-    // After the lease: the reaper's interval (the poll interval), B's claim and one run.
+    // After the lease: the reaper's interval (the poll interval), B's claim and one run. A
+    // job taken back keeps its place in the queue: B runs it before the backlog left by the
+    // kill, which would take it several leases to drain.
     let slack = Duration::from_secs(1);
     let url = schema_url("replicas").await;
     let dir = temp_dir("replicas");
@@ -144,9 +145,8 @@ async fn two_kitchens_complete_every_job_once_and_one_finishes_the_dead_ones_job
     let effects_flag = effects.display().to_string();
     let log = dir.join("kitchen.log");
     let workers = WORKERS.to_string();
-    // A job is one chunk: 20 ms of mock I/O, so that 16 workers run about 800 jobs a second,
-    // slower than the submissions: a backlog builds up, and A's workers are all busy until it
-    // is drained.
+    // A job is one chunk and 20 ms of mock I/O: 16 workers run at most 800 jobs a second, so
+    // A's workers are busy with the last jobs submitted, or with the backlog, at the kill.
     let flags = [
         "--jobs-db",
         &url,
@@ -180,22 +180,9 @@ async fn two_kitchens_complete_every_job_once_and_one_finishes_the_dead_ones_job
     let enqueued = started.elapsed();
     let ids: HashSet<String> = on_a.into_iter().chain(on_b).collect();
     assert_eq!(ids.len(), JOBS);
+    // Kill A mid-run: every job is in the store, the last ones still running or queued.
     let backlog = metric(b.addr, "kitchen_jobs_queue_depth").await;
     let done_at_enqueued = done_count(&effects);
-    assert!(
-        backlog > KILL_AT_BACKLOG,
-        "the jobs ran as fast as they came ({done_at_enqueued} done, {backlog} queued \
-         {enqueued:?} after the start): nothing would be running at the kill"
-    );
-
-    // Kill A mid-run: every job is in the store, A's workers are busy, a few jobs still wait.
-    poll_until(
-        "the backlog drains",
-        started,
-        Duration::from_secs(50),
-        || async move { metric(b_addr, "kitchen_jobs_queue_depth").await <= KILL_AT_BACKLOG },
-    )
-    .await;
     let a_pid = a.id();
     a.kill9();
     let killed = Instant::now();
@@ -294,8 +281,8 @@ async fn two_kitchens_complete_every_job_once_and_one_finishes_the_dead_ones_job
         );
     }
     eprintln!(
-        "{JOBS} jobs: enqueued in {enqueued:?} ({done_at_enqueued} done, {backlog} queued), \
-         all done {finished:?} after the start; {} running on the killed kitchen, finished by \
+        "{JOBS} jobs: enqueued in {enqueued:?} ({done_at_enqueued} done, {backlog} queued at \
+         the kill), all done {finished:?} after the start; {} running on the killed kitchen, finished by \
          the other within {last_finished:?} of the kill; {} ran twice",
         in_flight.len(),
         repeated.len()
