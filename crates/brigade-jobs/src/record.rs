@@ -15,7 +15,7 @@ use crate::clock::system_time;
 ///            claim             Ok
 ///  queued ─────────▶ running ──────▶ done
 ///    ▲  │              │ │ │  error, attempts left ──▶ queued (run_at = now + backoff)
-///    │  │              │ │ └─ lease expired, attempts left ──▶ queued (now)
+///    │  │              │ │ └─ lease expired, attempts left ──▶ queued (its run_at kept)
 ///    │  │              │ └── error or expired lease, no attempts left ──▶ failed
 ///    │  │              └──── shutdown releases it ──▶ queued (the attempt is not counted)
 ///    │  └── cancel ──▶ cancelled ◀── cancel ── running

@@ -33,7 +33,7 @@ mod generation;
 #[path = "../../../examples/kitchen/ids.rs"]
 mod ids;
 #[allow(dead_code, reason = "the tests use part of the server's code")]
-#[path = "../../../examples/kitchen/jobs.rs"]
+#[path = "../../../examples/kitchen/jobs/mod.rs"]
 mod jobs;
 #[allow(dead_code, reason = "the tests use part of the server's code")]
 #[path = "../../../examples/kitchen/limits.rs"]

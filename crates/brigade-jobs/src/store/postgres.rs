@@ -442,7 +442,9 @@ impl PgStore {
         let failed_expiry = retention.expires_at("failed", now);
         // One statement: the rows are picked, locked, re-checked and re-queued together. A
         // completion holding a row's lock makes the pick skip it; one that committed first
-        // left it no longer `running`, which the update's own condition sees.
+        // left it no longer `running`, which the update's own condition sees. A job queued
+        // again keeps its `run_at`: it is claimed before the jobs queued while it ran, not
+        // behind the whole backlog.
         let rows = sqlx::query(
             "WITH picked AS ( \
                  SELECT id FROM brigade_jobs \
@@ -452,7 +454,7 @@ impl PgStore {
              ), reaped AS ( \
                  UPDATE brigade_jobs j SET \
                  state = CASE WHEN j.attempt < j.max_attempts THEN 'queued' ELSE 'failed' END, \
-                 run_at = $1, error = 'lease expired', \
+                 error = 'lease expired', \
                  lease_owner = CASE WHEN j.attempt < j.max_attempts \
                      THEN NULL ELSE j.lease_owner END, \
                  lease_expires_at = NULL, \

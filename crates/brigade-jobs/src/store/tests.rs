@@ -257,6 +257,31 @@ async fn a_completion_after_the_reaper_is_refused_and_the_attempt_counts() {
 }
 
 #[tokio::test]
+async fn a_reaped_job_keeps_its_place_ahead_of_jobs_queued_after_its_claim() {
+    for t in stores().await {
+        let s = &t.store;
+        let (rescued, later) = (id(5), id(6));
+        s.enqueue(&insert(&rescued, "q", T0)).await.unwrap();
+        s.claim("q", 1, "a", T0, T0 + 1_000).await.unwrap();
+        // A backlog builds up behind the running job; then its owner dies.
+        s.enqueue(&insert(&later, "q", T0 + 100)).await.unwrap();
+        let reaped = s.reap(T0 + 1_500, 100, KEEP).await.unwrap();
+        assert_eq!(reaped.len(), 1, "{}", t.name);
+        // The next claim takes it first, not the job queued while it ran: it keeps its due
+        // time.
+        let next = s.claim("q", 1, "b", T0 + 1_600, T0 + 2_600).await.unwrap();
+        assert_eq!(next.len(), 1, "{}", t.name);
+        assert_eq!(
+            next[0].id, rescued,
+            "{}: it waited behind the backlog",
+            t.name
+        );
+        assert_eq!((next[0].attempt, next[0].run_at), (2, T0), "{}", t.name);
+        t.store.close().await;
+    }
+}
+
+#[tokio::test]
 async fn the_reaper_fails_a_job_out_of_attempts_and_keeps_live_leases() {
     for t in stores().await {
         let s = &t.store;

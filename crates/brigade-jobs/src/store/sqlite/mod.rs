@@ -501,11 +501,13 @@ impl SqliteStore {
         self.write(move |conn| {
             Box::pin(async move {
                 // The expiry is checked by the statement that re-queues: a job whose
-                // completion landed first is no longer `running`, and is left alone.
+                // completion landed first is no longer `running`, and is left alone. A job
+                // queued again keeps its `run_at`: it is claimed before the jobs queued while
+                // it ran, not behind the whole backlog.
                 let rows = sqlx::query(
                     "UPDATE brigade_jobs SET \
                      state = CASE WHEN attempt < max_attempts THEN 'queued' ELSE 'failed' END, \
-                     run_at = ?1, error = 'lease expired', \
+                     error = 'lease expired', \
                      lease_owner = CASE WHEN attempt < max_attempts \
                          THEN NULL ELSE lease_owner END, \
                      lease_expires_at = NULL, \

@@ -1,0 +1,481 @@
+//! The HTTP contract of the prep shelf (the table in the module above): admission, the job's
+//! view, cancel, and its events as SSE.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use brigade_cancel::CancelReason;
+use brigade_jobs::{CancelOutcome, EventKind, JobId, JobRecord, NewJob, Status};
+use brigade_sse::{Event, KeepAlive, SseBody};
+use futures::{Stream, StreamExt};
+use http::header::{HeaderValue, LOCATION};
+use http::{HeaderMap, Method, Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use serde_json::{Value, json};
+
+use super::embed::Embed;
+use super::{QUEUE, Shelf, chain};
+use crate::auth::ClientKey;
+use crate::error::ApiError;
+use crate::routes::{App, Body, full, json};
+
+/// The chunk size, in characters, of a job that gives none.
+const DEFAULT_CHUNK_SIZE: usize = 256;
+
+/// The reconnection time suggested to `EventSource` clients (`retry:`).
+const RECONNECT: Duration = Duration::from_secs(1);
+
+/// The cancel reason of `DELETE /v1/jobs/{id}`.
+const CLIENT_REQUEST: &str = "client_request";
+
+impl Shelf {
+    /// The job `id` names (`job-` and 32 hex digits) if `owner` may see it, else 404.
+    async fn find(
+        &self,
+        id: &str,
+        owner: Option<&str>,
+    ) -> Result<(JobId, JobRecord, Embed), ApiError> {
+        let not_found = || not_found(id, self.keep);
+        let job_id = id
+            .strip_prefix("job-")
+            .and_then(|hex| hex.parse::<JobId>().ok())
+            .ok_or_else(not_found)?;
+        let record = self
+            .jobs
+            .get(job_id)
+            .await
+            .map_err(|e| store_failed(&e))?
+            .ok_or_else(not_found)?;
+        match record.payload_as::<Embed>() {
+            Ok(embed) if record.queue == QUEUE && embed.owner.as_deref() == owner => {
+                Ok((job_id, record, embed))
+            }
+            _ => Err(not_found()),
+        }
+    }
+
+    /// The job as `GET /v1/jobs/{id}` shows it.
+    async fn snapshot(
+        &self,
+        id: JobId,
+        record: &JobRecord,
+        embed: &Embed,
+    ) -> Result<Value, ApiError> {
+        let done = match record.status {
+            Status::Done => embed.total,
+            _ => self.progress(id, record.last_event).await?,
+        };
+        let url = format!("/v1/jobs/job-{id}");
+        let mut value = json!({
+            "id": format!("job-{id}"),
+            "object": "job",
+            "status": record.status.as_str(),
+            "attempt": record.attempt,
+            "created_at": unix_secs(record.created_at),
+            "chunk_size": embed.chunk_size,
+            "progress": { "done": done, "total": embed.total },
+            "events_url": format!("{url}/events"),
+            "url": url,
+        });
+        match record.status {
+            Status::Done => {
+                value["result"] = record
+                    .result
+                    .as_deref()
+                    .and_then(|result| serde_json::from_str(result).ok())
+                    .unwrap_or(Value::Null);
+            }
+            Status::Failed => value["error"] = json!(record.error),
+            Status::Cancelled => value["cancel_reason"] = json!(record.cancel_reason),
+            _ => {}
+        }
+        if let Some(expires_at) = record.expires_at {
+            let left = expires_at
+                .duration_since(SystemTime::now())
+                .unwrap_or_default();
+            value["expires_in_secs"] = json!(left.as_secs());
+        }
+        Ok(value)
+    }
+
+    /// Chunks done by the job's latest attempt: the newest progress event among its last few
+    /// events (0 if an attempt began after it).
+    async fn progress(&self, id: JobId, last_event: u64) -> Result<usize, ApiError> {
+        const LOOK_BACK: u64 = 8;
+        let events = self
+            .jobs
+            .events_after(id, last_event.saturating_sub(LOOK_BACK), 8)
+            .await
+            .map_err(|e| store_failed(&e))?;
+        for event in events.iter().rev() {
+            match event.kind {
+                EventKind::Progress => {
+                    let data: Value = event.data_as().unwrap_or_default();
+                    return Ok(data["done"].as_u64().map_or(0, |n| n as usize));
+                }
+                EventKind::Running | EventKind::Queued | EventKind::Retrying => return Ok(0),
+                _ => {}
+            }
+        }
+        Ok(0)
+    }
+}
+
+/// Routes `/v1/jobs` and `/v1/jobs/...`.
+pub(crate) async fn route(
+    app: Arc<App>,
+    request: Request<hyper::body::Incoming>,
+    peer: SocketAddr,
+) -> Result<Response<Body>, ApiError> {
+    let target = Target::parse(request.uri().path());
+    let method = request.method().clone();
+    match (&target, &method) {
+        (Target::Jobs, &Method::POST)
+        | (Target::Job(_), &Method::GET | &Method::DELETE)
+        | (Target::Events(_), &Method::GET) => {}
+        (Target::Jobs, _) => return Err(ApiError::method_not_allowed("POST")),
+        (Target::Job(_), _) => return Err(ApiError::method_not_allowed("GET, DELETE")),
+        (Target::Events(_), _) => return Err(ApiError::method_not_allowed("GET")),
+        (Target::Unknown, _) => return Err(ApiError::not_found(request.uri().path())),
+    }
+    let caller = crate::auth::authorize(&app, request.headers(), peer)?;
+    // With API keys a job belongs to the key that made it; without, to whoever has its id.
+    let owner = caller.is_api_key().then(|| caller.as_str().to_owned());
+    let shelf = &app.jobs;
+    match target {
+        Target::Jobs => create(&app, request, &caller, owner).await,
+        Target::Job(id) => {
+            let (id, record, embed) = shelf.find(&id, owner.as_deref()).await?;
+            if method == Method::DELETE {
+                cancel(&app, id, &embed).await
+            } else {
+                Ok(json(
+                    StatusCode::OK,
+                    &shelf.snapshot(id, &record, &embed).await?,
+                ))
+            }
+        }
+        Target::Events(id) => {
+            let (id, record, _) = shelf.find(&id, owner.as_deref()).await?;
+            Ok(events(&app, id, &record, request.headers()))
+        }
+        Target::Unknown => Err(ApiError::not_found(request.uri().path())),
+    }
+}
+
+/// What a path under `/v1/jobs` names.
+#[derive(Debug)]
+enum Target {
+    Jobs,
+    Job(String),
+    Events(String),
+    Unknown,
+}
+
+impl Target {
+    fn parse(path: &str) -> Self {
+        let Some(rest) = path.strip_prefix("/v1/jobs") else {
+            return Self::Unknown;
+        };
+        if rest.is_empty() {
+            return Self::Jobs;
+        }
+        let Some(rest) = rest.strip_prefix('/') else {
+            return Self::Unknown;
+        };
+        match rest.split_once('/') {
+            None if !rest.is_empty() => Self::Job(rest.to_owned()),
+            Some((id, "events")) if !id.is_empty() => Self::Events(id.to_owned()),
+            _ => Self::Unknown,
+        }
+    }
+}
+
+/// `POST /v1/jobs`.
+async fn create(
+    app: &App,
+    request: Request<hyper::body::Incoming>,
+    caller: &ClientKey,
+    owner: Option<String>,
+) -> Result<Response<Body>, ApiError> {
+    let bytes = crate::routes::json_request_body(app, request).await?;
+    let (document, chunk_size) = parse(&bytes)?;
+    let shelf = &app.jobs;
+    let chars = document.chars().count();
+    let total = chars.div_ceil(chunk_size);
+    if total > shelf.max_chunks {
+        return Err(ApiError::invalid(format!(
+            "`chunk_size` {chunk_size} cuts the {chars}-character `document` into {total} chunks; \
+             at most {} are allowed",
+            shelf.max_chunks
+        )));
+    }
+    if app.shutdown.is_draining() {
+        return Err(ApiError::shutting_down(app.config.grace()));
+    }
+    // The caller's request quota, as for a chat request (429 with the same headers). A job
+    // reserves no tokens, so there is nothing to settle.
+    let (_charged, limit_headers) = app.limits.reserve(caller.as_str(), 0).await?;
+    let waiting = shelf
+        .jobs
+        .queued(QUEUE, shelf.queue_bound)
+        .await
+        .map_err(|e| store_failed(&e))?;
+    if waiting >= shelf.queue_bound {
+        app.metrics.jobs.rejected.inc();
+        // About when this process's workers would reach a job like this one.
+        let per_worker = waiting.div_ceil(shelf.workers as u64);
+        let after = shelf
+            .chunk_io
+            .max(Duration::from_millis(1))
+            .saturating_mul(
+                u32::try_from(per_worker.saturating_mul(total as u64)).unwrap_or(u32::MAX),
+            )
+            .clamp(Duration::from_secs(1), Duration::from_secs(60));
+        return Err(ApiError::unavailable(
+            "queue_full",
+            format!("the job queue is full ({waiting} jobs waiting for a worker)"),
+            after,
+        ));
+    }
+    let embed = Embed {
+        document,
+        chunk_size,
+        total,
+        owner,
+    };
+    let id = shelf
+        .jobs
+        .enqueue(NewJob::new(QUEUE, &embed))
+        .await
+        .map_err(|e| store_failed(&e))?
+        .id();
+    app.metrics.jobs.submitted.inc();
+    tracing::info!(job = %id, chunks = total, chunk_size, "job queued");
+    let url = format!("/v1/jobs/job-{id}");
+    // The answer says `queued`: what the job is when it enters the queue.
+    let body = json!({
+        "id": format!("job-{id}"),
+        "object": "job",
+        "status": "queued",
+        "attempt": 0,
+        "created_at": unix_secs(SystemTime::now()),
+        "chunk_size": chunk_size,
+        "progress": { "done": 0, "total": total },
+        "events_url": format!("{url}/events"),
+        "url": url,
+    });
+    let mut response = json(StatusCode::ACCEPTED, &body);
+    response.headers_mut().extend(limit_headers);
+    if let Ok(location) = HeaderValue::from_str(&url) {
+        response.headers_mut().insert(LOCATION, location);
+    }
+    Ok(response)
+}
+
+/// The document and the chunk size of a job request.
+fn parse(bytes: &[u8]) -> Result<(String, usize), ApiError> {
+    let body: Value = serde_json::from_slice(bytes)
+        .map_err(|e| ApiError::invalid(format!("malformed JSON: {e}")))?;
+    let Value::Object(mut body) = body else {
+        return Err(ApiError::invalid("the body must be a JSON object"));
+    };
+    let document = match body.remove("document") {
+        Some(Value::String(document)) if !document.trim().is_empty() => document,
+        Some(Value::String(_)) => {
+            return Err(ApiError::invalid("`document` must not be empty"));
+        }
+        Some(_) => return Err(ApiError::invalid("`document` must be a string")),
+        None => return Err(ApiError::invalid("`document` is required")),
+    };
+    let chunk_size = match body.get("chunk_size") {
+        None | Some(Value::Null) => DEFAULT_CHUNK_SIZE,
+        Some(value) => match value.as_u64().and_then(|n| usize::try_from(n).ok()) {
+            Some(n) if n > 0 => n,
+            _ => {
+                return Err(ApiError::invalid(
+                    "`chunk_size` must be a positive integer (characters per chunk)",
+                ));
+            }
+        },
+    };
+    Ok((document, chunk_size))
+}
+
+/// `DELETE /v1/jobs/{id}`: cancels a queued or running job, wherever it runs; 409 once it
+/// has finished.
+async fn cancel(app: &App, id: JobId, embed: &Embed) -> Result<Response<Body>, ApiError> {
+    let shelf = &app.jobs;
+    let reason = CancelReason::custom(CLIENT_REQUEST);
+    match shelf
+        .jobs
+        .cancel(id, reason)
+        .await
+        .map_err(|e| store_failed(&e))?
+    {
+        CancelOutcome::Cancelled => {
+            app.metrics
+                .jobs
+                .cancelled
+                .get_or_create(&vec![("reason", CLIENT_REQUEST.to_owned())])
+                .inc();
+            tracing::info!(job = %id, "job cancelled");
+            // Read back: with a keep time of 0 it is already gone.
+            let (id, record, embed) = shelf
+                .find(&format!("job-{id}"), embed.owner.as_deref())
+                .await?;
+            Ok(json(
+                StatusCode::OK,
+                &shelf.snapshot(id, &record, &embed).await?,
+            ))
+        }
+        CancelOutcome::Finished(status) => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "invalid_request_error",
+            "job_finished",
+            format!("job `job-{id}` has already finished ({status}); there is nothing to cancel"),
+        )),
+        // Deleted meanwhile (its keep time was over).
+        _ => Err(not_found(&format!("job-{id}"), shelf.keep)),
+    }
+}
+
+/// `GET /v1/jobs/{id}/events`: the job's events after `Last-Event-ID` (all of them without
+/// one, or with an id this job never issued), then the new ones as they come, until the job's
+/// last event.
+fn events(app: &App, id: JobId, record: &JobRecord, headers: &HeaderMap) -> Response<Body> {
+    let last_event_id = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim);
+    let after = last_event_id
+        .and_then(|v| v.parse::<u64>().ok())
+        .filter(|&seq| seq <= record.last_event)
+        .unwrap_or(0);
+    if last_event_id.is_some() && record.status.is_final() && after >= record.last_event {
+        // An `EventSource` reconnects whenever a stream ends, and stops only on a 204: the job
+        // is over and this client has every event.
+        let mut response = Response::new(full(""));
+        *response.status_mut() = StatusCode::NO_CONTENT;
+        return response;
+    }
+    let keep_alive = KeepAlive::new().interval(Duration::from_secs(app.config.keep_alive_secs));
+    SseBody::new(follow(app, id, after))
+        .keep_alive(keep_alive)
+        .into_response()
+        .map(BodyExt::boxed_unsync)
+}
+
+/// The `retry:` hint, then the job's events after `after` until its last one. A stream cut
+/// before it (the shutdown's grace period is over, or a read of the store failed) ends with
+/// an error event without an id, so the client resumes from the last id it saw.
+fn follow(
+    app: &App,
+    id: JobId,
+    after: u64,
+) -> impl Stream<Item = Result<Event, std::convert::Infallible>> + Send + use<> {
+    let job = format!("job-{id}");
+    let hint = Event::default().retry(RECONNECT);
+    let shutdown = app.shutdown.clone();
+    let ended = Arc::new(AtomicBool::new(false));
+    let saw_last = Arc::clone(&ended);
+    let events = app
+        .jobs
+        .jobs
+        .follow(id, after)
+        .take_until(shutdown.scope().clone().cancelled_owned())
+        // Ends at the first error (a read of the store failed, or the job was deleted).
+        .scan((), move |(), event| {
+            std::future::ready(match event {
+                Ok(event) => {
+                    if event.kind.is_final() {
+                        saw_last.store(true, Ordering::Relaxed);
+                    }
+                    Some(sse_event(&job, &event))
+                }
+                Err(error) => {
+                    tracing::warn!(error = %chain(&error), "job events failed");
+                    None
+                }
+            })
+        });
+    let cut = futures::stream::once(async move {
+        if ended.load(Ordering::Relaxed) {
+            return None;
+        }
+        let error = if shutdown.is_draining() {
+            crate::error::error_json(
+                "the server is shutting down; resume with Last-Event-ID",
+                "server_error",
+                "shutting_down",
+            )
+        } else {
+            crate::error::error_json(
+                "the job's events could not be read; resume with Last-Event-ID",
+                "server_error",
+                "job_store_unavailable",
+            )
+        };
+        Some(Event::default().data(error))
+    })
+    .filter_map(std::future::ready);
+    futures::stream::once(std::future::ready(hint))
+        .chain(events)
+        .chain(cut)
+        .map(Ok)
+}
+
+/// A job's event as the kitchen sends it: its id the store's sequence number, its data the
+/// step with the job's status.
+fn sse_event(job: &str, event: &brigade_jobs::Event) -> Event {
+    let data: Value = event.data_as().unwrap_or_default();
+    let status = match event.kind {
+        EventKind::Queued | EventKind::Retrying => "queued",
+        EventKind::Running | EventKind::Progress => "running",
+        kind => kind.as_str(),
+    };
+    let mut out = json!({ "type": event.kind.as_str(), "job": job, "status": status });
+    match event.kind {
+        EventKind::Progress => out["progress"] = data,
+        EventKind::Cancelled => out["cancel_reason"] = data["reason"].clone(),
+        EventKind::Queued if !data["reason"].is_null() => out["reason"] = data["reason"].clone(),
+        EventKind::Failed | EventKind::Retrying => {
+            out["attempt"] = data["attempt"].clone();
+            out["error"] = data["error"].clone();
+        }
+        EventKind::Running | EventKind::Done => out["attempt"] = data["attempt"].clone(),
+        _ => {}
+    }
+    let sse = Event::default().data(out.to_string());
+    // A number is always a valid id.
+    sse.clone().id(event.seq.to_string()).unwrap_or(sse)
+}
+
+/// 404: no job `id` that the caller may see.
+fn not_found(id: &str, keep: Duration) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "invalid_request_error",
+        "not_found",
+        format!(
+            "no job `{id}` (unknown, or deleted {} s after it finished)",
+            keep.as_secs()
+        ),
+    )
+}
+
+/// 503: the store failed (it may be back in a moment).
+fn store_failed(error: &brigade_jobs::Error) -> ApiError {
+    tracing::error!(error = %chain(error), "job store failed");
+    ApiError::unavailable(
+        "job_store_unavailable",
+        "the job store failed; try again",
+        Duration::from_secs(1),
+    )
+}
+
+fn unix_secs(at: SystemTime) -> u64 {
+    at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
