@@ -142,13 +142,17 @@ backends! {
     async fn blocking_work_sees_the_cancel(db) {
         let jobs = db.open(fast()).await;
         let (tx, mut rx) = mpsc::unbounded_channel();
+        let (spinning, mut started) = mpsc::unbounded_channel();
         jobs.worker("spin", move |job: Job<()>| {
-            let tx = tx.clone();
+            let (tx, spinning) = (tx.clone(), spinning.clone());
             async move {
                 let spins = job
                     .blocking(move |cancel| {
                         let mut spins = 0_u64;
                         while !cancel.is_cancelled() {
+                            if spins == 0 {
+                                spinning.send(()).unwrap();
+                            }
                             spins += 1;
                             std::thread::sleep(Duration::from_millis(1));
                         }
@@ -162,7 +166,12 @@ backends! {
         .start()
         .unwrap();
         let id = jobs.enqueue(NewJob::new("spin", &())).await.unwrap().id();
-        until(&jobs, id, Duration::from_secs(10), |r| r.status == Status::Running).await;
+        // Cancelled once the blocking work is spinning (not before it starts: it would then
+        // see the cancel before its first turn, which proves less).
+        tokio::time::timeout(Duration::from_secs(10), started.recv())
+            .await
+            .unwrap()
+            .unwrap();
         jobs.cancel(id, "enough").await.unwrap();
         let spins = tokio::time::timeout(Duration::from_secs(1), rx.recv()).await.unwrap().unwrap();
         assert!(spins > 0);
