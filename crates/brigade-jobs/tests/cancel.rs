@@ -9,7 +9,7 @@ use std::time::Duration;
 use brigade_jobs::{CancelOutcome, CancelReason, EventKind, Job, JobError, Jobs, NewJob, Status};
 use tokio::sync::{mpsc, oneshot};
 
-use support::{fast, finished, until};
+use support::{fast, finished};
 
 /// Sends when dropped: the worker dropped the handler's future.
 struct Dropped(Option<oneshot::Sender<()>>);
