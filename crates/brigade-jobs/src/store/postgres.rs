@@ -1,9 +1,13 @@
 //! Postgres: row locks, `FOR UPDATE SKIP LOCKED`, and `NOTIFY` as a wake-up hint.
 //!
 //! - Every operation on a job is one statement: data-modifying CTEs write the job and its
-//!   events together (one round trip, one snapshot), and a `NOTIFY` on the channel
-//!   [`CHANNEL`](super::CHANNEL) rides in the same statement, so it is sent when (and only
-//!   if) the write commits.
+//!   events together (one round trip, one snapshot).
+//! - The `NOTIFY` hints on the channel [`CHANNEL`](super::CHANNEL) are sent after the write
+//!   has committed, by a task of the store's own, in batches: one statement for all the hints
+//!   that piled up while the last one ran. In the write's own transaction, a `NOTIFY` would hold
+//!   Postgres's notification-queue lock from before the commit until after it, so every such
+//!   commit would wait for the one before to reach the disk: no group commit, one flush per
+//!   enqueue. A hint is sent only for a write that committed, as before, a moment later.
 //! - Claims and the reaper pick rows with `FOR UPDATE SKIP LOCKED` (claims through the
 //!   partial index of queued jobs), and the update re-checks the condition it picked on, so
 //!   two replicas never take the same job and the reaper never touches a job whose completion
@@ -15,6 +19,7 @@
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 use sqlx::{Executor, Row as _};
 use std::time::Duration;
+use tokio::sync::mpsc;
 
 use super::{
     CHANNEL, Cancelled, Claimed, Ending, EventRow, Gone, Insert, Lease, NewEvent, Reaped,
@@ -76,10 +81,53 @@ const COLUMNS: &str = "id, queue, state, priority, payload, attempt, max_attempt
 /// A `NOTIFY` payload may hold 8,000 bytes; a cancel hint carries its reason up to this.
 const MAX_REASON_IN_HINT: usize = 1_000;
 
-/// The Postgres store: one pool.
+/// The Postgres store: one pool, and the task that sends its hints.
 #[derive(Clone, Debug)]
 pub(crate) struct PgStore {
     pool: PgPool,
+    hints: Hints,
+}
+
+/// Sends `NOTIFY` hints after their writes commit, batched, on a task that ends when the last
+/// clone of the store is dropped or its pool closes.
+#[derive(Clone, Debug)]
+struct Hints(mpsc::UnboundedSender<String>);
+
+impl Hints {
+    fn start(pool: PgPool) -> Self {
+        let (send, mut hints) = mpsc::unbounded_channel::<String>();
+        tokio::spawn(async move {
+            let mut batch = Vec::new();
+            while let Some(hint) = hints.recv().await {
+                batch.push(hint);
+                while let Ok(hint) = hints.try_recv() {
+                    batch.push(hint);
+                }
+                batch.sort_unstable();
+                batch.dedup();
+                if pool.is_closed() {
+                    break;
+                }
+                // A hint only wakes: one lost (the server gone a moment) is found by polling.
+                if let Err(error) =
+                    sqlx::query("SELECT pg_notify($1, hint) FROM unnest($2::text[]) AS hint")
+                        .bind(CHANNEL)
+                        .bind(&batch)
+                        .execute(&pool)
+                        .await
+                {
+                    tracing::debug!(%error, hints = batch.len(), "sending NOTIFY hints failed");
+                }
+                batch.clear();
+            }
+        });
+        Self(send)
+    }
+
+    fn send(&self, hint: String) {
+        // Closed only once the task has stopped with the pool: nobody listens then.
+        let _ = self.0.send(hint);
+    }
 }
 
 impl PgStore {
@@ -94,7 +142,8 @@ impl PgStore {
             .acquire_timeout(acquire_timeout)
             .connect_with(options)
             .await?;
-        let store = Self { pool };
+        let hints = Hints::start(pool.clone());
+        let store = Self { pool, hints };
         store.migrate().await?;
         Ok(store)
     }
@@ -146,7 +195,7 @@ impl PgStore {
         // An insert that loses the key to a job being pruned at the same moment finds neither
         // its row nor the other one: it tries again.
         for _ in 0..3 {
-            let inserted: Option<String> = sqlx::query_scalar(
+            let inserted: Option<(String, bool)> = sqlx::query_as(
                 "WITH ins AS ( \
                      INSERT INTO brigade_jobs (id, queue, state, priority, payload, attempt, \
                      max_attempts, timeout_ms, idempotency_key, run_at, created_at, last_seq) \
@@ -157,9 +206,7 @@ impl PgStore {
                      INSERT INTO brigade_job_events (job_id, seq, kind, data, created_at) \
                      SELECT id, 1, 'queued', '{}', $9 FROM ins \
                  ) \
-                 SELECT id, CASE WHEN run_at <= $9 \
-                     THEN pg_notify($10, 'q:' || queue)::text END \
-                 FROM ins",
+                 SELECT id, run_at <= $9 FROM ins",
             )
             .bind(job.id)
             .bind(job.queue)
@@ -170,10 +217,12 @@ impl PgStore {
             .bind(job.key)
             .bind(job.run_at)
             .bind(job.now)
-            .bind(CHANNEL)
             .fetch_optional(&self.pool)
             .await?;
-            if let Some(id) = inserted {
+            if let Some((id, due)) = inserted {
+                if due {
+                    self.hints.send(format!("q:{}", job.queue));
+                }
                 return Ok((id, true));
             }
             let held: Option<String> =
@@ -308,7 +357,7 @@ impl PgStore {
                  SELECT job.id, job.last_seq - $1 + e.ord, e.kind, e.data, $7 \
                  FROM job, unnest($5::text[], $6::text[]) WITH ORDINALITY AS e(kind, data, ord) \
              ) \
-             SELECT last_seq, pg_notify($8, 'e:' || id)::text FROM job",
+             SELECT last_seq FROM job",
         )
         .bind(n)
         .bind(lease.id)
@@ -317,9 +366,11 @@ impl PgStore {
         .bind(&kinds)
         .bind(&data)
         .bind(now)
-        .bind(CHANNEL)
         .fetch_optional(&self.pool)
         .await?;
+        if row.is_some() {
+            self.hints.send(format!("e:{}", lease.id));
+        }
         Ok(row.is_some())
     }
 
@@ -360,10 +411,7 @@ impl PgStore {
                  SELECT job.id, job.last_seq - $8 + e.ord, e.kind, e.data, $14 \
                  FROM job, unnest($12::text[], $13::text[]) WITH ORDINALITY AS e(kind, data, ord) \
              ) \
-             SELECT last_seq, pg_notify($15, 'e:' || id)::text, \
-                 CASE WHEN state = 'queued' AND run_at <= $14 \
-                     THEN pg_notify($15, 'q:' || queue)::text END \
-             FROM job",
+             SELECT queue, state = 'queued' AND run_at <= $14 FROM job",
         )
         .bind(state)
         .bind(result)
@@ -379,10 +427,17 @@ impl PgStore {
         .bind(&kinds)
         .bind(&data)
         .bind(now)
-        .bind(CHANNEL)
         .fetch_optional(&self.pool)
         .await?;
-        Ok(row.is_some())
+        let Some(row) = row else {
+            return Ok(false);
+        };
+        self.hints.send(format!("e:{}", lease.id));
+        if row.try_get::<bool, _>(1)? {
+            self.hints
+                .send(format!("q:{}", row.try_get::<String, _>(0)?));
+        }
+        Ok(true)
     }
 
     pub(crate) async fn cancel(
@@ -406,24 +461,22 @@ impl PgStore {
                  INSERT INTO brigade_job_events (job_id, seq, kind, data, created_at) \
                  SELECT id, last_seq, 'cancelled', $5, $2 FROM job \
              ) \
-             SELECT running, \
-                 CASE WHEN running THEN pg_notify($6, 'c:' || id || ':' || $7)::text END, \
-                 pg_notify($6, 'e:' || id)::text \
-             FROM job",
+             SELECT running FROM job",
         )
         .bind(reason)
         .bind(now)
         .bind(expires_at)
         .bind(id)
         .bind(&data)
-        .bind(CHANNEL)
-        .bind(hint_reason)
         .fetch_optional(&self.pool)
         .await?;
         if let Some(row) = row {
-            return Ok(Cancelled::Now {
-                running: row.try_get(0)?,
-            });
+            let running: bool = row.try_get(0)?;
+            if running {
+                self.hints.send(format!("c:{id}:{hint_reason}"));
+            }
+            self.hints.send(format!("e:{id}"));
+            return Ok(Cancelled::Now { running });
         }
         let state: Option<String> =
             sqlx::query_scalar("SELECT state FROM brigade_jobs WHERE id = $1")
@@ -500,11 +553,7 @@ impl PgStore {
         queues.sort_unstable();
         queues.dedup();
         for queue in queues {
-            sqlx::query("SELECT pg_notify($1, 'q:' || $2)::text")
-                .bind(CHANNEL)
-                .bind(queue)
-                .execute(&self.pool)
-                .await?;
+            self.hints.send(format!("q:{queue}"));
         }
         Ok(reaped)
     }
