@@ -404,7 +404,8 @@ impl ConcurrencyLimit {
     }
 
     /// The wait predicted for the caller at `place` in the queue (1 for the next one served):
-    /// `place` releases, at `max_in_flight` per hold time. `None` before the first release.
+    /// `place` releases, at `max_in_flight` per hold time. `None` before the first release,
+    /// and always with predictions off (no permit then records its hold).
     fn predicted_wait(&self, place: usize) -> Option<Duration> {
         let inner = &*self.inner;
         let hold = inner.hold_nanos.load(Ordering::Relaxed);
@@ -445,14 +446,9 @@ impl ConcurrencyLimit {
     /// The refusal of the caller at `place` in the queue: its `Retry-After` is its predicted
     /// wait when there is one, else the configured hint.
     fn overloaded(&self, reason: OverloadReason, place: usize) -> Overloaded {
-        let predicted = if self.inner.predict {
-            self.predicted_wait(place)
-        } else {
-            None
-        };
         Overloaded {
             reason,
-            retry_after: predicted.unwrap_or(self.inner.retry_after),
+            retry_after: self.predicted_wait(place).unwrap_or(self.inner.retry_after),
         }
     }
 }
