@@ -74,7 +74,7 @@ fn refuse_early(app: &App) -> Result<(), ApiError> {
     match app.limits.refuse_early() {
         None => Ok(()),
         Some(refusal) => {
-            app.metrics.early_refusal_closes.inc();
+            app.metrics.refusal_close("body_unread");
             Err(refusal.header(CONNECTION, HeaderValue::from_static("close")))
         }
     }

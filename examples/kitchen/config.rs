@@ -137,6 +137,14 @@ pub(crate) struct Config {
     #[arg(long, default_value_t = 32)]
     pub(crate) queue_per_key: usize,
 
+    /// Connection-level shedding: once refusals (429 and 503) come faster than this many a
+    /// second (a burst of as many allowed), each further refusal closes its connection
+    /// (`Connection: close`), so a client that asks again at once pays a new connection
+    /// instead of the server's time; 0 closes on every refusal. A refusal made before its body
+    /// was read always closes (the connection cannot carry another request).
+    #[arg(long, default_value_t = 200, value_name = "N")]
+    pub(crate) shed_refusals_per_sec: u32,
+
     /// How long a request may wait for a stream slot, in milliseconds.
     #[arg(long, default_value_t = 1000)]
     pub(crate) queue_timeout_ms: u64,

@@ -11,18 +11,22 @@ use brigade_limit::{
     AcquireError, ConcurrencyLimit, ConcurrencyPermit, Limit, OverloadReason, Overloaded, Quota,
     RateLimiter, RateLimiterBuilder, Reservation,
 };
-use http::{HeaderMap, StatusCode};
+use http::header::{CONNECTION, HeaderValue};
+use http::{HeaderMap, Response, StatusCode};
 use tokio::time::Instant;
 
 use crate::config::Config;
 use crate::error::ApiError;
 use crate::metrics::Metrics;
+use crate::routes::Body;
 
 /// Per-key rate limits and the stream bulkhead.
 #[derive(Debug)]
 pub(crate) struct Limits {
     rate: Option<Rate>,
     bulkhead: ConcurrencyLimit,
+    /// The refusal rate under which a refusal keeps its connection (`None`: none does).
+    shedding: Option<RateLimiter>,
     headers: RateLimitHeaders,
     metrics: Arc<Metrics>,
 }
@@ -102,9 +106,14 @@ impl Limits {
             bulkhead = bulkhead.max_queue_per_key(config.queue_per_key);
         }
         let bulkhead = bulkhead.build().map_err(|e| format!("bulkhead: {e}"))?;
+        let shedding = NonZeroU32::new(config.shed_refusals_per_sec)
+            .map(|n| RateLimiter::direct(Quota::per_second(n)))
+            .transpose()
+            .map_err(|e| format!("shedding: {e}"))?;
         Ok(Self {
             rate,
             bulkhead,
+            shedding,
             headers: RateLimitHeaders::new().openai(true),
             metrics,
         })
@@ -259,6 +268,21 @@ impl Limits {
     pub(crate) fn refuse_early(&self) -> Option<ApiError> {
         let overloaded = self.bulkhead.would_refuse()?;
         Some(self.overloaded(&overloaded))
+    }
+
+    /// Connection-level shedding, for every refusal (429, 503) the kitchen answers: counts it
+    /// against `--shed-refusals-per-sec` and, over that rate, closes its connection. A refusal
+    /// that already closes (its body unread) still counts.
+    pub(crate) fn shed(&self, response: &mut Response<Body>) {
+        let over = self
+            .shedding
+            .as_ref()
+            .is_none_or(|refusals| refusals.try_acquire(&(), 1).is_err());
+        let headers = response.headers_mut();
+        if over && !headers.contains_key(CONNECTION) {
+            headers.insert(CONNECTION, HeaderValue::from_static("close"));
+            self.metrics.refusal_close("shedding");
+        }
     }
 
     /// The 503 of a bulkhead refusal, counted by reason; its `Retry-After` is the predicted

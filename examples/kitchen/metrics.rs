@@ -47,8 +47,8 @@ pub(crate) struct Metrics {
     overload_refusals: Family<[(&'static str, &'static str); 1], Counter>,
     /// How long admitted requests waited for a stream slot.
     pub(crate) queue_wait: Histogram,
-    /// Refusals made before the request's body was read, which close their connection.
-    pub(crate) early_refusal_closes: Counter,
+    /// Refusals that closed their connection, by reason (`body_unread`, `shedding`).
+    refusal_closes: Family<[(&'static str, &'static str); 1], Counter>,
     /// The process's CPU time, read at each scrape.
     process_cpu: Gauge<f64, std::sync::atomic::AtomicU64>,
     /// Handler panics turned into 500s.
@@ -150,12 +150,12 @@ impl Metrics {
             "How long admitted requests waited for a stream slot",
             queue_wait.clone(),
         );
-        let early_refusal_closes = Counter::default();
+        let refusal_closes = Family::default();
         registry.register(
-            "early_refusal_closes",
-            "Refusals made before the request's body was read (the bulkhead full or its wait too \
-             long), each closing its connection",
-            early_refusal_closes.clone(),
+            "refusal_closes",
+            "Refusals (429, 503) that closed their connection, by reason: body_unread (refused \
+             before the body was read), shedding (refusals over --shed-refusals-per-sec)",
+            refusal_closes.clone(),
         );
         let process_cpu = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
         registry.register(
@@ -207,7 +207,7 @@ impl Metrics {
             bulkhead_queue,
             overload_refusals,
             queue_wait,
-            early_refusal_closes,
+            refusal_closes,
             process_cpu,
             panics,
             rate_store,
@@ -226,6 +226,13 @@ impl Metrics {
     }
 
     /// A bulkhead refusal, by reason.
+    /// A refusal that closed its connection, and why.
+    pub(crate) fn refusal_close(&self, reason: &'static str) {
+        self.refusal_closes
+            .get_or_create(&[("reason", reason)])
+            .inc();
+    }
+
     pub(crate) fn overload(&self, reason: &'static str) {
         self.overload_refusals
             .get_or_create(&[("reason", reason)])

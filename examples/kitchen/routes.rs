@@ -134,6 +134,12 @@ impl App {
         response
             .headers_mut()
             .insert(REQUEST_ID, id.header().clone());
+        if matches!(
+            response.status(),
+            StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE
+        ) {
+            self.limits.shed(&mut response);
+        }
         self.metrics.request(route, response.status().as_u16());
         if response.extensions().get::<Streaming>().is_none() {
             let tokens = response.extensions().get::<Tokens>().map_or(0, |t| t.0);

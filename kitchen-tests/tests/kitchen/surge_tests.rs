@@ -45,7 +45,11 @@ async fn a_refusal_does_not_wait_for_the_body() {
     assert_eq!(error["error"]["code"], "overloaded");
     assert_eq!(error["error"]["type"], "server_error");
     assert_eq!(
-        metric(kitchen.addr, "kitchen_early_refusal_closes_total").await,
+        metric(
+            kitchen.addr,
+            "kitchen_refusal_closes_total{reason=\"body_unread\"}"
+        )
+        .await,
         1.0
     );
     assert_eq!(
@@ -238,4 +242,66 @@ async fn a_body_that_trickles_is_cut_at_the_body_read_timeout() {
     assert!(head.contains("\r\nconnection: close"), "{head}");
     let error: Value = serde_json::from_str(body).unwrap();
     assert_eq!(error["error"]["code"], "request_timeout");
+}
+
+#[tokio::test(start_paused = true)]
+async fn refusals_over_the_shedding_rate_close_their_connections() {
+    // One request a minute per client, so every later one is a 429; two refusals a second
+    // keep their connections, the third within the same second closes its own.
+    let kitchen = kitchen(&[
+        "--requests-per-min",
+        "1",
+        "--tokens-per-min",
+        "0",
+        "--shed-refusals-per-sec",
+        "2",
+    ])
+    .await;
+    let admitted = post(kitchen.addr, &order("first", false), &[]).await;
+    assert_eq!(admitted.status(), StatusCode::OK);
+    assert!(admitted.headers().get("connection").is_none());
+    for _ in 0..2 {
+        let refused = post(kitchen.addr, &order("again", false), &[]).await;
+        assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert!(refused.headers().get("connection").is_none());
+    }
+    let shed = post(kitchen.addr, &order("again", false), &[]).await;
+    assert_eq!(shed.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(shed.headers()["connection"], "close");
+    assert!(shed.headers().contains_key("retry-after"));
+    // The refusal rate falls back under the threshold: refusals keep their connections again.
+    tokio::time::advance(Duration::from_secs(1)).await;
+    let refused = post(kitchen.addr, &order("later", false), &[]).await;
+    assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(refused.headers().get("connection").is_none());
+    assert_eq!(
+        metric(
+            kitchen.addr,
+            "kitchen_refusal_closes_total{reason=\"shedding\"}"
+        )
+        .await,
+        1.0
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn with_no_shedding_rate_every_refusal_closes_its_connection() {
+    let kitchen = kitchen(&[
+        "--requests-per-min",
+        "1",
+        "--tokens-per-min",
+        "0",
+        "--shed-refusals-per-sec",
+        "0",
+    ])
+    .await;
+    assert_eq!(
+        post(kitchen.addr, &order("first", false), &[])
+            .await
+            .status(),
+        StatusCode::OK
+    );
+    let refused = post(kitchen.addr, &order("again", false), &[]).await;
+    assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(refused.headers()["connection"], "close");
 }
