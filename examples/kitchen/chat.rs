@@ -39,7 +39,9 @@ pub(crate) async fn chat(
     let (key, timeout, id) = front_desk(&app, &request, peer)?;
     refuse_early(&app)?;
     let chat = ChatRequest::parse(json_request_body(&app, request).await?)?;
-    answer(&app, &key, timeout, &id, Arc::new(chat)).await
+    // Boxed: the answer's future is the largest part of a request's (see `App::route`), and a
+    // refusal never needs it.
+    Box::pin(answer(&app, &key, timeout, &id, Arc::new(chat))).await
 }
 
 /// `POST /v1/completions` and `POST /v1/embeddings`, passed to the upstream.
@@ -63,7 +65,7 @@ pub(crate) async fn passthrough(
     }
     refuse_early(&app)?;
     let order = ProxyRequest::parse(endpoint, json_request_body(&app, request).await?)?;
-    answer(&app, &key, timeout, &id, Arc::new(order)).await
+    Box::pin(answer(&app, &key, timeout, &id, Arc::new(order))).await
 }
 
 /// Refuses now, before the body is read or any per-key limit is asked, when the stream bulkhead

@@ -225,7 +225,6 @@ impl Metrics {
             .inc();
     }
 
-    /// A bulkhead refusal, by reason.
     /// A refusal that closed its connection, and why.
     pub(crate) fn refusal_close(&self, reason: &'static str) {
         self.refusal_closes
@@ -233,6 +232,7 @@ impl Metrics {
             .inc();
     }
 
+    /// A bulkhead refusal, by reason.
     pub(crate) fn overload(&self, reason: &'static str) {
         self.overload_refusals
             .get_or_create(&[("reason", reason)])
