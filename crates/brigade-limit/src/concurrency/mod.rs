@@ -14,19 +14,33 @@
 //! [`ConcurrencyPermit`] is an owned value: move it into a [`PermitBody`] and it is released
 //! when the stream ends, fails, or is dropped by a disconnecting client.
 //!
-//! Waiting callers are served first come, first served (tokio's semaphore is fair).
+//! Waiting callers are served first come, first served (tokio's semaphore is fair), unless
+//! the queue is keyed (below).
 //!
-//! # Why a bound on each caller's places in the queue?
+//! # Why a queue fair across keys?
 //!
 //! One FIFO queue is fair to calls, not to callers: a client that sends a hundred requests at
 //! once takes a hundred places, and everyone behind it waits for its work. With
-//! [`max_queue_per_key`](ConcurrencyLimitBuilder::max_queue_per_key), a caller that queues
-//! through [`acquire_as`](ConcurrencyLimit::acquire_as) with its key (an API key, an address)
-//! holds at most that many places; beyond them it is refused at once
-//! ([`OverloadReason::KeyQueueFull`]), and the queue stays open to everyone else. The places are
-//! counted per key only while callers wait (a small map under a lock, touched when a call
-//! queues and when it leaves the queue, never when a permit is free), so it holds at most
-//! `max_queue` keys.
+//! [`max_queue_per_key`](ConcurrencyLimitBuilder::max_queue_per_key), the queue is keyed: a
+//! caller queues through [`acquire_as`](ConcurrencyLimit::acquire_as) with its key (an API
+//! key, an address), and
+//!
+//! - waiting callers are served **round-robin across keys, first come first served within a
+//!   key**: each release serves the oldest waiter of the next key in the rotation, and a key
+//!   that starts waiting joins the end of the rotation (it leaves when its last waiter is
+//!   served or gone). A client that floods the queue is served once per turn, like a client
+//!   that asked once; callers of [`acquire`](ConcurrencyLimit::acquire) take their turns as
+//!   one key of their own;
+//! - a key holds at most that many places; beyond them a caller is refused at once
+//!   ([`OverloadReason::KeyQueueFull`]), and the queue stays open to everyone else.
+//!
+//! A caller takes a free permit without a lock (a compare-and-swap) while no one waits; while
+//! someone waits, a newcomer queues rather than overtake. The per-key queues sit under a lock
+//! taken when a call queues, when it leaves the queue, and by a release that finds callers
+//! waiting, never when a permit is free and no one waits; they hold only keys with a waiter,
+//! so at most `max_queue` keys, hashed with a seed of the limit's own so a client cannot pick
+//! keys that share another's turn. Without `max_queue_per_key`, the queue is tokio's FIFO and
+//! the keyed queue costs a branch.
 //!
 //! # Why refuse a wait that would time out?
 //!
@@ -38,7 +52,10 @@
 //! `max_in_flight`) and refuses at once, with [`OverloadReason::PredictedTimeout`] and the
 //! predicted wait as its `Retry-After`, a caller whose predicted wait exceeds the timeout
 //! ([`refuse_predicted_timeouts`](ConcurrencyLimitBuilder::refuse_predicted_timeouts), on by
-//! default). Until a permit has been released there is no prediction, and callers queue.
+//! default). Until a permit has been released there is no prediction, and callers queue. In
+//! a keyed queue the prediction is the same, from the caller's place in the whole queue: a
+//! key's later waiters may be served later than predicted (each waits its turn across the
+//! keys), and a new key's first waiter sooner.
 //! [`ConcurrencyLimit::would_refuse`] asks the same question without joining the queue, so a
 //! server can refuse before it reads a request's body.
 //!
