@@ -131,12 +131,13 @@ impl<S: PermitSource> FairQueue<S> {
         lane: Lane,
         admit: impl FnOnce() -> Result<A, E>,
     ) -> Result<(Waiting<'_, S>, A), Refused<E>> {
-        let (tx, rx) = oneshot::channel();
         let mut rotation = self.lock();
         if lane.is_some() && rotation.waiting_in(lane) >= self.max_per_key {
             return Err(Refused::KeyFull);
         }
         let admitted = admit().map_err(Refused::Admit)?;
+        // Allocated once admitted: a refusal allocates nothing.
+        let (tx, rx) = oneshot::channel();
         let ticket = rotation.push(lane, tx);
         self.waiting.fetch_add(1, Ordering::SeqCst);
         // Published before the source is read again: a release that missed this waiter gave
@@ -269,8 +270,8 @@ pub(crate) struct Waiting<'q, S: PermitSource> {
 }
 
 impl<S: PermitSource> Waiting<'_, S> {
-    /// The permit handed to this caller, when it comes; `None` if its sender went away
-    /// without one (only if the queue is dropped).
+    /// The permit handed to this caller, when it comes; `None` only if its sender were
+    /// dropped unsent, which the queue does not do.
     pub(crate) async fn permit(&mut self) -> Option<S::Permit> {
         let permit = (&mut self.rx).await.ok();
         self.served = permit.is_some();
