@@ -96,7 +96,7 @@ fn headers(c: &mut Criterion) {
 }
 
 /// One permit taken and given back, never queued: the fixed bulkhead (`bulkhead`: tokio's
-/// semaphore), the adaptive limit (`adaptive`: the same semaphore, the grant's epoch and a
+/// semaphore; `bulkhead_keyed`: with its queue fair across keys), the adaptive limit (`adaptive`: the same semaphore, the grant's epoch and a
 /// clock read), and the adaptive limit with the call's success recorded (`adaptive_recorded`:
 /// one more clock read and the sample under the estimator's lock, a window closed every 20).
 fn adaptive_acquire(c: &mut Criterion) {
@@ -116,6 +116,16 @@ fn adaptive_acquire(c: &mut Criterion) {
         .unwrap();
     group.bench_function("bulkhead_unpredicted", |b| {
         b.iter(|| drop(black_box(unpredicted.try_acquire().unwrap())));
+    });
+    // The keyed queue (round-robin across keys), no one waiting: the count of waiters read at
+    // acquire and, after a fence, at release, and the limit's `Arc` held by the permit.
+    let keyed = ConcurrencyLimit::builder()
+        .max_in_flight(64)
+        .max_queue_per_key(8)
+        .build()
+        .unwrap();
+    group.bench_function("bulkhead_keyed", |b| {
+        b.iter(|| drop(black_box(keyed.try_acquire().unwrap())));
     });
     let adaptive = AdaptiveLimit::builder().initial_limit(64).build().unwrap();
     group.bench_function("adaptive", |b| {

@@ -294,12 +294,12 @@ async fn one_key_cannot_fill_the_queue_and_others_still_queue() {
     let bob = waiter("bob");
     tokio::task::yield_now().await;
     assert_eq!(limit.queued(), 3);
-    // First come, first served: alice's two, then bob.
+    // Served in turn across keys: alice's first, then bob, then alice's second.
     drop(held);
     let [first, second] = alice;
     drop(first.await.unwrap().unwrap());
-    drop(second.await.unwrap().unwrap());
     drop(bob.await.unwrap().unwrap());
+    drop(second.await.unwrap().unwrap());
     assert_eq!(limit.queued(), 0);
 }
 

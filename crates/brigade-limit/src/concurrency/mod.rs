@@ -14,19 +14,33 @@
 //! [`ConcurrencyPermit`] is an owned value: move it into a [`PermitBody`] and it is released
 //! when the stream ends, fails, or is dropped by a disconnecting client.
 //!
-//! Waiting callers are served first come, first served (tokio's semaphore is fair).
+//! Waiting callers are served first come, first served (tokio's semaphore is fair), unless
+//! the queue is keyed (below).
 //!
-//! # Why a bound on each caller's places in the queue?
+//! # Why a queue fair across keys?
 //!
 //! One FIFO queue is fair to calls, not to callers: a client that sends a hundred requests at
 //! once takes a hundred places, and everyone behind it waits for its work. With
-//! [`max_queue_per_key`](ConcurrencyLimitBuilder::max_queue_per_key), a caller that queues
-//! through [`acquire_as`](ConcurrencyLimit::acquire_as) with its key (an API key, an address)
-//! holds at most that many places; beyond them it is refused at once
-//! ([`OverloadReason::KeyQueueFull`]), and the queue stays open to everyone else. The places are
-//! counted per key only while callers wait (a small map under a lock, touched when a call
-//! queues and when it leaves the queue, never when a permit is free), so it holds at most
-//! `max_queue` keys.
+//! [`max_queue_per_key`](ConcurrencyLimitBuilder::max_queue_per_key), the queue is keyed: a
+//! caller queues through [`acquire_as`](ConcurrencyLimit::acquire_as) with its key (an API
+//! key, an address), and
+//!
+//! - waiting callers are served **round-robin across keys, first come first served within a
+//!   key**: each release serves the oldest waiter of the next key in the rotation, and a key
+//!   that starts waiting joins the end of the rotation (it leaves when its last waiter is
+//!   served or gone). A client that floods the queue is served once per turn, like a client
+//!   that asked once; callers of [`acquire`](ConcurrencyLimit::acquire) take their turns as
+//!   one key of their own;
+//! - a key holds at most that many places; beyond them a caller is refused at once
+//!   ([`OverloadReason::KeyQueueFull`]), and the queue stays open to everyone else.
+//!
+//! A caller takes a free permit without a lock (a compare-and-swap) while no one waits; while
+//! someone waits, a newcomer queues rather than overtake. The per-key queues sit under a lock
+//! taken when a call queues, when it leaves the queue, and by a release that finds callers
+//! waiting, never when a permit is free and no one waits; they hold only keys with a waiter,
+//! so at most `max_queue` keys, hashed with a seed of the limit's own so a client cannot pick
+//! keys that share another's turn. Without `max_queue_per_key`, the queue is tokio's FIFO and
+//! the keyed queue costs a branch.
 //!
 //! # Why refuse a wait that would time out?
 //!
@@ -38,7 +52,10 @@
 //! `max_in_flight`) and refuses at once, with [`OverloadReason::PredictedTimeout`] and the
 //! predicted wait as its `Retry-After`, a caller whose predicted wait exceeds the timeout
 //! ([`refuse_predicted_timeouts`](ConcurrencyLimitBuilder::refuse_predicted_timeouts), on by
-//! default). Until a permit has been released there is no prediction, and callers queue.
+//! default). Until a permit has been released there is no prediction, and callers queue. In
+//! a keyed queue the prediction is the same, from the caller's place in the whole queue: a
+//! key's later waiters may be served later than predicted (each waits its turn across the
+//! keys), and a new key's first waiter sooner.
 //! [`ConcurrencyLimit::would_refuse`] asks the same question without joining the queue, so a
 //! server can refuse before it reads a request's body.
 //!
@@ -52,21 +69,21 @@
 
 pub mod adaptive;
 mod body;
+mod fair;
 mod slots;
 
-use std::collections::HashMap;
-use std::collections::hash_map::RandomState;
 use std::error::Error;
 use std::fmt;
-use std::hash::{BuildHasher, Hash};
+use std::hash::Hash;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 pub use self::body::PermitBody;
+use self::fair::{FairQueue, Lane, Refused};
 use self::slots::Slots;
 use crate::InvalidConfig;
 
@@ -111,57 +128,9 @@ struct Inner {
     /// release, or when predictions are off.
     hold_nanos: AtomicU64,
     predict: bool,
-    /// Places in the queue per key, when bounded.
-    per_key: Option<PerKey>,
-}
-
-/// The queue places each key holds now, keyed by a hash of the key (seeded per limit, so a
-/// client cannot pick keys that collide with another's).
-#[derive(Debug)]
-struct PerKey {
-    max: usize,
-    hasher: RandomState,
-    waiting: Mutex<HashMap<u64, usize>>,
-}
-
-/// A key's place in the queue, given back when dropped.
-struct KeyPlace<'a> {
-    per_key: &'a PerKey,
-    hash: u64,
-}
-
-impl PerKey {
-    fn try_take(&self, hash: u64) -> Option<KeyPlace<'_>> {
-        let mut waiting = self.waiting.lock().unwrap_or_else(PoisonError::into_inner);
-        let places = waiting.entry(hash).or_insert(0);
-        if *places >= self.max {
-            if *places == 0 {
-                waiting.remove(&hash);
-            }
-            return None;
-        }
-        *places += 1;
-        Some(KeyPlace {
-            per_key: self,
-            hash,
-        })
-    }
-}
-
-impl Drop for KeyPlace<'_> {
-    fn drop(&mut self) {
-        let mut waiting = self
-            .per_key
-            .waiting
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if let Some(places) = waiting.get_mut(&self.hash) {
-            *places -= 1;
-            if *places == 0 {
-                waiting.remove(&self.hash);
-            }
-        }
-    }
+    /// The keyed mode's queue (with `max_queue_per_key`): round-robin across keys. Without
+    /// it, callers wait in the semaphore's own FIFO.
+    fair: Option<FairQueue<Arc<Semaphore>>>,
 }
 
 /// Builds a [`ConcurrencyLimit`]; each setter documents its default.
@@ -203,10 +172,45 @@ impl ConcurrencyLimitBuilder {
         self
     }
 
-    /// The most places in the queue one key may hold, for callers that queue through
-    /// [`ConcurrencyLimit::acquire_as`]; beyond them a caller is refused at once with
-    /// [`OverloadReason::KeyQueueFull`]. Callers of [`ConcurrencyLimit::acquire`] are not
-    /// counted. Default: unbounded (only `max_queue` holds).
+    /// Makes the queue fair across keys, with at most `n` places per key: callers that queue
+    /// through [`ConcurrencyLimit::acquire_as`] are served round-robin across their keys and
+    /// first come, first served within a key, and a key that already holds `n` places is
+    /// refused at once with [`OverloadReason::KeyQueueFull`]. Callers of
+    /// [`ConcurrencyLimit::acquire`] wait as one key of their own, not bounded by `n` (only by
+    /// `max_queue`). Default: off: one first-come-first-served queue for every caller, bounded
+    /// only by `max_queue`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use brigade_limit::ConcurrencyLimit;
+    /// use futures::FutureExt;
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() {
+    /// let bulkhead = ConcurrencyLimit::builder()
+    ///     .max_in_flight(1)
+    ///     .max_queue_per_key(8)
+    ///     .build()
+    ///     .unwrap();
+    /// let held = bulkhead.acquire().await.unwrap();
+    /// // alice floods the queue, then bob asks once.
+    /// let mut alice_1 = Box::pin(bulkhead.acquire_as("alice"));
+    /// let mut alice_2 = Box::pin(bulkhead.acquire_as("alice"));
+    /// let mut bob = Box::pin(bulkhead.acquire_as("bob"));
+    /// assert!(alice_1.as_mut().now_or_never().is_none());
+    /// assert!(alice_2.as_mut().now_or_never().is_none());
+    /// assert!(bob.as_mut().now_or_never().is_none());
+    /// // Each release serves the next key in turn: alice, then bob, then alice again.
+    /// drop(held);
+    /// let held = alice_1.now_or_never().unwrap().unwrap();
+    /// drop(held);
+    /// assert!(alice_2.as_mut().now_or_never().is_none());
+    /// let held = bob.now_or_never().unwrap().unwrap();
+    /// drop(held);
+    /// assert!(alice_2.now_or_never().unwrap().is_ok());
+    /// # }
+    /// ```
     pub fn max_queue_per_key(mut self, n: usize) -> Self {
         self.max_queue_per_key = Some(n);
         self
@@ -231,20 +235,20 @@ impl ConcurrencyLimitBuilder {
         if self.max_in_flight == 0 || self.max_in_flight > Semaphore::MAX_PERMITS {
             return Err(InvalidConfig::ZeroConcurrency);
         }
+        let semaphore = Arc::new(Semaphore::new(self.max_in_flight));
+        let fair = self
+            .max_queue_per_key
+            .map(|max| FairQueue::new(Arc::clone(&semaphore), max));
         Ok(ConcurrencyLimit {
             inner: Arc::new(Inner {
-                semaphore: Arc::new(Semaphore::new(self.max_in_flight)),
+                semaphore,
                 max_in_flight: self.max_in_flight,
                 queue: Slots::new(self.max_queue),
                 queue_timeout: self.queue_timeout,
                 retry_after: self.retry_after,
                 hold_nanos: AtomicU64::new(0),
                 predict: self.predict,
-                per_key: self.max_queue_per_key.map(|max| PerKey {
-                    max,
-                    hasher: RandomState::new(),
-                    waiting: Mutex::new(HashMap::new()),
-                }),
+                fair,
             }),
         })
     }
@@ -264,16 +268,20 @@ impl ConcurrencyLimit {
         }
     }
 
-    /// A permit now, if one is free.
+    /// A permit now, if one is free (and, in the keyed mode, no one waits: a caller does not
+    /// overtake the queue).
     ///
     /// # Errors
     ///
     /// [`Overloaded`] with [`OverloadReason::QueueFull`] when every permit is taken.
     pub fn try_acquire(&self) -> Result<ConcurrencyPermit, Overloaded> {
-        Arc::clone(&self.inner.semaphore)
-            .try_acquire_owned()
+        let permit = match &self.inner.fair {
+            None => Arc::clone(&self.inner.semaphore).try_acquire_owned().ok(),
+            Some(fair) => fair.try_take(),
+        };
+        permit
             .map(|permit| self.permit(permit))
-            .map_err(|_| self.overloaded(OverloadReason::QueueFull, self.inner.queue.taken() + 1))
+            .ok_or_else(|| self.overloaded(OverloadReason::QueueFull, self.inner.queue.taken() + 1))
     }
 
     /// A permit, waiting in the queue if all are taken.
@@ -290,12 +298,17 @@ impl ConcurrencyLimit {
         if let Ok(permit) = self.try_acquire() {
             return Ok(permit);
         }
-        self.queue().await
+        match &self.inner.fair {
+            None => self.queue().await,
+            // The callers without a key: one lane of the rotation.
+            Some(fair) => self.queue_fair(fair, None).await,
+        }
     }
 
-    /// A permit for the caller `key`, waiting in the queue if all are taken, where `key` holds
-    /// at most [`max_queue_per_key`](ConcurrencyLimitBuilder::max_queue_per_key) places.
-    /// Without that bound, the same as [`acquire`](Self::acquire).
+    /// A permit for the caller `key`, waiting in the queue if all are taken. With
+    /// [`max_queue_per_key`](ConcurrencyLimitBuilder::max_queue_per_key), waiting callers are
+    /// served round-robin across keys (first come, first served within a key), and `key`
+    /// holds at most that many places. Without it, the same as [`acquire`](Self::acquire).
     ///
     /// # Errors
     ///
@@ -337,14 +350,10 @@ impl ConcurrencyLimit {
         if let Ok(permit) = self.try_acquire() {
             return Ok(permit);
         }
-        let Some(per_key) = &self.inner.per_key else {
-            return self.queue().await;
-        };
-        // Held while this call waits, given back when it ends or is dropped.
-        let Some(_place) = per_key.try_take(per_key.hasher.hash_one(key)) else {
-            return Err(self.overloaded(OverloadReason::KeyQueueFull, self.inner.queue.taken() + 1));
-        };
-        self.queue().await
+        match &self.inner.fair {
+            None => self.queue().await,
+            Some(fair) => self.queue_fair(fair, fair.lane(key)).await,
+        }
     }
 
     /// Waits in the queue for a permit (none was free).
@@ -366,6 +375,43 @@ impl ConcurrencyLimit {
             Ok(Ok(permit)) => Ok(self.permit(permit)),
             // The semaphore is never closed; a timeout is the only way out.
             Ok(Err(_)) | Err(_) => Err(self.overloaded(OverloadReason::QueueTimeout, place)),
+        }
+    }
+
+    /// Waits in the keyed mode's queue, in `lane`, for a permit (none was free, or others
+    /// wait).
+    async fn queue_fair(
+        &self,
+        fair: &FairQueue<Arc<Semaphore>>,
+        lane: Lane,
+    ) -> Result<ConcurrencyPermit, Overloaded> {
+        let inner = &*self.inner;
+        // Checked under the queue's lock once the key has a place: the queue bound (a slot
+        // held while this call waits), then the predicted wait.
+        let admit = || {
+            let Some(slot) = inner.queue.try_take() else {
+                return Err((OverloadReason::QueueFull, inner.queue.taken() + 1));
+            };
+            let place = slot.place();
+            if self
+                .predicted_wait(place)
+                .is_some_and(|wait| wait > inner.queue_timeout)
+            {
+                return Err((OverloadReason::PredictedTimeout, place));
+            }
+            Ok(slot)
+        };
+        let (mut waiting, slot) = match fair.join(lane, admit) {
+            Ok(joined) => joined,
+            Err(Refused::KeyFull) => {
+                return Err(self.overloaded(OverloadReason::KeyQueueFull, inner.queue.taken() + 1));
+            }
+            Err(Refused::Admit((reason, place))) => return Err(self.overloaded(reason, place)),
+        };
+        match tokio::time::timeout(inner.queue_timeout, waiting.permit()).await {
+            Ok(Some(permit)) => Ok(self.permit(permit)),
+            // Out of the queue when `waiting` drops, passing on a permit sent meanwhile.
+            Ok(None) | Err(_) => Err(self.overloaded(OverloadReason::QueueTimeout, slot.place())),
         }
     }
 
@@ -391,7 +437,10 @@ impl ConcurrencyLimit {
     /// ```
     pub fn would_refuse(&self) -> Option<Overloaded> {
         let inner = &*self.inner;
-        if inner.semaphore.available_permits() > 0 {
+        // A permit free while callers wait in the keyed queue is on its way to one of them.
+        if inner.semaphore.available_permits() > 0
+            && inner.fair.as_ref().is_none_or(|fair| fair.waiting() == 0)
+        {
             return None;
         }
         let queued = inner.queue.taken();
@@ -425,6 +474,11 @@ impl ConcurrencyLimit {
                 limit: Arc::clone(&self.inner),
             }),
             _permit: permit,
+            _serve: self
+                .inner
+                .fair
+                .is_some()
+                .then(|| ServeNext(Arc::clone(&self.inner))),
         }
     }
 
@@ -484,6 +538,18 @@ impl Drop for HoldClock {
     }
 }
 
+/// In the keyed mode, serves the next waiter once the permit is back in the semaphore.
+#[derive(Debug)]
+struct ServeNext(Arc<Inner>);
+
+impl Drop for ServeNext {
+    fn drop(&mut self) {
+        if let Some(fair) = &self.0.fair {
+            fair.release();
+        }
+    }
+}
+
 /// The right to one call in flight; released when dropped.
 ///
 /// Owned and `'static`: move it into the response body with [`PermitBody`] so it is held
@@ -495,6 +561,8 @@ pub struct ConcurrencyPermit {
     /// before the next caller can be admitted.
     _hold: Option<HoldClock>,
     _permit: OwnedSemaphorePermit,
+    /// Dropped after the semaphore's permit: the keyed mode's dispatch finds it there.
+    _serve: Option<ServeNext>,
 }
 
 /// Why a [`ConcurrencyLimit`] refused a call.
