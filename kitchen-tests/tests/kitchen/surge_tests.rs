@@ -305,3 +305,58 @@ async fn with_no_shedding_rate_every_refusal_closes_its_connection() {
     assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(refused.headers()["connection"], "close");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_client_that_asks_once_is_served_before_a_flooding_clients_later_requests() {
+    let kitchen = kitchen(&[
+        "--api-key",
+        "alice-key,bob-key",
+        "--max-streams",
+        "1",
+        "--queue-size",
+        "8",
+        "--queue-per-key",
+        "4",
+        "--queue-timeout-ms",
+        "60000",
+    ])
+    .await;
+    let holder = post(
+        kitchen.addr,
+        &order("first", true),
+        &[("authorization", "Bearer alice-key")],
+    )
+    .await;
+    assert_eq!(holder.status(), StatusCode::OK);
+    let served = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let addr = kitchen.addr;
+    let ask = |who: &'static str| {
+        let served = std::sync::Arc::clone(&served);
+        tokio::spawn(async move {
+            let bearer = format!("Bearer {who}-key");
+            let response = post(addr, &order(who, true), &[("authorization", &bearer)]).await;
+            assert_eq!(response.status(), StatusCode::OK);
+            served.lock().unwrap().push(who);
+            // The stream to its end: the slot is held until then.
+            assert!(text(response).await.ends_with("data: [DONE]\n\n"));
+        })
+    };
+    // Alice floods the queue with three more, then bob asks once.
+    let mut waiters = Vec::new();
+    for _ in 0..3 {
+        waiters.push(ask("alice"));
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    waiters.push(ask("bob"));
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    assert_eq!(
+        metric(kitchen.addr, "kitchen_bulkhead_queue_depth").await,
+        4.0
+    );
+    drop(holder);
+    for waiter in waiters {
+        waiter.await.unwrap();
+    }
+    // In turn across clients: bob waits for one of alice's, not for all three.
+    assert_eq!(*served.lock().unwrap(), ["alice", "bob", "alice", "alice"]);
+}
