@@ -2,6 +2,7 @@
 //! view, cancel, and its events as SSE.
 
 use std::net::SocketAddr;
+use std::num::NonZeroUsize;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -11,10 +12,12 @@ use brigade_sse::{Event, KeepAlive, SseBody};
 use http::header::{HeaderValue, LOCATION};
 use http::{HeaderMap, Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
+use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::embed::Embed;
 use super::{QUEUE, Shelf, chain};
+use crate::api::ObjectOnly;
 use crate::auth::ClientKey;
 use crate::error::ApiError;
 use crate::routes::{App, Body, full, json};
@@ -273,33 +276,29 @@ async fn create(
     Ok(response)
 }
 
-/// The document and the chunk size of a job request.
+/// A job request's body (other fields are ignored).
+#[derive(Debug, Deserialize)]
+struct JobRequest {
+    document: String,
+    /// Characters per chunk; `DEFAULT_CHUNK_SIZE` if absent or null.
+    #[serde(default)]
+    chunk_size: Option<NonZeroUsize>,
+}
+
+/// The document and the chunk size of a job request; a 400 names the field at fault.
 fn parse(bytes: &[u8]) -> Result<(String, usize), ApiError> {
-    let body: Value = serde_json::from_slice(bytes)
+    let mut json = serde_json::Deserializer::from_slice(bytes);
+    let ObjectOnly(request): ObjectOnly<JobRequest> =
+        serde_path_to_error::deserialize(&mut json).map_err(crate::api::invalid)?;
+    json.end()
         .map_err(|e| ApiError::invalid(format!("malformed JSON: {e}")))?;
-    let Value::Object(mut body) = body else {
-        return Err(ApiError::invalid("the body must be a JSON object"));
-    };
-    let document = match body.remove("document") {
-        Some(Value::String(document)) if !document.trim().is_empty() => document,
-        Some(Value::String(_)) => {
-            return Err(ApiError::invalid("`document` must not be empty"));
-        }
-        Some(_) => return Err(ApiError::invalid("`document` must be a string")),
-        None => return Err(ApiError::invalid("`document` is required")),
-    };
-    let chunk_size = match body.get("chunk_size") {
-        None | Some(Value::Null) => DEFAULT_CHUNK_SIZE,
-        Some(value) => match value.as_u64().and_then(|n| usize::try_from(n).ok()) {
-            Some(n) if n > 0 => n,
-            _ => {
-                return Err(ApiError::invalid(
-                    "`chunk_size` must be a positive integer (characters per chunk)",
-                ));
-            }
-        },
-    };
-    Ok((document, chunk_size))
+    if request.document.trim().is_empty() {
+        return Err(ApiError::invalid("`document` must not be empty"));
+    }
+    let chunk_size = request
+        .chunk_size
+        .map_or(DEFAULT_CHUNK_SIZE, NonZeroUsize::get);
+    Ok((request.document, chunk_size))
 }
 
 /// `DELETE /v1/jobs/{id}`: cancels a queued or running job, wherever it runs; 409 once it
