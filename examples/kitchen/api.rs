@@ -382,7 +382,7 @@ impl<'de> Deserialize<'de> for TokenCount {
 }
 
 /// The 400 for a body serde could not read: the path of the field, in serde's words.
-fn invalid(error: serde_path_to_error::Error<serde_json::Error>) -> ApiError {
+pub(crate) fn invalid(error: serde_path_to_error::Error<serde_json::Error>) -> ApiError {
     let path = error.path().to_string();
     let error = error.into_inner();
     if !error.is_data() {

@@ -18,16 +18,15 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use brigade_balance::{EndpointConfig, Pick, Pool};
+use brigade_balance::{Pick, Pool};
 use brigade_breaker::{CircuitBreaker, CircuitBreakerBuilder, OpenDuration, Window};
-use brigade_limit::AdaptiveLimit;
 use http::StatusCode;
 
 use crate::config::Config;
 use crate::cook::CookError;
 use crate::metrics::Metrics;
 use crate::upstream::Upstream;
-use crate::upstream_spec::{Concurrency, UpstreamSpec, check};
+use crate::upstream_spec::check;
 
 /// One attempt's claim on an upstream.
 pub(crate) type UpstreamPick = Pick<Arc<Upstream>>;
@@ -74,8 +73,12 @@ impl Upstreams {
                 .build()
                 .map_err(|e| format!("breaker: {e}"))?;
             let upstream = Arc::new(Upstream::new(spec, config, breaker.clone())?);
-            let endpoint = endpoint_config(spec, breaker)?;
-            pool = pool.endpoint(spec.id.as_str(), Arc::clone(&upstream), endpoint);
+            let id = spec.endpoint.id();
+            let endpoint = spec
+                .endpoint
+                .config()
+                .map_err(|e| format!("--upstream {id}: {e}"))?;
+            pool = pool.endpoint(id, Arc::clone(&upstream), endpoint.breaker(breaker));
             list.push(upstream);
         }
         let pool = pool.build().map_err(|e| format!("--upstream: {e}"))?;
@@ -116,27 +119,6 @@ impl Upstreams {
             metrics.upstreams.set(&endpoint);
         }
     }
-}
-
-/// The pool's settings of one upstream: weight, tier, breaker, limit.
-fn endpoint_config(spec: &UpstreamSpec, breaker: CircuitBreaker) -> Result<EndpointConfig, String> {
-    let config = EndpointConfig::new()
-        .weight(spec.weight)
-        .tier(spec.tier)
-        .breaker(breaker);
-    let limit = match spec.concurrency {
-        Concurrency::Unlimited => return Ok(config),
-        Concurrency::Adaptive => AdaptiveLimit::builder(),
-        // A limit held at N: the pick skips the upstream while N calls are in flight.
-        Concurrency::Fixed(n) => AdaptiveLimit::builder()
-            .min_limit(n)
-            .initial_limit(n)
-            .max_limit(n),
-    };
-    let limit = limit
-        .build()
-        .map_err(|e| format!("--upstream {}: concurrency: {e}", spec.id))?;
-    Ok(config.adaptive_limit(limit))
 }
 
 /// Reports a failed attempt (before its first chunk) on its pick.

@@ -94,7 +94,7 @@ impl Upstream {
         config: &Config,
         breaker: CircuitBreaker,
     ) -> Result<Self, String> {
-        let url = spec.url.as_str();
+        let url = spec.endpoint.url();
         let base = url.trim_end_matches('/');
         let base = base.strip_suffix("/v1").unwrap_or(base).to_owned();
         let uri: Uri = format!("{base}{}", Endpoint::Chat.path())
@@ -138,7 +138,7 @@ impl Upstream {
             spec.aliases.clone()
         };
         Ok(Self {
-            id: spec.id.clone(),
+            id: spec.endpoint.id().to_owned(),
             client,
             base,
             key,

@@ -1,5 +1,6 @@
 //! `--upstream URL[,OPTION=VALUE]...`: one upstream of the pool and its options, parsed at
-//! start with an error that names the bad part.
+//! start with an error that names the bad part. The URL and the pool's options are
+//! brigade-balance's [`EndpointSpec`]; `key-env` and `alias` are the kitchen's.
 //!
 //! | option | value | default |
 //! | --- | --- | --- |
@@ -13,31 +14,19 @@
 use std::error::Error;
 use std::fmt;
 
+use brigade_balance::{EndpointSpec, InvalidEndpointSpec};
+
 use crate::cook::ModelAlias;
 
-/// One `--upstream` value.
+/// One `--upstream` value: brigade-balance's endpoint grammar, and the kitchen's own options.
 #[derive(Clone, Debug, PartialEq)]
 pub(crate) struct UpstreamSpec {
-    pub(crate) url: String,
-    pub(crate) id: String,
-    pub(crate) weight: f64,
-    pub(crate) tier: u32,
-    pub(crate) concurrency: Concurrency,
+    /// The URL, id, weight, tier and concurrency.
+    pub(crate) endpoint: EndpointSpec,
     /// Its own key, from `key-env`; `None`: the kitchen's `--upstream-key`.
     pub(crate) key: Option<Secret>,
     /// Its own aliases; empty: the kitchen's `--model-alias`.
     pub(crate) aliases: Vec<ModelAlias>,
-}
-
-/// How many calls an upstream takes at once.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Concurrency {
-    /// As many as come.
-    Unlimited,
-    /// At most this many (a bulkhead that refuses: the pick goes elsewhere).
-    Fixed(usize),
-    /// A limit found from the upstream's latency and drops (brigade-limit's `AdaptiveLimit`).
-    Adaptive,
 }
 
 /// A secret from the command line or the environment: its `Debug` shows `***`.
@@ -65,15 +54,13 @@ impl fmt::Debug for Secret {
 /// A bad `--upstream` value, or a bad set of them: the part at fault is named.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum BadUpstream {
-    /// The URL is not an `http://` or `https://` URL with a host.
-    Url(String),
-    /// A part after the URL is not `OPTION=VALUE`.
-    NotAnOption(String),
+    /// Not brigade-balance's grammar: the URL, or one of the pool's options.
+    Endpoint(InvalidEndpointSpec),
     /// An option the kitchen does not know.
     UnknownOption(String),
-    /// An option given twice in one value (only `alias` repeats).
+    /// `key-env` given twice.
     Repeated(String),
-    /// An option's value is not what it takes.
+    /// A kitchen option's value is not what it takes.
     Value {
         part: String,
         expected: &'static str,
@@ -87,11 +74,7 @@ pub(crate) enum BadUpstream {
 impl fmt::Display for BadUpstream {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::Url(url) => write!(
-                f,
-                "`{url}`: the URL must start with http:// or https:// and name a host"
-            ),
-            Self::NotAnOption(part) => write!(f, "`{part}`: expected OPTION=VALUE"),
+            Self::Endpoint(bad) => bad.fmt(f),
             Self::UnknownOption(name) => write!(
                 f,
                 "`{name}`: unknown option (id, weight, tier, concurrency, key-env, alias)"
@@ -120,64 +103,23 @@ impl UpstreamSpec {
         text: &str,
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<Self, BadUpstream> {
-        let mut parts = text.split(',');
-        let url = parts.next().unwrap_or_default().trim();
-        let authority = url
-            .strip_prefix("http://")
-            .or_else(|| url.strip_prefix("https://"))
-            .map(|rest| rest.split('/').next().unwrap_or_default())
-            .filter(|authority| !authority.is_empty())
-            .ok_or_else(|| BadUpstream::Url(url.to_owned()))?;
-        let mut spec = Self {
-            url: url.to_owned(),
-            id: authority.to_owned(),
-            weight: 1.0,
-            tier: 0,
-            concurrency: Concurrency::Unlimited,
-            key: None,
-            aliases: Vec::new(),
-        };
-        let mut given: Vec<&str> = Vec::new();
-        for part in parts.map(str::trim) {
-            let Some((name, value)) = part.split_once('=') else {
-                return Err(BadUpstream::NotAnOption(part.to_owned()));
-            };
-            let (name, value) = (name.trim(), value.trim());
-            if name != "alias" && given.contains(&name) {
-                return Err(BadUpstream::Repeated(name.to_owned()));
-            }
-            given.push(name);
+        let endpoint: EndpointSpec = text.parse().map_err(BadUpstream::Endpoint)?;
+        let mut key = None;
+        let mut aliases: Vec<ModelAlias> = Vec::new();
+        for (name, value) in endpoint.options() {
             let bad = |expected| BadUpstream::Value {
-                part: part.to_owned(),
+                part: format!("{name}={value}"),
                 expected,
             };
             match name {
-                "id" if !value.is_empty() => spec.id = value.to_owned(),
-                "id" => return Err(bad("a name")),
-                "weight" => {
-                    spec.weight = value
-                        .parse()
-                        .ok()
-                        .filter(|w: &f64| w.is_finite() && *w > 0.0)
-                        .ok_or_else(|| bad("a number above zero"))?;
+                "key-env" if key.is_some() => return Err(BadUpstream::Repeated(name.to_owned())),
+                "key-env" if value.is_empty() => {
+                    return Err(bad("the name of an environment variable"));
                 }
-                "tier" => spec.tier = value.parse().map_err(|_| bad("0, 1, 2..."))?,
-                "concurrency" => {
-                    spec.concurrency = match value {
-                        "adaptive" => Concurrency::Adaptive,
-                        n => n
-                            .parse()
-                            .ok()
-                            .filter(|n| *n > 0)
-                            .map(Concurrency::Fixed)
-                            .ok_or_else(|| bad("a number above zero, or `adaptive`"))?,
-                    };
+                "key-env" => {
+                    let secret = env(value).ok_or_else(|| BadUpstream::KeyEnv(value.to_owned()))?;
+                    key = Some(Secret(secret));
                 }
-                "key-env" if !value.is_empty() => {
-                    let key = env(value).ok_or_else(|| BadUpstream::KeyEnv(value.to_owned()))?;
-                    spec.key = Some(Secret(key));
-                }
-                "key-env" => return Err(bad("the name of an environment variable")),
                 "alias" => {
                     let alias = value
                         .split_once(':')
@@ -185,23 +127,28 @@ impl UpstreamSpec {
                             ModelAlias::parse(&format!("{}={}", name.trim(), model.trim())).ok()
                         })
                         .ok_or_else(|| bad("NAME:MODEL, both non-empty"))?;
-                    if spec.aliases.iter().any(|a| a.name == alias.name) {
+                    if aliases.iter().any(|a| a.name == alias.name) {
                         return Err(BadUpstream::Repeated(format!("alias={}", alias.name)));
                     }
-                    spec.aliases.push(alias);
+                    aliases.push(alias);
                 }
                 _ => return Err(BadUpstream::UnknownOption(name.to_owned())),
             }
         }
-        Ok(spec)
+        Ok(Self {
+            endpoint,
+            key,
+            aliases,
+        })
     }
 }
 
 /// Checks a set of upstreams: each id once.
 pub(crate) fn check(specs: &[UpstreamSpec]) -> Result<(), BadUpstream> {
     for (i, spec) in specs.iter().enumerate() {
-        if specs[..i].iter().any(|other| other.id == spec.id) {
-            return Err(BadUpstream::DuplicateId(spec.id.clone()));
+        let id = spec.endpoint.id();
+        if specs[..i].iter().any(|other| other.endpoint.id() == id) {
+            return Err(BadUpstream::DuplicateId(id.to_owned()));
         }
     }
     Ok(())

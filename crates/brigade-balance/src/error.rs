@@ -18,6 +18,8 @@ pub enum InvalidConfig {
     DuplicateId(String),
     /// The pool's default breaker configuration is invalid.
     Breaker(brigade_breaker::InvalidConfig),
+    /// An endpoint's concurrency limit cannot be built ([`EndpointSpec::config`](crate::EndpointSpec::config)).
+    Limit(brigade_limit::InvalidConfig),
 }
 
 impl fmt::Display for InvalidConfig {
@@ -33,6 +35,7 @@ impl fmt::Display for InvalidConfig {
             Self::ZeroDefaultLatency => f.write_str("default latency estimate must be above zero"),
             Self::DuplicateId(id) => write!(f, "endpoint id {id:?} is used twice"),
             Self::Breaker(_) => f.write_str("invalid default circuit breaker"),
+            Self::Limit(_) => f.write_str("invalid endpoint concurrency limit"),
         }
     }
 }
@@ -41,6 +44,7 @@ impl StdError for InvalidConfig {
     fn source(&self) -> Option<&(dyn StdError + 'static)> {
         match self {
             Self::Breaker(error) => Some(error),
+            Self::Limit(error) => Some(error),
             _ => None,
         }
     }

@@ -43,6 +43,13 @@
 //! [`default_cooldown`](PoolBuilder::default_cooldown) when they say nothing, at most its
 //! [`max_cooldown`](PoolBuilder::max_cooldown). A throttle is not a breaker failure.
 //!
+//! # Endpoints from text
+//!
+//! [`EndpointSpec`] reads one endpoint from a flag or a configuration file,
+//! `URL[,id=…,weight=…,tier=…,concurrency=N|adaptive]`, validated as [`EndpointConfig`] is,
+//! with an error naming the part at fault ([`InvalidEndpointSpec`]); options it does not know
+//! are kept in order for the application's own.
+//!
 //! # Example
 //!
 //! ```
@@ -108,6 +115,7 @@ mod loom;
 mod pick;
 mod pool;
 mod rng;
+mod spec;
 #[cfg(feature = "tower")]
 #[cfg_attr(docsrs, doc(cfg(feature = "tower")))]
 pub mod tower;
@@ -118,6 +126,7 @@ pub use crate::config::EndpointConfig;
 pub use crate::error::{InvalidConfig, Unavailable};
 pub use crate::pick::Pick;
 pub use crate::pool::{EndpointSnapshot, Pool, PoolBuilder};
+pub use crate::spec::{Concurrency, EndpointSpec, InvalidEndpointSpec};
 
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]

@@ -77,6 +77,7 @@
 //! | --- | --- | --- |
 //! | `sqlite` | yes | the SQLite backend (sqlx's, SQLite compiled in): a file in WAL mode, or in memory for tests |
 //! | `postgres` | no | the Postgres backend: claims with `FOR UPDATE SKIP LOCKED`, `LISTEN`/`NOTIFY` wake-ups, a poll-only mode for connection poolers |
+//! | `sse` | no | [`Jobs::follow_sse`]: a job's events as a resumable server-sent event stream for `brigade-sse`'s body, with `Last-Event-ID`, `204 No Content` for a client that has every event, and an id-less event when the stream is cut |
 //!
 //! No TLS backend of sqlx is turned on: a Postgres server that requires TLS needs one of
 //! sqlx's TLS features in the application's manifest (see [`JobsBuilder::open_postgres`]).
@@ -106,6 +107,8 @@ mod id;
 mod jobs;
 mod new_job;
 mod record;
+#[cfg(feature = "sse")]
+mod sse;
 mod store;
 mod wake;
 mod worker;
@@ -117,6 +120,9 @@ pub use crate::id::{InvalidJobId, JobId};
 pub use crate::jobs::{Backend, Jobs, JobsBuilder};
 pub use crate::new_job::{DEFAULT_MAX_ATTEMPTS, Enqueued, NewJob};
 pub use crate::record::{CancelOutcome, Counts, JobRecord, Status};
+#[cfg(feature = "sse")]
+#[cfg_attr(docsrs, doc(cfg(feature = "sse")))]
+pub use crate::sse::{SseCut, SseFollow, SseReply};
 pub use crate::worker::{Job, Progress, WorkerBuilder, default_backoff};
 
 pub use brigade_cancel::{CancelReason, CancelScope, CancellationToken};
@@ -124,6 +130,7 @@ pub use brigade_cancel::{CancelReason, CancelScope, CancellationToken};
 /// `sqlx::postgres::PgConnectOptions`) open a store with settings of one's own.
 pub use sqlx;
 
-#[cfg(all(doctest, feature = "sqlite"))]
+// The README's examples use the SQLite backend and, for events over SSE, brigade-sse.
+#[cfg(all(doctest, feature = "sqlite", feature = "sse"))]
 #[doc = include_str!("../README.md")]
 mod readme_doctests {}

@@ -2,21 +2,22 @@
 //! view, cancel, and its events as SSE.
 
 use std::net::SocketAddr;
+use std::num::NonZeroUsize;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use brigade_cancel::CancelReason;
-use brigade_jobs::{CancelOutcome, EventKind, JobId, JobRecord, NewJob, Status};
+use brigade_jobs::{CancelOutcome, EventKind, JobId, JobRecord, NewJob, SseCut, SseReply, Status};
 use brigade_sse::{Event, KeepAlive, SseBody};
-use futures::{Stream, StreamExt};
 use http::header::{HeaderValue, LOCATION};
 use http::{HeaderMap, Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
+use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::embed::Embed;
 use super::{QUEUE, Shelf, chain};
+use crate::api::ObjectOnly;
 use crate::auth::ClientKey;
 use crate::error::ApiError;
 use crate::routes::{App, Body, full, json};
@@ -158,8 +159,8 @@ pub(crate) async fn route(
             }
         }
         Target::Events(id) => {
-            let (id, record, _) = shelf.find(&id, owner.as_deref()).await?;
-            Ok(events(&app, id, &record, request.headers()))
+            let (_, record, _) = shelf.find(&id, owner.as_deref()).await?;
+            Ok(events(&app, &record, request.headers()))
         }
         Target::Unknown => Err(ApiError::not_found(request.uri().path())),
     }
@@ -275,33 +276,29 @@ async fn create(
     Ok(response)
 }
 
-/// The document and the chunk size of a job request.
+/// A job request's body (other fields are ignored).
+#[derive(Debug, Deserialize)]
+struct JobRequest {
+    document: String,
+    /// Characters per chunk; `DEFAULT_CHUNK_SIZE` if absent or null.
+    #[serde(default)]
+    chunk_size: Option<NonZeroUsize>,
+}
+
+/// The document and the chunk size of a job request; a 400 names the field at fault.
 fn parse(bytes: &[u8]) -> Result<(String, usize), ApiError> {
-    let body: Value = serde_json::from_slice(bytes)
+    let mut json = serde_json::Deserializer::from_slice(bytes);
+    let ObjectOnly(request): ObjectOnly<JobRequest> =
+        serde_path_to_error::deserialize(&mut json).map_err(crate::api::invalid)?;
+    json.end()
         .map_err(|e| ApiError::invalid(format!("malformed JSON: {e}")))?;
-    let Value::Object(mut body) = body else {
-        return Err(ApiError::invalid("the body must be a JSON object"));
-    };
-    let document = match body.remove("document") {
-        Some(Value::String(document)) if !document.trim().is_empty() => document,
-        Some(Value::String(_)) => {
-            return Err(ApiError::invalid("`document` must not be empty"));
-        }
-        Some(_) => return Err(ApiError::invalid("`document` must be a string")),
-        None => return Err(ApiError::invalid("`document` is required")),
-    };
-    let chunk_size = match body.get("chunk_size") {
-        None | Some(Value::Null) => DEFAULT_CHUNK_SIZE,
-        Some(value) => match value.as_u64().and_then(|n| usize::try_from(n).ok()) {
-            Some(n) if n > 0 => n,
-            _ => {
-                return Err(ApiError::invalid(
-                    "`chunk_size` must be a positive integer (characters per chunk)",
-                ));
-            }
-        },
-    };
-    Ok((document, chunk_size))
+    if request.document.trim().is_empty() {
+        return Err(ApiError::invalid("`document` must not be empty"));
+    }
+    let chunk_size = request
+        .chunk_size
+        .map_or(DEFAULT_CHUNK_SIZE, NonZeroUsize::get);
+    Ok((request.document, chunk_size))
 }
 
 /// `DELETE /v1/jobs/{id}`: cancels a queued or running job, wherever it runs; 409 once it
@@ -342,93 +339,46 @@ async fn cancel(app: &App, id: JobId, embed: &Embed) -> Result<Response<Body>, A
     }
 }
 
-/// `GET /v1/jobs/{id}/events`: the job's events after `Last-Event-ID` (all of them without
-/// one, or with an id this job never issued), then the new ones as they come, until the job's
-/// last event.
-fn events(app: &App, id: JobId, record: &JobRecord, headers: &HeaderMap) -> Response<Body> {
-    let last_event_id = headers
-        .get("last-event-id")
-        .and_then(|v| v.to_str().ok())
-        .map(str::trim);
-    let after = last_event_id
-        .and_then(|v| v.parse::<u64>().ok())
-        .filter(|&seq| seq <= record.last_event)
-        .unwrap_or(0);
-    if last_event_id.is_some() && record.status.is_final() && after >= record.last_event {
-        // An `EventSource` reconnects whenever a stream ends, and stops only on a 204: the job
-        // is over and this client has every event.
+/// `GET /v1/jobs/{id}/events`: the job's events after `Last-Event-ID` as SSE, to its last one
+/// (brigade-jobs' policy: 204 once the client has them all, an id-less error event when the
+/// stream is cut by the shutdown or a failed read, so the client resumes).
+fn events(app: &App, record: &JobRecord, headers: &HeaderMap) -> Response<Body> {
+    let last_event_id = headers.get("last-event-id").and_then(|v| v.to_str().ok());
+    let SseReply::Stream(events) = app.jobs.jobs.follow_sse(record, last_event_id) else {
         let mut response = Response::new(full(""));
         *response.status_mut() = StatusCode::NO_CONTENT;
         return response;
-    }
+    };
+    let job = format!("job-{}", record.id);
+    let shutdown = app.shutdown.clone();
+    let events = events
+        .retry(RECONNECT)
+        .until(shutdown.scope().clone().cancelled_owned())
+        .render(move |event| sse_event(&job, event))
+        .cut(move |cut| {
+            if let SseCut::Failed(error) = &cut {
+                tracing::warn!(error = %chain(error), "job events failed");
+            }
+            let (message, code) = if shutdown.is_draining() {
+                ("the server is shutting down", "shutting_down")
+            } else {
+                (
+                    "the job's events could not be read",
+                    "job_store_unavailable",
+                )
+            };
+            let message = format!("{message}; resume with Last-Event-ID");
+            Event::default().data(crate::error::error_json(&message, "server_error", code))
+        });
     let keep_alive = KeepAlive::new().interval(Duration::from_secs(app.config.keep_alive_secs));
-    SseBody::new(follow(app, id, after))
+    SseBody::new(events)
         .keep_alive(keep_alive)
         .into_response()
         .map(BodyExt::boxed_unsync)
 }
 
-/// The `retry:` hint, then the job's events after `after` until its last one. A stream cut
-/// before it (the shutdown's grace period is over, or a read of the store failed) ends with
-/// an error event without an id, so the client resumes from the last id it saw.
-fn follow(
-    app: &App,
-    id: JobId,
-    after: u64,
-) -> impl Stream<Item = Result<Event, std::convert::Infallible>> + Send + use<> {
-    let job = format!("job-{id}");
-    let hint = Event::default().retry(RECONNECT);
-    let shutdown = app.shutdown.clone();
-    let ended = Arc::new(AtomicBool::new(false));
-    let saw_last = Arc::clone(&ended);
-    let events = app
-        .jobs
-        .jobs
-        .follow(id, after)
-        .take_until(shutdown.scope().clone().cancelled_owned())
-        // Ends at the first error (a read of the store failed, or the job was deleted).
-        .scan((), move |(), event| {
-            std::future::ready(match event {
-                Ok(event) => {
-                    if event.kind.is_final() {
-                        saw_last.store(true, Ordering::Relaxed);
-                    }
-                    Some(sse_event(&job, &event))
-                }
-                Err(error) => {
-                    tracing::warn!(error = %chain(&error), "job events failed");
-                    None
-                }
-            })
-        });
-    let cut = futures::stream::once(async move {
-        if ended.load(Ordering::Relaxed) {
-            return None;
-        }
-        let error = if shutdown.is_draining() {
-            crate::error::error_json(
-                "the server is shutting down; resume with Last-Event-ID",
-                "server_error",
-                "shutting_down",
-            )
-        } else {
-            crate::error::error_json(
-                "the job's events could not be read; resume with Last-Event-ID",
-                "server_error",
-                "job_store_unavailable",
-            )
-        };
-        Some(Event::default().data(error))
-    })
-    .filter_map(std::future::ready);
-    futures::stream::once(std::future::ready(hint))
-        .chain(events)
-        .chain(cut)
-        .map(Ok)
-}
-
-/// A job's event as the kitchen sends it: its id the store's sequence number, its data the
-/// step with the job's status.
+/// A job's event as the kitchen sends it: the step with the job's status (brigade-jobs sets
+/// its id, the store's sequence number).
 fn sse_event(job: &str, event: &brigade_jobs::Event) -> Event {
     let data: Value = event.data_as().unwrap_or_default();
     let status = match event.kind {
@@ -448,9 +398,7 @@ fn sse_event(job: &str, event: &brigade_jobs::Event) -> Event {
         EventKind::Running | EventKind::Done => out["attempt"] = data["attempt"].clone(),
         _ => {}
     }
-    let sse = Event::default().data(out.to_string());
-    // A number is always a valid id.
-    sse.clone().id(event.seq.to_string()).unwrap_or(sse)
+    Event::default().data(out.to_string())
 }
 
 /// 404: no job `id` that the caller may see.

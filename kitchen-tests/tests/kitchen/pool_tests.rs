@@ -412,9 +412,12 @@ async fn bad_upstream_values_fail_at_start_naming_the_bad_part() {
         |name| (name == "PROVIDER_KEY").then(|| "sk-provider".to_owned()),
     )
     .unwrap();
-    assert_eq!(spec.id, "api.example.com");
-    assert_eq!((spec.tier, spec.weight), (1, 2.5));
-    assert_eq!(spec.concurrency, upstream_spec::Concurrency::Fixed(8));
+    assert_eq!(spec.endpoint.id(), "api.example.com");
+    assert_eq!((spec.endpoint.tier(), spec.endpoint.weight()), (1, 2.5));
+    assert_eq!(
+        spec.endpoint.concurrency(),
+        brigade_balance::Concurrency::Fixed(8.try_into().unwrap())
+    );
     assert_eq!(spec.key.as_ref().unwrap().expose(), "sk-provider");
     assert_eq!(spec.aliases[1].upstream, "gpt-4o");
     assert!(!format!("{spec:?}").contains("sk-provider"), "{spec:?}");
