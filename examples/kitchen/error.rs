@@ -286,3 +286,17 @@ pub(crate) fn error_json(message: &str, kind: &str, code: &str) -> String {
 pub(crate) fn retry_after_secs(after: Duration) -> u64 {
     brigade_limit::headers::retry_after_secs(after).max(1)
 }
+
+/// An error and its causes, `: `-separated, for a log line or a message: hyper-util's error
+/// says only "client error (Connect)", its causes say which (refused, timed out, an unknown
+/// certificate issuer...); sqlx's likewise.
+pub(crate) fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

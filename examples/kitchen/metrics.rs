@@ -7,7 +7,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
-use prometheus_client::registry::Registry;
+use prometheus_client::registry::{Metric, Registry};
 
 type Labels = Vec<(&'static str, String)>;
 
@@ -77,145 +77,94 @@ pub(crate) struct Metrics {
 
 impl Metrics {
     pub(crate) fn new() -> Self {
-        let mut registry = Registry::with_prefix("kitchen");
-        let requests = Family::<RouteStatus, Counter>::default();
-        registry.register(
-            "requests",
-            "HTTP requests by route and status",
-            requests.clone(),
-        );
-        let streams_in_flight = Gauge::default();
-        registry.register(
-            "streams_in_flight",
-            "Streams open now",
-            streams_in_flight.clone(),
-        );
-        let tokens = Counter::default();
-        registry.register(
-            "tokens_generated",
-            "Completion tokens produced by the line cook, counted as each answer ends",
-            tokens.clone(),
-        );
-        let usage_counted = Counter::default();
-        registry.register(
-            "usage_counted",
-            "Streamed answers that ended without the line cook's usage, settled by counting \
-             their chunks as tokens",
-            usage_counted.clone(),
-        );
-        let cancelled = Family::<Labels, Counter>::default();
-        registry.register(
-            "generations_cancelled",
-            "Generations stopped before their end, by reason",
-            cancelled.clone(),
-        );
-        let rate_limited = Family::<Labels, Counter>::default();
-        registry.register(
-            "rate_limit_rejections",
-            "Requests rejected by a rate limit, by limit",
-            rate_limited.clone(),
-        );
-        let breaker_state = Family::<Labels, Gauge>::default();
-        registry.register(
-            "breaker_state",
-            "Circuit breaker state (1 for the current one)",
-            breaker_state.clone(),
-        );
-        let retries = Counter::default();
-        registry.register("retries", "Retries before the first token", retries.clone());
-        let hedges = Counter::default();
-        registry.register(
-            "hedges",
-            "Hedged requests started: another upstream asked while an attempt had no first chunk",
-            hedges.clone(),
-        );
-        let upstreams = UpstreamMetrics::register(&mut registry);
-        let bulkhead_queue = Gauge::default();
-        registry.register(
-            "bulkhead_queue_depth",
-            "Requests waiting for a stream slot",
-            bulkhead_queue.clone(),
-        );
-        let overload_refusals = Family::default();
-        registry.register(
-            "overload_refusals",
-            "Requests refused by the stream bulkhead, by reason: queue_full, predicted_timeout \
-             (the queue's wait would outlast its timeout), queue_timeout",
-            overload_refusals.clone(),
-        );
-        // 1 ms to about 4 s.
-        let queue_wait = Histogram::new(exponential_buckets(0.001, 2.0, 13));
-        registry.register(
+        let mut r = Registry::with_prefix("kitchen");
+        let queue_wait = Histogram::new(exponential_buckets(0.001, 2.0, 13)); // 1 ms to 4 s
+        r.register(
             "queue_wait_seconds",
             "How long admitted requests waited for a stream slot",
             queue_wait.clone(),
         );
-        let refusal_closes = Family::default();
-        registry.register(
-            "refusal_closes",
-            "Refusals (429, 503) that closed their connection, by reason: body_unread (refused \
-             before the body was read), shedding (refusals over --shed-refusals-per-sec)",
-            refusal_closes.clone(),
-        );
-        let process_cpu = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
-        registry.register(
-            "process_cpu_seconds",
-            "CPU time (user and system) the process has used, from /proc/self/stat (Linux; 0 \
-             elsewhere)",
-            process_cpu.clone(),
-        );
-        let panics = Counter::default();
-        registry.register(
-            "handler_panics",
-            "Handler panics answered with 500",
-            panics.clone(),
-        );
-        let rate_store = Family::<Labels, Gauge>::default();
-        registry.register(
-            "rate_limit_store",
-            "Where the rate limits are decided: memory, redis or fallback (1 for the current one)",
-            rate_store.clone(),
-        );
-        let rate_store_switches = Counter::default();
-        registry.register(
-            "rate_limit_store_switches",
-            "Switches between Redis and its fallback",
-            rate_store_switches.clone(),
-        );
-        let rate_limit_overloaded = Counter::default();
-        registry.register(
-            "rate_limit_overloaded",
-            "Requests refused with 503 because the rate-limit store could not decide them in time \
-             (its queue was too long; not a quota, not an outage)",
-            rate_limit_overloaded.clone(),
-        );
-        let rate_store_counts = RateStoreCounts::register(&mut registry);
-        let jobs = crate::jobs::JobMetrics::register(&mut registry);
-        let ws = crate::ws::WsMetrics::register(&mut registry);
         Self {
-            registry,
-            requests,
-            streams_in_flight,
-            tokens,
-            usage_counted,
-            cancelled,
-            rate_limited,
-            breaker_state,
-            retries,
-            hedges,
-            upstreams,
-            bulkhead_queue,
-            overload_refusals,
+            requests: add(&mut r, "requests", "HTTP requests by route and status"),
+            streams_in_flight: add(&mut r, "streams_in_flight", "Streams open now"),
+            tokens: add(
+                &mut r,
+                "tokens_generated",
+                "Completion tokens produced by the line cook, counted as each answer ends",
+            ),
+            usage_counted: add(
+                &mut r,
+                "usage_counted",
+                "Streamed answers that ended without the line cook's usage, settled by counting \
+                 their chunks as tokens",
+            ),
+            cancelled: add(
+                &mut r,
+                "generations_cancelled",
+                "Generations stopped before their end, by reason",
+            ),
+            rate_limited: add(
+                &mut r,
+                "rate_limit_rejections",
+                "Requests rejected by a rate limit, by limit",
+            ),
+            breaker_state: add(
+                &mut r,
+                "breaker_state",
+                "Circuit breaker state (1 for the current one)",
+            ),
+            retries: add(&mut r, "retries", "Retries before the first token"),
+            hedges: add(
+                &mut r,
+                "hedges",
+                "Hedged requests started: another upstream asked while an attempt had no first chunk",
+            ),
+            upstreams: UpstreamMetrics::register(&mut r),
+            bulkhead_queue: add(
+                &mut r,
+                "bulkhead_queue_depth",
+                "Requests waiting for a stream slot",
+            ),
+            overload_refusals: add(
+                &mut r,
+                "overload_refusals",
+                "Requests refused by the stream bulkhead, by reason: queue_full, predicted_timeout \
+                 (the queue's wait would outlast its timeout), queue_timeout, key_queue_full",
+            ),
             queue_wait,
-            refusal_closes,
-            process_cpu,
-            panics,
-            rate_store,
-            rate_store_switches,
-            rate_limit_overloaded,
-            rate_store_counts,
-            jobs,
-            ws,
+            refusal_closes: add(
+                &mut r,
+                "refusal_closes",
+                "Refusals (429, 503) that closed their connection, by reason: body_unread (refused \
+                 before the body was read), shedding (refusals over --shed-refusals-per-sec)",
+            ),
+            process_cpu: add(
+                &mut r,
+                "process_cpu_seconds",
+                "CPU time (user and system) the process has used, from /proc/self/stat (Linux; 0 \
+                 elsewhere)",
+            ),
+            panics: add(&mut r, "handler_panics", "Handler panics answered with 500"),
+            rate_store: add(
+                &mut r,
+                "rate_limit_store",
+                "Where the rate limits are decided: memory, redis or fallback (1 for the current one)",
+            ),
+            rate_store_switches: add(
+                &mut r,
+                "rate_limit_store_switches",
+                "Switches between Redis and its fallback",
+            ),
+            rate_limit_overloaded: add(
+                &mut r,
+                "rate_limit_overloaded",
+                "Requests refused with 503 because the rate-limit store could not decide them in time \
+                 (its queue was too long; not a quota, not an outage)",
+            ),
+            rate_store_counts: RateStoreCounts::register(&mut r),
+            jobs: crate::jobs::JobMetrics::register(&mut r),
+            ws: crate::ws::WsMetrics::register(&mut r),
+            registry: r,
         }
     }
 
@@ -277,6 +226,17 @@ impl Metrics {
         encode(&mut out, &self.registry).expect("writing to a String cannot fail");
         out
     }
+}
+
+/// A new metric, registered under `name` (the registry keeps a clone: they share the value).
+pub(crate) fn add<M: Metric + Clone + Default>(
+    registry: &mut Registry,
+    name: &str,
+    help: &str,
+) -> M {
+    let metric = M::default();
+    registry.register(name, help, metric.clone());
+    metric
 }
 
 /// The CPU time (user and system) this process has used, from `/proc/self/stat`: fields 14 and

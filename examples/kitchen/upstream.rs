@@ -51,7 +51,7 @@ use tokio::time::{Instant, Sleep, sleep_until, timeout, timeout_at};
 use crate::api::{Endpoint, Head};
 use crate::config::Config;
 use crate::cook::{Call, Chunks, CookError, Cooked, ErrorAnswer, ModelAlias, Whole};
-use crate::error::ApiError;
+use crate::error::{ApiError, chain};
 use crate::ids::REQUEST_ID;
 use crate::passthrough::{UpstreamModels, outgoing_body, read_chunk, whole_usage};
 use crate::routes::Body;
@@ -350,19 +350,6 @@ impl Upstream {
             format!("no first chunk within {} ms", self.first_chunk.as_millis()).into(),
         )
     }
-}
-
-/// An error and its causes, `: `-separated (hyper-util's says only "client error (Connect)";
-/// its causes say which: refused, timed out, an unknown certificate issuer...).
-fn chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 /// The TLS settings of the client: for an `https://` upstream, the system's root certificates

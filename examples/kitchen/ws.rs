@@ -83,6 +83,7 @@ use crate::api::{ChatRequest, ChunkView, Usage};
 use crate::cook::{CookError, Cooked};
 use crate::error::{ApiError, ErrorFields};
 use crate::ids::RequestId;
+use crate::metrics::add;
 use crate::routes::{App, Body, full};
 
 /// How long the server waits for the client's answer to its close frame.
@@ -114,46 +115,19 @@ pub(crate) struct WsMetrics {
 }
 
 impl WsMetrics {
-    pub(crate) fn register(registry: &mut Registry) -> Self {
-        let metrics = Self {
-            connections_open: Gauge::default(),
-            connections: Counter::default(),
-            messages: Family::default(),
-            generations: Counter::default(),
-            cancelled: Family::default(),
-            tokens_sent: Counter::default(),
-        };
-        registry.register(
-            "ws_connections_open",
-            "WebSocket connections open now",
-            metrics.connections_open.clone(),
-        );
-        registry.register(
-            "ws_connections",
-            "WebSocket connections accepted",
-            metrics.connections.clone(),
-        );
-        registry.register(
-            "ws_messages",
-            "WebSocket data messages, by direction",
-            metrics.messages.clone(),
-        );
-        registry.register(
-            "ws_generations",
-            "Generations started over WebSockets",
-            metrics.generations.clone(),
-        );
-        registry.register(
-            "ws_generations_cancelled",
-            "WebSocket generations stopped before their end, by reason",
-            metrics.cancelled.clone(),
-        );
-        registry.register(
-            "ws_tokens_sent",
-            "Token messages written to WebSockets",
-            metrics.tokens_sent.clone(),
-        );
-        metrics
+    pub(crate) fn register(r: &mut Registry) -> Self {
+        Self {
+            connections_open: add(r, "ws_connections_open", "WebSocket connections open now"),
+            connections: add(r, "ws_connections", "WebSocket connections accepted"),
+            messages: add(r, "ws_messages", "WebSocket data messages, by direction"),
+            generations: add(r, "ws_generations", "Generations started over WebSockets"),
+            cancelled: add(
+                r,
+                "ws_generations_cancelled",
+                "WebSocket generations stopped before their end, by reason",
+            ),
+            tokens_sent: add(r, "ws_tokens_sent", "Token messages written to WebSockets"),
+        }
     }
 
     fn message(&self, direction: &'static str) {

@@ -44,7 +44,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
-use crate::metrics::Metrics;
+use crate::error::chain;
+use crate::metrics::{Metrics, add};
 
 use self::embed::{Cook, Embed};
 pub(crate) use self::routes::route;
@@ -136,7 +137,7 @@ impl JobsConfig {
 type Labels = Vec<(&'static str, String)>;
 
 /// Metrics of the prep shelf.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct JobMetrics {
     /// Jobs waiting in the store (every replica's), at the last scrape.
     pub(crate) queued: Gauge,
@@ -159,50 +160,26 @@ pub(crate) struct JobMetrics {
 }
 
 impl JobMetrics {
-    pub(crate) fn register(registry: &mut Registry) -> Self {
-        let metrics = Self::default();
-        for (name, help, gauge) in [
-            (
-                "jobs_queue_depth",
-                "Jobs waiting in the store",
-                &metrics.queued,
-            ),
-            (
-                "jobs_running",
-                "Jobs running in the store",
-                &metrics.running,
-            ),
-            (
+    pub(crate) fn register(r: &mut Registry) -> Self {
+        Self {
+            queued: add(r, "jobs_queue_depth", "Jobs waiting in the store"),
+            running: add(r, "jobs_running", "Jobs running in the store"),
+            stored: add(
+                r,
                 "jobs_stored",
                 "Jobs held in the store (finished ones until their keep time is over)",
-                &metrics.stored,
             ),
-        ] {
-            registry.register(name, help, gauge.clone());
-        }
-        for (name, help, counter) in [
-            ("jobs_submitted", "Jobs accepted", &metrics.submitted),
-            (
+            submitted: add(r, "jobs_submitted", "Jobs accepted"),
+            rejected: add(
+                r,
                 "jobs_rejected",
                 "Jobs refused because the queue was full",
-                &metrics.rejected,
             ),
-            ("jobs_done", "Jobs finished with a result", &metrics.done),
-            ("jobs_failed", "Jobs that failed", &metrics.failed),
-            (
-                "job_chunks_embedded",
-                "Chunks embedded by the jobs",
-                &metrics.chunks,
-            ),
-        ] {
-            registry.register(name, help, counter.clone());
+            done: add(r, "jobs_done", "Jobs finished with a result"),
+            failed: add(r, "jobs_failed", "Jobs that failed"),
+            cancelled: add(r, "jobs_cancelled", "Jobs cancelled, by reason"),
+            chunks: add(r, "job_chunks_embedded", "Chunks embedded by the jobs"),
         }
-        registry.register(
-            "jobs_cancelled",
-            "Jobs cancelled, by reason",
-            metrics.cancelled.clone(),
-        );
-        metrics
     }
 }
 
@@ -296,18 +273,6 @@ impl Shelf {
             Err(error) => tracing::warn!(error = %chain(&error), "job counts failed"),
         }
     }
-}
-
-/// An error and its sources, `: `-separated.
-fn chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 fn gauge(n: u64) -> i64 {

@@ -16,10 +16,11 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::embed::Embed;
-use super::{QUEUE, Shelf, chain};
+use super::{QUEUE, Shelf};
 use crate::api::ObjectOnly;
 use crate::auth::ClientKey;
 use crate::error::ApiError;
+use crate::error::chain;
 use crate::routes::{App, Body, full, json};
 
 /// The chunk size, in characters, of a job that gives none.
