@@ -177,7 +177,8 @@ impl JobsBuilder {
     }
 
     /// The scope every job's scope is a child of: cancelling it (a shutdown's) cancels every
-    /// running handler, and each job is released to run again (its attempt not counted). The
+    /// running handler, and each job is released to run again (its attempt not counted, its due
+    /// time kept). The
     /// workers stop claiming once it is cancelled.
     ///
     /// Default: a scope of its own, cancelled by [`Jobs::shutdown`].

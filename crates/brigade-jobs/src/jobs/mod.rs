@@ -435,7 +435,8 @@ impl Jobs {
 
     /// Stops gracefully: the workers stop claiming; the running jobs get `grace` to end;
     /// then their handlers' scopes are cancelled with [`CancelReason::Shutdown`] and each
-    /// job is released (queued again, its attempt not counted) unless it ends first; then
+    /// job is released (queued again, its attempt not counted, keeping its due time and so its
+    /// place in the queue) unless it ends first; then
     /// the heartbeat, reaper, pruner and listener stop, and the store closes. Every clone of
     /// this `Jobs` is stopped.
     ///

@@ -392,7 +392,8 @@ impl PgStore {
             Ending::Done { result } => (Some(result.as_str()), None, None, 0_i64),
             Ending::Retry { run_at, error } => (None, Some(error.as_str()), Some(*run_at), 0),
             Ending::Failed { error } => (None, Some(error.as_str()), None, 0),
-            Ending::Release => (None, None, Some(now), 1),
+            // A released job keeps its due time, so its place ahead of the jobs queued since.
+            Ending::Release => (None, None, None, 1),
         };
         let expires_at = retention.expires_at(state, now);
         let finished_at = expires_at.map(|_| now);

@@ -417,12 +417,14 @@ async fn events_are_numbered_without_a_gap_and_the_last_goes_with_the_ending() {
 }
 
 #[tokio::test]
-async fn a_release_does_not_count_the_attempt() {
+async fn a_release_does_not_count_the_attempt_and_keeps_the_jobs_place() {
     for t in stores().await {
         let s = &t.store;
-        let job = id(7);
+        let (job, later) = (id(7), id(8));
         s.enqueue(&insert(&job, "q", T0)).await.unwrap();
         s.claim("q", 1, "a", T0, T0 + 1_000).await.unwrap();
+        // A backlog builds up behind the running job; then its process shuts down.
+        s.enqueue(&insert(&later, "q", T0 + 1)).await.unwrap();
         assert!(
             s.finish(lease(&job, "a", 1), &[], &Ending::Release, T0 + 5, KEEP)
                 .await
@@ -435,8 +437,12 @@ async fn a_release_does_not_count_the_attempt() {
             "{}",
             t.name
         );
-        assert_eq!(row.run_at, T0 + 5, "{}", t.name);
+        assert_eq!(row.run_at, T0, "{}: it keeps its due time", t.name);
         assert_eq!(row.finished_at, None, "{}", t.name);
+        // The next claim takes it first, not the job queued while it ran.
+        let next = s.claim("q", 1, "b", T0 + 6, T0 + 1_006).await.unwrap();
+        assert_eq!(next.len(), 1, "{}", t.name);
+        assert_eq!(next[0].id, job, "{}: it waited behind the backlog", t.name);
         t.store.close().await;
     }
 }

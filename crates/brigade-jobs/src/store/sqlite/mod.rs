@@ -401,7 +401,8 @@ impl SqliteStore {
             Ending::Done { result } => (Some(result.clone()), None, None, 0_i64),
             Ending::Retry { run_at, error } => (None, Some(error.clone()), Some(*run_at), 0),
             Ending::Failed { error } => (None, Some(error.clone()), None, 0),
-            Ending::Release => (None, None, Some(now), 1),
+            // A released job keeps its due time, so its place ahead of the jobs queued since.
+            Ending::Release => (None, None, None, 1),
         };
         let texts = Arc::new((result, error));
         let expires_at = retention.expires_at(state, now);
