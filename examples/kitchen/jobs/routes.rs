@@ -12,7 +12,7 @@ use brigade_sse::{Event, KeepAlive, SseBody};
 use http::header::{HeaderValue, LOCATION};
 use http::{HeaderMap, Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::embed::Embed;
@@ -21,7 +21,7 @@ use crate::api::ObjectOnly;
 use crate::auth::ClientKey;
 use crate::error::ApiError;
 use crate::error::chain;
-use crate::routes::{App, Body, full, json};
+use crate::routes::{App, Body, full, json_body};
 
 /// The chunk size, in characters, of a job that gives none.
 const DEFAULT_CHUNK_SIZE: usize = 256;
@@ -58,48 +58,39 @@ impl Shelf {
         }
     }
 
-    /// The job as `GET /v1/jobs/{id}` shows it.
+    /// The job as `GET /v1/jobs/{id}` shows it (200).
     async fn snapshot(
         &self,
         id: JobId,
         record: &JobRecord,
         embed: &Embed,
-    ) -> Result<Value, ApiError> {
-        let done = match record.status {
-            Status::Done => embed.total,
+    ) -> Result<Response<Body>, ApiError> {
+        let (status, total) = (record.status, embed.total);
+        let done = match status {
+            Status::Done => total,
             _ => self.progress(id, record.last_event).await?,
         };
-        let url = format!("/v1/jobs/job-{id}");
-        let mut value = json!({
-            "id": format!("job-{id}"),
-            "object": "job",
-            "status": record.status.as_str(),
-            "attempt": record.attempt,
-            "created_at": unix_secs(record.created_at),
-            "chunk_size": embed.chunk_size,
-            "progress": { "done": done, "total": embed.total },
-            "events_url": format!("{url}/events"),
-            "url": url,
-        });
-        match record.status {
-            Status::Done => {
-                value["result"] = record
-                    .result
-                    .as_deref()
-                    .and_then(|result| serde_json::from_str(result).ok())
-                    .unwrap_or(Value::Null);
-            }
-            Status::Failed => value["error"] = json!(record.error),
-            Status::Cancelled => value["cancel_reason"] = json!(record.cancel_reason),
-            _ => {}
-        }
-        if let Some(expires_at) = record.expires_at {
-            let left = expires_at
-                .duration_since(SystemTime::now())
-                .unwrap_or_default();
-            value["expires_in_secs"] = json!(left.as_secs());
-        }
-        Ok(value)
+        let view = JobView {
+            status: status.as_str(),
+            attempt: record.attempt,
+            created_at: unix_secs(record.created_at),
+            progress: json!({ "done": done, "total": total }),
+            // `null` if it does not parse.
+            result: (status == Status::Done)
+                .then(|| record.result_as().ok().flatten().unwrap_or_default()),
+            error: (status == Status::Failed).then(|| record.error.clone().into()),
+            cancel_reason: (status == Status::Cancelled)
+                .then(|| record.cancel_reason.clone().into()),
+            expires_in_secs: record.expires_at.map(|at| {
+                let left = at.duration_since(SystemTime::now()).unwrap_or_default();
+                left.as_secs()
+            }),
+            ..JobView::queued(id, embed)
+        };
+        Ok(json_body(
+            StatusCode::OK,
+            serde_json::to_vec(&view).unwrap_or_default(),
+        ))
     }
 
     /// Chunks done by the job's latest attempt: the newest progress event among its last few
@@ -153,10 +144,7 @@ pub(crate) async fn route(
             if method == Method::DELETE {
                 cancel(&app, id, &embed).await
             } else {
-                Ok(json(
-                    StatusCode::OK,
-                    &shelf.snapshot(id, &record, &embed).await?,
-                ))
+                shelf.snapshot(id, &record, &embed).await
             }
         }
         Target::Events(id) => {
@@ -256,25 +244,56 @@ async fn create(
         .id();
     app.metrics.jobs.submitted.inc();
     tracing::info!(job = %id, chunks = total, chunk_size, "job queued");
-    let url = format!("/v1/jobs/job-{id}");
     // The answer says `queued`: what the job is when it enters the queue.
-    let body = json!({
-        "id": format!("job-{id}"),
-        "object": "job",
-        "status": "queued",
-        "attempt": 0,
-        "created_at": unix_secs(SystemTime::now()),
-        "chunk_size": chunk_size,
-        "progress": { "done": 0, "total": total },
-        "events_url": format!("{url}/events"),
-        "url": url,
-    });
-    let mut response = json(StatusCode::ACCEPTED, &body);
+    let view = JobView::queued(id, &embed);
+    let body = serde_json::to_vec(&view).unwrap_or_default();
+    let mut response = json_body(StatusCode::ACCEPTED, body);
     response.headers_mut().extend(limit_headers);
-    if let Ok(location) = HeaderValue::from_str(&url) {
+    if let Ok(location) = HeaderValue::from_str(&view.url) {
         response.headers_mut().insert(LOCATION, location);
     }
     Ok(response)
+}
+
+/// A job as the API shows it: `result`, `error` or `cancel_reason` (maybe `null`) once it is
+/// done, failed or cancelled; `expires_in_secs` once it has an expiry.
+#[derive(Debug, Default, Serialize)]
+struct JobView {
+    id: String,
+    object: &'static str,
+    status: &'static str,
+    attempt: u32,
+    created_at: u64,
+    chunk_size: usize,
+    progress: Value,
+    events_url: String,
+    url: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    result: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cancel_reason: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    expires_in_secs: Option<u64>,
+}
+
+impl JobView {
+    /// The job as it enters the queue.
+    fn queued(id: JobId, embed: &Embed) -> Self {
+        let url = format!("/v1/jobs/job-{id}");
+        Self {
+            id: format!("job-{id}"),
+            object: "job",
+            status: "queued",
+            created_at: unix_secs(SystemTime::now()),
+            chunk_size: embed.chunk_size,
+            progress: json!({ "done": 0, "total": embed.total }),
+            events_url: format!("{url}/events"),
+            url,
+            ..Self::default()
+        }
+    }
 }
 
 /// A job request's body (other fields are ignored).
@@ -324,10 +343,7 @@ async fn cancel(app: &App, id: JobId, embed: &Embed) -> Result<Response<Body>, A
             let (id, record, embed) = shelf
                 .find(&format!("job-{id}"), embed.owner.as_deref())
                 .await?;
-            Ok(json(
-                StatusCode::OK,
-                &shelf.snapshot(id, &record, &embed).await?,
-            ))
+            shelf.snapshot(id, &record, &embed).await
         }
         CancelOutcome::Finished(status) => Err(ApiError::new(
             StatusCode::CONFLICT,
