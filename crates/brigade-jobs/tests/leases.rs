@@ -8,7 +8,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use brigade_jobs::{CancelReason, CancelScope, EventKind, Job, JobError, Jobs, NewJob, Status};
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use tokio::sync::mpsc;
 
 use support::{fast, finished, until};
@@ -167,6 +167,22 @@ backends! {
         // The next start runs it as its first counted attempt.
         let mut again = stepper(&next, 1);
         assert_eq!(again.recv().await, Some((1, 1)));
+        next.shutdown(Duration::ZERO).await;
+    }
+
+    async fn closed_resolves_once_a_shutdown_has_released_the_running_jobs(db) {
+        let jobs = db.open(fast()).await;
+        let next = db.open(fast()).await;
+        let mut steps = stepper(&jobs, 1);
+        let id = jobs.enqueue(NewJob::new("q", &())).await.unwrap().id();
+        steps.recv().await.unwrap();
+        assert!(jobs.closed().now_or_never().is_none(), "no shutdown yet");
+        let closing = jobs.clone();
+        tokio::spawn(async move { closing.shutdown(Duration::from_millis(100)).await });
+        jobs.closed().await;
+        let record = next.get(id).await.unwrap().unwrap();
+        assert_eq!((record.status, record.attempt), (Status::Queued, 0));
+        assert!(jobs.closed().now_or_never().is_some(), "closed stays closed");
         next.shutdown(Duration::ZERO).await;
     }
 

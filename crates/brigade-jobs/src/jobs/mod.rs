@@ -118,6 +118,8 @@ struct Shared {
     core: Arc<Core>,
     workers: Mutex<JoinSet<()>>,
     maintenance: Mutex<JoinSet<()>>,
+    /// Cancelled when a shutdown has ended.
+    closed: CancellationToken,
 }
 
 /// A durable job store, its workers and this process's part in keeping it: the handle to
@@ -222,6 +224,7 @@ impl Jobs {
                 core,
                 workers: Mutex::new(JoinSet::new()),
                 maintenance: Mutex::new(maintenance),
+                closed: CancellationToken::new(),
             }),
         }
     }
@@ -465,6 +468,37 @@ impl Jobs {
         let mut maintenance = std::mem::take(&mut *lock(&self.shared.maintenance));
         maintenance.shutdown().await;
         core.store.close().await;
+        self.shared.closed.cancel();
+    }
+
+    /// Waits until a [`shutdown`](Self::shutdown), by any clone, has ended: the workers
+    /// stopped, the running jobs ended or released, the store closed. It never resolves
+    /// without a shutdown.
+    ///
+    /// A process that starts the shutdown in one task (on a signal, say) waits for it with
+    /// this in another, before it exits.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use brigade_jobs::Jobs;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let jobs = Jobs::open("sqlite::memory:").await?;
+    /// let closing = jobs.clone();
+    /// tokio::spawn(async move { closing.shutdown(Duration::from_secs(1)).await });
+    /// jobs.closed().await;
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: dropping the future changes nothing.
+    pub async fn closed(&self) {
+        self.shared.closed.cancelled().await;
     }
 }
 
