@@ -37,7 +37,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use brigade_cancel::{CancellationToken, Shutdown};
+use brigade_cancel::Shutdown;
 use brigade_jobs::{Job, Jobs};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -187,8 +187,6 @@ impl JobMetrics {
 #[derive(Debug)]
 pub(crate) struct Shelf {
     jobs: Jobs,
-    /// Cancelled once the store has shut down (after the shutdown's grace period at most).
-    closed: CancellationToken,
     queue_bound: u64,
     keep: Duration,
     chunk_io: Duration,
@@ -232,22 +230,16 @@ impl Shelf {
         .concurrency(config.job_workers.get())
         .start()
         .map_err(|e| format!("job workers: {e}"))?;
-        // Beside the shutdown's tasks, not one of them: the store's close is joined by
-        // `closed`, after the connections have drained.
-        let closing = jobs.clone();
-        let draining = shutdown.clone();
-        let closed = CancellationToken::new();
-        let done = closed.clone();
+        // Beside the shutdown's tasks, not one of them: `main` waits for the store's close
+        // (`closed`) after the connections have drained.
+        let (closing, draining) = (jobs.clone(), shutdown.clone());
         tokio::spawn(async move {
             draining.draining().await;
             closing.shutdown(grace).await;
-            tracing::info!("job store closed; running jobs released");
-            done.cancel();
         });
         tracing::info!(backend = ?jobs.backend(), owner = jobs.owner(), "job store open");
         Ok(Self {
             jobs,
-            closed,
             queue_bound: config.job_queue.get(),
             keep,
             chunk_io: Duration::from_millis(config.job_chunk_io_ms),
@@ -259,7 +251,8 @@ impl Shelf {
     /// Waits until the store has shut down: the workers stopped, running jobs released (the
     /// shutdown's grace period at most, then the store's close).
     pub(crate) async fn closed(&self) {
-        self.closed.cancelled().await;
+        self.jobs.closed().await;
+        tracing::info!("job store closed; running jobs released");
     }
 
     /// The store's counts into the gauges (for a scrape of `/metrics`).
