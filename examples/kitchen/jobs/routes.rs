@@ -122,64 +122,38 @@ pub(crate) async fn route(
     request: Request<hyper::body::Incoming>,
     peer: SocketAddr,
 ) -> Result<Response<Body>, ApiError> {
-    let target = Target::parse(request.uri().path());
+    // What follows `/v1/jobs` (the only paths routed here): nothing, `/{id}` or `/{id}/events`.
+    let path = request.uri().path().to_owned();
+    let segments: Vec<&str> = path.split('/').skip(3).collect();
+    let allow = match segments[..] {
+        [] => "POST",
+        [id] if !id.is_empty() => "GET, DELETE",
+        [id, "events"] if !id.is_empty() => "GET",
+        _ => return Err(ApiError::not_found(&path)),
+    };
     let method = request.method().clone();
-    match (&target, &method) {
-        (Target::Jobs, &Method::POST)
-        | (Target::Job(_), &Method::GET | &Method::DELETE)
-        | (Target::Events(_), &Method::GET) => {}
-        (Target::Jobs, _) => return Err(ApiError::method_not_allowed("POST")),
-        (Target::Job(_), _) => return Err(ApiError::method_not_allowed("GET, DELETE")),
-        (Target::Events(_), _) => return Err(ApiError::method_not_allowed("GET")),
-        (Target::Unknown, _) => return Err(ApiError::not_found(request.uri().path())),
+    if !allow.split(", ").any(|allowed| allowed == method.as_str()) {
+        return Err(ApiError::method_not_allowed(allow));
     }
     let caller = crate::auth::authorize(&app, request.headers(), peer)?;
     // With API keys a job belongs to the key that made it; without, to whoever has its id.
     let owner = caller.is_api_key().then(|| caller.as_str().to_owned());
     let shelf = &app.jobs;
-    match target {
-        Target::Jobs => create(&app, request, &caller, owner).await,
-        Target::Job(id) => {
-            let (id, record, embed) = shelf.find(&id, owner.as_deref()).await?;
+    match segments[..] {
+        [] => create(&app, request, &caller, owner).await,
+        [id] => {
+            let (id, record, embed) = shelf.find(id, owner.as_deref()).await?;
             if method == Method::DELETE {
                 cancel(&app, id, &embed).await
             } else {
                 shelf.snapshot(id, &record, &embed).await
             }
         }
-        Target::Events(id) => {
-            let (_, record, _) = shelf.find(&id, owner.as_deref()).await?;
+        [id, _] => {
+            let (_, record, _) = shelf.find(id, owner.as_deref()).await?;
             Ok(events(&app, &record, request.headers()))
         }
-        Target::Unknown => Err(ApiError::not_found(request.uri().path())),
-    }
-}
-
-/// What a path under `/v1/jobs` names.
-#[derive(Debug)]
-enum Target {
-    Jobs,
-    Job(String),
-    Events(String),
-    Unknown,
-}
-
-impl Target {
-    fn parse(path: &str) -> Self {
-        let Some(rest) = path.strip_prefix("/v1/jobs") else {
-            return Self::Unknown;
-        };
-        if rest.is_empty() {
-            return Self::Jobs;
-        }
-        let Some(rest) = rest.strip_prefix('/') else {
-            return Self::Unknown;
-        };
-        match rest.split_once('/') {
-            None if !rest.is_empty() => Self::Job(rest.to_owned()),
-            Some((id, "events")) if !id.is_empty() => Self::Events(id.to_owned()),
-            _ => Self::Unknown,
-        }
+        _ => Err(ApiError::not_found(&path)),
     }
 }
 
