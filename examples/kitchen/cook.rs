@@ -32,7 +32,7 @@ use crate::error::ApiError;
 use crate::ids::RequestId;
 use crate::mock::Mock;
 use crate::pool::{UpstreamPick, Upstreams};
-use crate::routes::{Body, json_body};
+use crate::routes::{Body, json};
 use crate::upstream::Upstream;
 
 /// The mock, or the pool of upstreams when some are configured; the model aliases; the hedge
@@ -182,10 +182,7 @@ impl LineCook {
             object: "list",
             data,
         };
-        json_body(
-            StatusCode::OK,
-            serde_json::to_vec(&list).unwrap_or_default(),
-        )
+        json(StatusCode::OK, &list)
     }
 }
 

@@ -253,9 +253,10 @@ fn route_name(path: &str) -> &'static str {
     }
 }
 
-/// A JSON response.
-pub(crate) fn json(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
-    json_body(status, value.to_string())
+/// A JSON response of `value` (the kitchen's answers are strings, numbers and maps with string
+/// keys: serializing them cannot fail).
+pub(crate) fn json(status: StatusCode, value: &impl serde::Serialize) -> Response<Body> {
+    json_body(status, serde_json::to_vec(value).unwrap_or_default())
 }
 
 /// A JSON response from bytes already serialized.

@@ -21,7 +21,7 @@ use crate::api::ObjectOnly;
 use crate::auth::ClientKey;
 use crate::error::ApiError;
 use crate::error::chain;
-use crate::routes::{App, Body, full, json_body};
+use crate::routes::{App, Body, full, json};
 
 /// The chunk size, in characters, of a job that gives none.
 const DEFAULT_CHUNK_SIZE: usize = 256;
@@ -87,10 +87,7 @@ impl Shelf {
             }),
             ..JobView::queued(id, embed)
         };
-        Ok(json_body(
-            StatusCode::OK,
-            serde_json::to_vec(&view).unwrap_or_default(),
-        ))
+        Ok(json(StatusCode::OK, &view))
     }
 
     /// Chunks done by the job's latest attempt: the newest progress event among its last few
@@ -220,8 +217,7 @@ async fn create(
     tracing::info!(job = %id, chunks = total, chunk_size, "job queued");
     // The answer says `queued`: what the job is when it enters the queue.
     let view = JobView::queued(id, &embed);
-    let body = serde_json::to_vec(&view).unwrap_or_default();
-    let mut response = json_body(StatusCode::ACCEPTED, body);
+    let mut response = json(StatusCode::ACCEPTED, &view);
     response.headers_mut().extend(limit_headers);
     if let Ok(location) = HeaderValue::from_str(&view.url) {
         response.headers_mut().insert(LOCATION, location);
