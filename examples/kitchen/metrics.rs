@@ -260,7 +260,7 @@ type UpstreamState = (
 );
 
 /// Each upstream of the pool, from `Pool::snapshot` at each scrape (never per request).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct UpstreamMetrics {
     picks: Family<UpstreamLabel, Counter>,
     in_flight: Family<UpstreamLabel, Gauge>,
@@ -272,44 +272,44 @@ pub(crate) struct UpstreamMetrics {
 }
 
 impl UpstreamMetrics {
-    fn register(registry: &mut Registry) -> Self {
-        let metrics = Self::default();
-        registry.register(
-            "upstream_picks",
-            "Attempts sent to each upstream (hedges included)",
-            metrics.picks.clone(),
-        );
-        registry.register(
-            "upstream_in_flight",
-            "Calls in flight on each upstream, streams until their end",
-            metrics.in_flight.clone(),
-        );
-        registry.register(
-            "upstream_latency_seconds",
-            "Each upstream's peak-EWMA time to first byte, as the pool estimates it",
-            metrics.latency.clone(),
-        );
-        registry.register(
-            "upstream_limit",
-            "Each upstream's concurrency limit (adaptive, or fixed), for those that have one",
-            metrics.limit.clone(),
-        );
-        registry.register(
-            "upstream_breaker_state",
-            "Each upstream's circuit breaker state (1 for the current one)",
-            metrics.breaker.clone(),
-        );
-        registry.register(
-            "upstream_cooling_down",
-            "1 while an upstream cools down after a throttle (429, Retry-After)",
-            metrics.cooling_down.clone(),
-        );
-        registry.register(
-            "upstream_cooldowns",
-            "Throttles each upstream reported, each starting or extending a cooldown",
-            metrics.cooldowns.clone(),
-        );
-        metrics
+    fn register(r: &mut Registry) -> Self {
+        Self {
+            picks: add(
+                r,
+                "upstream_picks",
+                "Attempts sent to each upstream (hedges included)",
+            ),
+            in_flight: add(
+                r,
+                "upstream_in_flight",
+                "Calls in flight on each upstream, streams until their end",
+            ),
+            latency: add(
+                r,
+                "upstream_latency_seconds",
+                "Each upstream's peak-EWMA time to first byte, as the pool estimates it",
+            ),
+            limit: add(
+                r,
+                "upstream_limit",
+                "Each upstream's concurrency limit (adaptive, or fixed), for those that have one",
+            ),
+            breaker: add(
+                r,
+                "upstream_breaker_state",
+                "Each upstream's circuit breaker state (1 for the current one)",
+            ),
+            cooling_down: add(
+                r,
+                "upstream_cooling_down",
+                "1 while an upstream cools down after a throttle (429, Retry-After)",
+            ),
+            cooldowns: add(
+                r,
+                "upstream_cooldowns",
+                "Throttles each upstream reported, each starting or extending a cooldown",
+            ),
+        }
     }
 
     /// Copies one upstream's snapshot in (the counters only grow, as counters must).
@@ -357,7 +357,7 @@ impl UpstreamMetrics {
 
 /// What the Redis limiter counts (`brigade_limit::redis::Counters`), as counters; zero when the
 /// limits live in memory.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct RateStoreCounts {
     /// Decisions by who made them: `redis` or `fallback`.
     pub(crate) decisions: Family<Labels, Counter>,
@@ -372,34 +372,34 @@ pub(crate) struct RateStoreCounts {
 }
 
 impl RateStoreCounts {
-    fn register(registry: &mut Registry) -> Self {
-        let counts = Self::default();
-        registry.register(
-            "rate_limit_decisions",
-            "Rate-limit decisions kept in Redis, by who made them: redis or fallback",
-            counts.decisions.clone(),
-        );
-        registry.register(
-            "rate_limit_redis_errors",
-            "Calls to Redis that failed or timed out (a failed batch counts once)",
-            counts.errors.clone(),
-        );
-        registry.register(
-            "rate_limit_redis_timeouts",
-            "Calls to Redis that timed out",
-            counts.timeouts.clone(),
-        );
-        registry.register(
-            "rate_limit_batch_wait_timeouts",
-            "Calls that ran out of time waiting for their Redis batch (refused as overloaded)",
-            counts.batch_wait_timeouts.clone(),
-        );
-        registry.register(
-            "rate_limit_batch_sheds",
-            "Decisions refused at once as overloaded, their Redis batch queue being too long",
-            counts.batch_sheds.clone(),
-        );
-        counts
+    fn register(r: &mut Registry) -> Self {
+        Self {
+            decisions: add(
+                r,
+                "rate_limit_decisions",
+                "Rate-limit decisions kept in Redis, by who made them: redis or fallback",
+            ),
+            errors: add(
+                r,
+                "rate_limit_redis_errors",
+                "Calls to Redis that failed or timed out (a failed batch counts once)",
+            ),
+            timeouts: add(
+                r,
+                "rate_limit_redis_timeouts",
+                "Calls to Redis that timed out",
+            ),
+            batch_wait_timeouts: add(
+                r,
+                "rate_limit_batch_wait_timeouts",
+                "Calls that ran out of time waiting for their Redis batch (refused as overloaded)",
+            ),
+            batch_sheds: add(
+                r,
+                "rate_limit_batch_sheds",
+                "Decisions refused at once as overloaded, their Redis batch queue being too long",
+            ),
+        }
     }
 
     /// Copies `counts` in (they only grow, as counters must).
