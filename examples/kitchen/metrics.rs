@@ -358,6 +358,10 @@ impl UpstreamMetrics {
 /// What the Redis limiter counts (`brigade_limit::redis::Counters`), as counters; zero when the
 /// limits live in memory.
 #[derive(Debug)]
+#[cfg_attr(
+    not(feature = "redis"),
+    allow(dead_code, reason = "only a Redis limiter has counts to copy in")
+)]
 pub(crate) struct RateStoreCounts {
     /// Decisions by who made them: `redis` or `fallback`.
     pub(crate) decisions: Family<Labels, Counter>,
